@@ -1,0 +1,114 @@
+"""The store as pandas frames: one tidy row per process and metric, then per-case summaries.
+
+Statistics are computed here, at load time, from the raw per-process values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from harness.plan import Case
+from harness.stats import pooled_cv, summarize
+from harness.store import Store
+
+# The metrics a summary table shows, in order, with their column titles.
+HEADLINE = {
+    "prefill_tps": "prefill tok/s",
+    "decode_tps": "decode tok/s",
+    "pg_tps": "prompt+gen tok/s",
+    "ttft_ms": "TTFT ms",
+    "itl_ms_p50": "ITL p50 ms",
+    "itl_ms_p99": "ITL p99 ms",
+    "peak_rss_mb": "peak RSS MB",
+    "peak_rss_anon_mb": "anon RSS MB",
+    "peak_rss_file_mb": "file RSS MB",
+    "temp_max_c": "max temp °C",
+    "energy_j": "energy J",
+    "avg_power_w": "power W",
+}
+
+
+def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
+    """One row per (run, case, repetition, metric), with device, model and build beside it."""
+    cases: dict[tuple[str, str], Case] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    for run_id in run_ids:
+        row = store.run(run_id)
+        model = store.model_info(row["model_sha256"])
+        runs[row["id"]] = {
+            "device": row["device"],
+            "model": model.get("filename", row["model_sha256"][:12]),
+            "quantization": model.get("quantization"),
+            "runtime": row["runtime_key"],
+        }
+        for case in store.cases(row["id"]):
+            cases[(row["id"], case.key)] = case
+    records = []
+    ids = list(runs)
+    for m in store.measurements(ids):
+        case = cases[(m["run_id"], m["case_key"])]
+        records.append(
+            {
+                "run_id": m["run_id"],
+                **runs[m["run_id"]],
+                "case_key": m["case_key"],
+                "case": case.label,
+                "engine": case.engine,
+                "kind": case.kind,
+                "context": case.context,
+                "n_prompt": case.n_prompt,
+                "n_gen": case.n_gen,
+                "depth": case.depth,
+                "rep": m["rep"],
+                "status": m["status"],
+                "build": m["build"],
+                "metric": m["metric"],
+                "value": m["value"],
+                "unit": m["unit"],
+                "missing_reason": m["missing_reason"],
+                "samples": json.loads(m["samples_json"]),
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=_TIDY_COLUMNS)
+
+
+_TIDY_COLUMNS = [
+    "run_id", "device", "model", "quantization", "runtime", "case_key", "case", "engine", "kind", "context",
+    "n_prompt", "n_gen", "depth", "rep", "status", "build", "metric", "value", "unit", "missing_reason", "samples",
+]
+
+
+def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, case, metric): n processes, mean, median, stdev, 95% CI, in-process CV, or why missing."""
+    rows = []
+    keys = ["run_id", "device", "model", "case_key", "case", "engine", "kind", "context", "metric", "unit"]
+    for key, group in tidy[tidy["status"] == "ok"].groupby(keys, sort=False, dropna=False):
+        values = [float(v) for v in group["value"].dropna()]
+        row = dict(zip(keys, key))
+        if not values:
+            row.update(n=0, missing_reason="; ".join(sorted(set(group["missing_reason"].dropna()))))
+        else:
+            s = summarize(values)
+            row.update(
+                n=s.n, mean=s.mean, median=s.median, stdev=s.stdev, ci_low=s.ci_low, ci_high=s.ci_high,
+                min=s.minimum, max=s.maximum, cv=s.cv,
+                inprocess_cv=pooled_cv([list(x) for x in group["samples"] if x]),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def failures_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """Every process of the run that did not succeed, with its error."""
+    labels = {c.key: c.label for c in store.cases(run_id)}
+    return pd.DataFrame(
+        [
+            {"case": labels.get(e.case_key, e.case_key), "rep": e.rep, "status": e.status, "error": e.error}
+            for e in store.executions(run_id)
+            if e.status != "ok"
+        ],
+        columns=["case", "rep", "status", "error"],
+    )

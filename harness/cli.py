@@ -1,0 +1,306 @@
+"""The `edgebench` command: parses options, calls the modules, prints. Nothing else lives here.
+
+Exit codes: 0 success; 1 some processes failed (their results say why); 2 bad input
+(suite, model, device, options); 3 the run was interrupted (resume with --resume RUN_ID).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.errors import EdgebenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-device LLM benchmarking: llama.cpp on hosts, phones and boards.")
+runtime_app = typer.Typer(no_args_is_help=True, help="Build and inspect llama.cpp runtimes.")
+results_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
+devices_app = typer.Typer(no_args_is_help=True, help="Devices edgebench can benchmark.")
+models_app = typer.Typer(no_args_is_help=True, help="Models: the catalog and GGUF metadata.")
+app.add_typer(runtime_app, name="runtime")
+app.add_typer(results_app, name="results")
+app.add_typer(devices_app, name="devices")
+app.add_typer(models_app, name="model")
+
+console = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
+
+ResultsOpt = typer.Option(None, "--results", help="Results folder (default: ./results or $EDGEBENCH_RESULTS).")
+
+
+def _store(results: Optional[Path]):
+    from harness.paths import default_results_dir
+    from harness.store import Store
+
+    return Store(results or default_results_dir())
+
+
+def _fail(exc: Exception, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _build_progress() -> tuple[Progress, Any]:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("building llama.cpp", total=100)
+
+    def update(event) -> None:
+        progress.update(task, description=f"{event.stage}: {event.line[-60:]}", completed=event.percent or 0)
+
+    return progress, update
+
+
+@app.command()
+def run(
+    device: str = typer.Option("local", help="Device name ('local' is this machine)."),
+    suite: str = typer.Option("quick", help="Built-in suite name or path to a suite TOML."),
+    model: str = typer.Option("default", help="'default' (SmolLM2-135M Q4_1 from PyPI), a catalog name, or a GGUF path."),
+    repeat: Optional[int] = typer.Option(None, "--repeat", "-r", min=1, help="Process repetitions per case (overrides the suite)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a llama-bench setting: KEY=V[,V...] (a list sweeps)."),
+    target: str = typer.Option("host", help="Runtime build target (host, host-cuda)."),
+    build_flag: list[str] = typer.Option([], "--build-flag", help="Extra cmake -D flag for the runtime build (repeatable)."),
+    results: Optional[Path] = ResultsOpt,
+    report: Optional[Path] = typer.Option(None, help="HTML report path (default: <results>/runs/<id>/report.html)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned cases and a time estimate; run nothing."),
+    resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Benchmark a device with a suite and a model; print the table and write an HTML report."""
+    from harness.config import parse_setting_overrides
+    from harness.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
+
+    try:
+        store = _store(results)
+        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_))
+        if dry_run:
+            prepared = prepare(options)
+            _print_plan(prepared, estimate_seconds(store, prepared))
+            return
+        build_progress, on_build = _build_progress()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"), console=console,
+        )
+        task = progress.add_task("starting", total=None, last="")
+
+        def on_start(step) -> None:
+            progress.update(task, total=step.total, description=f"{step.case.label} (round {step.rep + 1})")
+
+        def on_result(result) -> None:
+            progress.update(task, advance=1, last=_figure(result))
+
+        def on_build_event(event) -> None:
+            build_progress.start()
+            on_build(event)
+            if event.stage == "done":
+                build_progress.stop()
+
+        callbacks = Callbacks(status=lambda m: console.print(f"[dim]{m}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
+        if resume:
+            run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
+        else:
+            prepared = prepare(options)
+            for label, reason in prepared.plan.skipped:
+                console.print(f"[yellow]skipped[/] {label}: {reason}")
+            run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
+    except KeyboardInterrupt:
+        raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
+    except EdgebenchError as exc:
+        from harness.drivers.base import DriverError
+
+        raise _fail(exc, EXIT_INTERRUPTED if isinstance(exc, DriverError) else EXIT_BAD_INPUT)
+    _show_run(store, run_id, as_json)
+    _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
+    if any(r.status != "ok" for r in step_results):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _with(progress: Progress, action):
+    with progress:
+        return action()
+
+
+def _figure(result) -> str:
+    if result.status != "ok":
+        return f"[red]{result.status}[/]"
+    for metric in result.metrics:
+        if metric.value is not None and metric.name in ("prefill_tps", "decode_tps", "pg_tps", "ttft_ms"):
+            return f"{metric.value:,.1f} {metric.unit}"
+    return ""
+
+
+def _print_plan(prepared, estimate: float | None) -> None:
+    table = Table(title=f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}")
+    for column in ("#", "engine", "case", "context", "in-process reps"):
+        table.add_column(column)
+    for i, case in enumerate(prepared.plan.cases, 1):
+        table.add_row(str(i), case.engine, case.label, str(case.context), str(case.inprocess_reps))
+    out.print(table)
+    for label, reason in prepared.plan.skipped:
+        out.print(f"skipped {label}: {reason}")
+    n = len(prepared.plan.cases) * prepared.plan.repetitions
+    when = f"about {estimate / 60:.1f} min (from earlier runs on this device)" if estimate else "no estimate yet (never ran on this device)"
+    out.print(f"{n} processes ({prepared.plan.repetitions} rounds of {len(prepared.plan.cases)} cases); {when}")
+
+
+def _show_run(store, run_id: str, as_json: bool) -> None:
+    from harness.analysis import failures_frame, summary_frame, tidy_frame
+
+    row = store.run(run_id)
+    summary = summary_frame(tidy_frame(store, [row["id"]]))
+    if as_json:
+        payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records"))}
+        out.print_json(json.dumps(payload, default=str))
+        return
+    out.print(_summary_table(row, summary))
+    failures = failures_frame(store, row["id"])
+    for _, f in failures.iterrows():
+        out.print(f"[red]{f['status']}[/] {f['case']} round {f['rep'] + 1}: {f['error']}", highlight=False)
+    if row["note"]:
+        out.print(f"[yellow]{row['note']}[/]")
+
+
+def _summary_table(row, summary) -> Table:
+    from harness.report.html import format_value, table_rows
+
+    facts = json.loads(row["facts_json"])
+    table = Table(title=f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}")
+    for column in ("case", "metric", "n", "mean", "± 95% CI", "CV", "in-proc CV"):
+        table.add_column(column, justify="left" if column in ("case", "metric") else "right")
+    for r in table_rows(summary):
+        if not r["n"]:
+            table.add_row(r["case"], r["title"], "0", f"[dim]missing: {r['missing_reason']}[/]", "", "", "")
+            continue
+        half = None if r["ci_high"] is None else r["ci_high"] - r["mean"]
+        pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        table.add_row(r["case"], r["title"], str(r["n"]), format_value(r["mean"]), format_value(half), pct(r["cv"]), pct(r["inprocess_cv"]))
+    return table
+
+
+def _write_report(store, run_ids: list[str], output: Path) -> None:
+    from harness.report.html import render_report
+
+    path = render_report(store, run_ids, output)
+    console.print(f"report: {path}")
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[str] = typer.Argument(None, help="Run ids or prefixes (default: the latest run)."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write."),
+    results: Optional[Path] = ResultsOpt,
+) -> None:
+    """Write one self-contained HTML report of stored runs."""
+    try:
+        store = _store(results)
+        _write_report(store, [store.run(r)["id"] for r in (runs or ["latest"])], output)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+
+
+@runtime_app.command("build")
+def runtime_build(
+    target: str = typer.Option("host", help="host, host-cuda, ..."),
+    build_flag: list[str] = typer.Option([], "--build-flag", help="Extra cmake -D flag (repeatable)."),
+    force: bool = typer.Option(False, help="Rebuild even when the cache has this key."),
+    jobs: Optional[int] = typer.Option(None, "-j", help="Parallel compile jobs (default: CPU count)."),
+) -> None:
+    """Build llama-bench from the llama.cpp source pinned by llama-cpp-python (cached by content)."""
+    from harness.runtimes import build_runtime
+
+    progress, update = _build_progress()
+    try:
+        with progress:
+            runtime, cached = build_runtime(target, extra_flags=build_flag, force=force, jobs=jobs, on_progress=update)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    m = runtime.manifest
+    verdict = "already built (cache hit), nothing to do" if cached else f"built in {m.build_seconds:.0f} s"
+    out.print(f"{target}: {verdict}\n  key {m.key}\n  llama.cpp {m.llama_cpp_commit} (llama-cpp-python {m.llama_cpp_python_version})\n  {runtime.binary()}")
+
+
+@results_app.command("list")
+def results_list(results: Optional[Path] = ResultsOpt) -> None:
+    """Stored runs, newest first."""
+    store = _store(results)
+    table = Table()
+    for column in ("run", "created", "status", "device", "suite", "model"):
+        table.add_column(column)
+    for row in store.runs():
+        table.add_row(row["id"], row["created_at"], row["status"], row["device"], row["suite_name"], store.model_info(row["model_sha256"]).get("filename", "?"))
+    out.print(table)
+
+
+@results_app.command("show")
+def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path] = ResultsOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The summary table of one run (statistics recomputed from its raw values)."""
+    try:
+        _show_run(_store(results), run_id, as_json)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+
+
+@results_app.command("export")
+def results_export(
+    run_id: str = typer.Argument("latest"),
+    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    output: Optional[Path] = typer.Option(None, "-o", help="File to write (default: stdout)."),
+    results: Optional[Path] = ResultsOpt,
+) -> None:
+    """Export the per-process tidy table of a run."""
+    from harness.analysis import tidy_frame
+
+    try:
+        store = _store(results)
+        frame = tidy_frame(store, [store.run(run_id)["id"]])
+        writers = {"csv": lambda f: f.to_csv(index=False), "json": lambda f: f.to_json(orient="records")}
+        if fmt not in writers:
+            raise EdgebenchError(f"unknown format {fmt!r}; valid: {', '.join(writers)}")
+        text = writers[fmt](frame)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+@devices_app.command("list")
+def devices_list() -> None:
+    """Devices that can be benchmarked now."""
+    out.print("local  this machine (driver: local)")
+
+
+@devices_app.command("facts")
+def devices_facts(name: str = typer.Argument("local")) -> None:
+    """What edgebench records about a device, and which sensors it can read."""
+    from dataclasses import asdict
+
+    from harness.drivers import get_driver
+    from harness.telemetry.host import describe_host_sensors
+
+    try:
+        facts = asdict(get_driver(name).facts())
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    out.print_json(json.dumps({**facts, "sensors": describe_host_sensors()}, default=str))
+
+
+@models_app.command("info")
+def model_info(spec: str = typer.Argument("default", help="'default', a catalog name, or a GGUF path.")) -> None:
+    """GGUF metadata and sha256 of a model (fetching the default one if needed)."""
+    from harness.models import inspect_model, resolve_model
+
+    try:
+        info = inspect_model(resolve_model(spec))
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    out.print_json(json.dumps(info.to_json()))

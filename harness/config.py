@@ -1,0 +1,215 @@
+"""Suite files (TOML) -> validated, frozen dataclasses.
+
+A suite is data, not code: which tests to run (prefill, decode at depth, latency), how often,
+and every llama-bench setting that changes the result, each a value or a list to sweep.
+Every validation error names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import ConfigError
+from harness.plan import LLAMABENCH_SETTINGS
+
+GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+FLASH_ATTN = ("on", "off", "auto")
+LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+# setting -> (check, what was expected). Booleans are accepted where llama-bench takes 0|1.
+SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "threads": (_int_in(1), "a positive integer"),
+    "cpu_mask": (lambda v: isinstance(v, str) and re.fullmatch(r"0x[0-9a-fA-F]+", v) is not None, 'a hex mask like "0x3"'),
+    "cpu_strict": (lambda v: isinstance(v, bool) or v in (0, 1), "true/false or 0/1"),
+    "poll": (_int_in(0, 100), "an integer from 0 to 100"),
+    "n_gpu_layers": (_int_in(-1), "an integer >= -1 (-1: all layers)"),
+    "flash_attn": (_one_of(FLASH_ATTN), "one of " + ", ".join(FLASH_ATTN)),
+    "cache_type_k": (_one_of(GGML_CACHE_TYPES), "one of " + ", ".join(GGML_CACHE_TYPES)),
+    "cache_type_v": (_one_of(GGML_CACHE_TYPES), "one of " + ", ".join(GGML_CACHE_TYPES)),
+    "batch": (_int_in(1), "a positive integer"),
+    "ubatch": (_int_in(1), "a positive integer"),
+    "load_mode": (_one_of(LOAD_MODES), "one of " + ", ".join(LOAD_MODES)),
+}
+assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS), "every llama-bench setting needs a check"
+
+# test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
+_COUNT = (_int_in(1), "a positive integer or a list of them")
+_DEPTH = (_int_in(0), "a non-negative integer or a list of them")
+TEST_SECTIONS: dict[str, dict[str, tuple[bool, Callable[[Any], bool], str]]] = {
+    "prefill": {"prompt": (True, *_COUNT)},
+    "decode": {"tokens": (True, *_COUNT), "depth": (False, *_DEPTH)},
+    "pg": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
+    "latency": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
+}
+
+TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "repetitions": (_int_in(1), "a positive integer (separate processes per case)"),
+    "inprocess_repetitions": (_int_in(1), "a positive integer (llama-bench -r)"),
+    "warmup": (lambda v: isinstance(v, bool), "true or false"),
+    "timeout_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of seconds"),
+}
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test section entry: its kind, sweep values and the settings it overrides."""
+
+    kind: str
+    values: dict[str, tuple[int, ...]]
+    settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    source: str  # file path, or "builtin:<name>"
+    description: str = ""
+    repetitions: int = 3
+    inprocess_repetitions: int = 2
+    warmup: bool = True
+    timeout_s: float = 900.0
+    settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    tests: tuple[TestSpec, ...] = ()
+    text: str = ""  # the file as read: stored with the run
+
+    def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None) -> "Suite":
+        from dataclasses import replace
+
+        return replace(
+            self,
+            repetitions=repetitions or self.repetitions,
+            settings={**self.settings, **(settings or {})},
+        )
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("harness").joinpath("suites").iterdir() if p.name.endswith(".toml"))
+
+
+def load_suite(spec: str) -> Suite:
+    """A built-in suite name (`quick`, `context-sweep`) or a path to a TOML file."""
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists() or "/" in spec:
+        if not path.is_file():
+            raise ConfigError(spec, "(file)", "an existing suite TOML file", "no such file")
+        return parse_suite(path.read_text(encoding="utf-8"), str(path))
+    resource = resources.files("harness").joinpath("suites", f"{spec}.toml")
+    if not resource.is_file():
+        raise ConfigError(spec, "(suite)", "a built-in suite (" + ", ".join(builtin_suites()) + ") or a .toml path")
+    return parse_suite(resource.read_text(encoding="utf-8"), f"builtin:{spec}")
+
+
+def parse_suite(text: str, source: str) -> Suite:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(syntax)", "valid TOML", str(exc)) from None
+    known = set(TOP_LEVEL) | set(TEST_SECTIONS) | {"settings"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(source, key, "one of " + ", ".join(sorted(known)), "unknown key")
+    top: dict[str, Any] = {}
+    for key, (check, expected) in TOP_LEVEL.items():
+        if key in data:
+            if not check(data[key]):
+                raise ConfigError(source, key, expected, data[key])
+            top[key] = data[key]
+    settings = _settings(data.get("settings", {}), source, "settings")
+    tests = tuple(spec for kind in TEST_SECTIONS for spec in _tests(data, kind, source))
+    if not tests:
+        raise ConfigError(source, "(tests)", "at least one of " + ", ".join(f"[[{k}]]" for k in TEST_SECTIONS))
+    return Suite(
+        name=top.pop("name", Path(source.removeprefix("builtin:")).stem),
+        source=source,
+        settings=settings,
+        tests=tests,
+        text=text,
+        **top,
+    )
+
+
+def _as_list(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def _sweep(value: Any, check: Callable[[Any], bool], source: str, key: str, expected: str) -> tuple[Any, ...]:
+    values = _as_list(value)
+    if not values:
+        raise ConfigError(source, key, expected, "an empty list")
+    for item in values:
+        if not check(item):
+            raise ConfigError(source, key, expected, item)
+    return values
+
+
+def _settings(table: Any, source: str, prefix: str) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(table, dict):
+        raise ConfigError(source, prefix, "a table of llama-bench settings", table)
+    out = {}
+    for key, value in table.items():
+        if key not in SETTING_CHECKS:
+            raise ConfigError(source, f"{prefix}.{key}", "a setting among " + ", ".join(sorted(SETTING_CHECKS)), "unknown key")
+        check, expected = SETTING_CHECKS[key]
+        out[key] = _sweep(value, check, source, f"{prefix}.{key}", expected + " (or a list to sweep)")
+    return out
+
+
+def parse_setting_overrides(pairs: list[str]) -> dict[str, tuple[Any, ...]]:
+    """`KEY=V[,V...]` from the command line, typed like the TOML values and validated the same way."""
+    table: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError("--set", pair, "KEY=VALUE[,VALUE...]")
+        table[key.strip()] = [_typed(v.strip()) for v in raw.split(",")]
+    return _settings(table, "--set", "settings")
+
+
+def _typed(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _tests(data: dict[str, Any], kind: str, source: str) -> list[TestSpec]:
+    if kind not in data:
+        return []
+    entries = data[kind] if isinstance(data[kind], list) else [data[kind]]
+    specs = []
+    schema = TEST_SECTIONS[kind]
+    for i, entry in enumerate(entries):
+        where = f"{kind}[{i}]" if isinstance(data[kind], list) else kind
+        if not isinstance(entry, dict):
+            raise ConfigError(source, where, "a table", entry)
+        values, overrides = {}, {}
+        for key, value in entry.items():
+            if key in schema:
+                _, check, expected = schema[key]
+                values[key] = _sweep(value, check, source, f"{where}.{key}", expected)
+            elif key in SETTING_CHECKS:
+                overrides.update(_settings({key: value}, source, where))
+            else:
+                allowed = sorted(schema) + sorted(SETTING_CHECKS)
+                raise ConfigError(source, f"{where}.{key}", "one of " + ", ".join(allowed), "unknown key")
+        for key, (required, _, expected) in schema.items():
+            if required and key not in values:
+                raise ConfigError(source, f"{where}.{key}", expected, "missing")
+        specs.append(TestSpec(kind=kind, values=values, settings=overrides))
+    return specs

@@ -1,0 +1,97 @@
+"""The llama-bench engine: one case = one `llama-bench -o jsonl` process.
+
+llama-bench times itself (`samples_ns`) and reports every setting it used, so the figures
+come from the runtime's own counters and the effective settings are read back, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from harness.drivers.base import Completed
+from harness.engines import EngineOutputError, EngineResult
+from harness.plan import LLAMABENCH_SETTINGS, Case
+from harness.records import Metric
+
+# The JSONL fields that describe how the case ran (stored with every result).
+EFFECTIVE_FIELDS = (
+    "n_threads", "cpu_mask", "cpu_strict", "poll", "n_gpu_layers", "flash_attn", "type_k", "type_v",
+    "n_batch", "n_ubatch", "load_mode", "backends", "cpu_info", "gpu_info", "devices",
+    "model_type", "model_size", "model_n_params",
+)
+_METRIC_OF_KIND = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps"}
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+class LlamaBench:
+    name = "llamabench"
+    host_only = False
+
+    def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
+        binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
+        argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
+        if case.kind == "pg":
+            argv += ["-p", "0", "-n", "0", "-pg", f"{case.n_prompt},{case.n_gen}"]
+        else:
+            argv += ["-p", str(case.n_prompt), "-n", str(case.n_gen)]
+        if case.depth:
+            argv += ["-d", str(case.depth)]
+        for key, value in case.settings:
+            argv += [LLAMABENCH_SETTINGS[key][0], _flag_value(value)]
+        if not case.warmup:
+            argv.append("--no-warmup")
+        return argv
+
+    def parse(self, case: Case, completed: Completed) -> EngineResult:
+        rows = parse_jsonl(completed.stdout)
+        row = _the_row(rows, case, completed)
+        samples = tuple(float(v) for v in row.get("samples_ts", []))
+        metric = Metric(
+            name=_METRIC_OF_KIND[case.kind],
+            value=float(row["avg_ts"]),
+            unit="tok/s",
+            samples=samples,
+        )
+        build = f"llama.cpp {row.get('build_commit', 'unknown')} ({row.get('build_number', '?')})"
+        return EngineResult(metrics=[metric], raw=rows, build=build)
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """Every JSON object line of llama-bench's `-o jsonl` output; other lines are ignored."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise EngineOutputError(f"llama-bench printed a malformed JSONL line ({exc}): {line[:200]}") from None
+    return rows
+
+
+def effective_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """The settings llama-bench reports it used, for the store and the report."""
+    return {k: row[k] for k in EFFECTIVE_FIELDS if k in row}
+
+
+def _the_row(rows: list[dict[str, Any]], case: Case, completed: Completed) -> dict[str, Any]:
+    if len(rows) != 1:
+        tail = completed.stderr_tail(10)
+        raise EngineOutputError(f"expected one llama-bench result for {case.label}, got {len(rows)}; stderr tail:\n{tail}")
+    row = rows[0]
+    want = {"n_prompt": case.n_prompt, "n_gen": case.n_gen, "n_depth": case.depth}
+    got = {k: row.get(k) for k in want}
+    if got != want:
+        raise EngineOutputError(f"llama-bench ran {got}, but the case asked for {want}")
+    for key in ("avg_ts", "samples_ts"):
+        if key not in row:
+            raise EngineOutputError(f"llama-bench result lacks '{key}': {json.dumps(row)[:300]}")
+    return row

@@ -1,0 +1,366 @@
+"""The pyllama engine: time to first token and inter-token latency, llama-cpp-python in process.
+
+Following pyperf, the orchestrator only starts a worker process (`python -m
+harness.engines.pyllama`) and parses what it prints; the worker loads the model, times every
+token with `time.perf_counter_ns` and prints the raw nanoseconds as one JSON line.
+
+The worker drives llama-cpp-python's low-level loop (`Llama.eval` of the prompt's token ids,
+then sample + eval one token at a time) rather than `create_completion`/`generate`, because:
+- the prompt is passed as token ids, so exactly `n_prompt` tokens are processed;
+- `generate` silently reuses a cached prompt prefix between calls; here the KV cache is
+  cleared before each rep and the worker reports how many prompt positions it computed,
+  so a reused prefix would show up (and `parse` rejects it) instead of flattering TTFT;
+- EOS is just another token to this loop, so exactly `n_gen` tokens are produced without
+  biasing logits (which would change the sampling work being timed);
+- no streaming/detokenising layers sit between the token and the clock.
+Sampling is greedy (deterministic: every rep generates the same tokens).
+
+What the clock covers: TTFT runs from just before the prompt's `eval` to the first sampled
+token id; each inter-token gap runs from one sampled token id to the next (one single-token
+`eval` plus one sample), so n_gen tokens give n_gen - 1 gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from harness.drivers.base import Completed
+from harness.engines import EngineOutputError, EngineResult
+from harness.plan import Case
+from harness.records import Metric
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+# Deterministic, ordinary English: tokenised once, repeated and cut to exactly n_prompt tokens.
+PROMPT_TEXT = (
+    "The history of measurement is the history of agreeing on what a number means. "
+    "A benchmark that cannot say how it was run, on which machine, with which settings, "
+    "measures nothing anyone else can repeat. Write down the clock, the threads and the batch; "
+    "keep every sample; derive the statistics later. "
+)
+SEED = 1234
+CTX_PAD = 256
+WARMUP_TOKENS = 16  # prompt tokens of the untimed warmup rep (it also decodes one token)
+
+# Case settings the worker can apply (suite key `cache_type_k` -> flag `--cache-type-k`). The
+# others (cpu_mask, cpu_strict, poll) reach the worker under the same rule and it rejects them
+# by name, so the case fails with a reason instead of silently running without them.
+SUPPORTED_SETTINGS = ("threads", "batch", "ubatch", "flash_attn", "n_gpu_layers", "cache_type_k", "cache_type_v", "load_mode")
+LOAD_MODES = ("none", "mmap", "mlock", "mmap+mlock")
+_TRUE = ("1", "on", "true", "yes")
+_FALSE = ("0", "off", "false", "no")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+class PyLlama:
+    name = "pyllama"
+    host_only = True
+
+    def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
+        """The worker's command line; `runtime_dir` is unused (the runtime is the installed wheel)."""
+        argv = [
+            sys.executable, "-m", "harness.engines.pyllama",
+            "--model", model_path,
+            "--prompt-tokens", str(case.n_prompt),
+            "--gen", str(case.n_gen),
+            "--reps", str(case.inprocess_reps),
+        ]
+        for key, value in case.settings:
+            argv += [_flag(key), str(value)]  # bools print as True/False, which the worker reads
+        if not case.warmup:
+            argv.append("--no-warmup")
+        return argv
+
+    def parse(self, case: Case, completed: Completed) -> EngineResult:
+        record = parse_output(case, completed)
+        version = record["llama_cpp_python"]
+        return EngineResult(metrics=metrics(case, record), raw=[record], build=f"llama-cpp-python {version}")
+
+
+def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
+    """The worker's one JSON line, checked against the case it was asked to run."""
+    tail = completed.stderr_tail(10)
+    if completed.exit_code != 0:
+        raise EngineOutputError(f"pyllama worker exited with {completed.exit_code}; stderr tail:\n{tail}")
+    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise EngineOutputError(f"pyllama worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")
+    try:
+        record = json.loads(lines[0])
+    except json.JSONDecodeError as exc:
+        raise EngineOutputError(f"pyllama worker printed non-JSON ({exc}): {lines[0][:200]}; stderr tail:\n{tail}") from None
+    if not isinstance(record, dict) or record.get("engine") != "pyllama":
+        raise EngineOutputError(f"not a pyllama worker record: {lines[0][:200]}")
+    for key in ("llama_cpp_python", "n_prompt", "n_gen", "reps", "load_ns"):
+        if key not in record:
+            raise EngineOutputError(f"pyllama record lacks '{key}': {lines[0][:300]}")
+    want = {"n_prompt": case.n_prompt, "n_gen": case.n_gen, "reps": case.inprocess_reps}
+    got = {"n_prompt": record["n_prompt"], "n_gen": record["n_gen"], "reps": len(record["reps"])}
+    if got != want:
+        raise EngineOutputError(f"pyllama worker ran {got}, but the case asked for {want}")
+    for i, rep in enumerate(record["reps"]):
+        if len(rep["itl_ns"]) != case.n_gen - 1:
+            raise EngineOutputError(f"rep {i}: {len(rep['itl_ns'])} inter-token gaps for n_gen={case.n_gen}")
+        if rep["n_cached_before"] != 0:
+            raise EngineOutputError(f"rep {i} started on a KV cache holding {rep['n_cached_before']} tokens")
+        if rep["n_prompt_evaluated"] != case.n_prompt:
+            raise EngineOutputError(
+                f"rep {i}: {rep['n_prompt_evaluated']} of {case.n_prompt} prompt tokens were computed "
+                "(a reused KV cache would make TTFT meaningless)"
+            )
+    return record
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), without importing numpy."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:
+    """Per-process metrics; `samples` keep the raw per-rep (or per-gap) values.
+
+    Percentiles are over every gap of this process (never an average of per-rep percentiles);
+    prefill_tps = n_prompt / TTFT, so it includes sampling the first token; decode_tps per rep
+    is its n_gen - 1 gaps over their sum, and the value is the mean over reps (as llama-bench's
+    avg_ts).
+    """
+    reps = record["reps"]
+    ttft_ms = tuple(rep["ttft_ns"] / 1e6 for rep in reps)
+    out = [
+        Metric("ttft_ms", statistics.fmean(ttft_ms), "ms", samples=ttft_ms),
+        Metric("prefill_tps", statistics.fmean(case.n_prompt / (t / 1e3) for t in ttft_ms), "tok/s",
+               samples=tuple(case.n_prompt / (t / 1e3) for t in ttft_ms)),
+    ]
+    gaps_ms = tuple(gap / 1e6 for rep in reps for gap in rep["itl_ns"])
+    if gaps_ms:
+        for q in (50, 90, 99):
+            out.append(Metric(f"itl_ms_p{q}", percentile(gaps_ms, q), "ms", samples=gaps_ms))
+        tps = tuple(len(rep["itl_ns"]) / (sum(rep["itl_ns"]) / 1e9) for rep in reps)
+        out.append(Metric("decode_tps", statistics.fmean(tps), "tok/s", samples=tps))
+    else:
+        reason = f"n_gen={case.n_gen}: one generated token has no inter-token gap"
+        out += [Metric.missing(f"itl_ms_p{q}", "ms", reason) for q in (50, 90, 99)]
+        out.append(Metric.missing("decode_tps", "tok/s", reason))
+    out.append(Metric("load_s", record["load_ns"] / 1e9, "s"))
+    return out
+
+
+# ---- the worker -------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"expected on/off (1/0, true/false), got {text!r}; 'auto' is not available through llama-cpp-python's Llama"
+    )
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such model file: {text}")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.engines.pyllama",
+        description="Time to first token and inter-token latency of llama-cpp-python; prints one JSON line.",
+    )
+    p.add_argument("--model", required=True, type=_existing_file, help="GGUF model file")
+    p.add_argument("--prompt-tokens", required=True, type=_positive, help="exact prompt length in tokens")
+    p.add_argument("--gen", required=True, type=_positive, help="tokens to generate (EOS does not stop it)")
+    p.add_argument("--reps", type=_positive, default=1, help="timed repetitions in this process")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warmup rep")
+    p.add_argument(_flag("threads"), type=_positive, help="n_threads and n_threads_batch (as llama-bench -t)")
+    p.add_argument(_flag("batch"), type=_positive, help="n_batch")
+    p.add_argument(_flag("ubatch"), type=_positive, help="n_ubatch")
+    p.add_argument(_flag("flash_attn"), type=_on_off, help="on or off")
+    p.add_argument(_flag("n_gpu_layers"), type=int, help="layers to offload (-1: all)")
+    p.add_argument(_flag("cache_type_k"), help="KV cache type of K, e.g. f16, q8_0")
+    p.add_argument(_flag("cache_type_v"), help="KV cache type of V, e.g. f16, q8_0")
+    p.add_argument(_flag("load_mode"), choices=LOAD_MODES, help="how the weights are loaded")
+    return p
+
+
+def _ggml_type(name: str, parser: argparse.ArgumentParser) -> int:
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+    if not isinstance(value, int) or name.upper() == "COUNT":
+        parser.error(f"unknown KV cache type {name!r} (e.g. f16, q8_0, q4_0)")
+    return value
+
+
+def _ggml_type_names() -> dict[int, str]:
+    import llama_cpp
+
+    return {v: k[len("GGML_TYPE_"):].lower() for k, v in vars(llama_cpp).items()
+            if k.startswith("GGML_TYPE_") and k != "GGML_TYPE_COUNT" and isinstance(v, int)}
+
+
+def _load_mode_names() -> dict[int, str]:
+    import llama_cpp
+
+    return {getattr(llama_cpp, "LLAMA_LOAD_MODE_" + m.upper().replace("+", "_")): m for m in LOAD_MODES}
+
+
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "llama_cpp.Llama":
+    """The model with a context just big enough for the case, every given setting applied."""
+    import llama_cpp
+
+    kwargs: dict[str, Any] = {}
+    if args.threads is not None:
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = args.threads
+    if args.batch is not None:
+        kwargs["n_batch"] = args.batch
+    if args.ubatch is not None:
+        kwargs["n_ubatch"] = args.ubatch
+    if args.flash_attn is not None:
+        kwargs["flash_attn"] = args.flash_attn
+    if args.n_gpu_layers is not None:
+        kwargs["n_gpu_layers"] = args.n_gpu_layers
+    if args.cache_type_k is not None:
+        kwargs["type_k"] = _ggml_type(args.cache_type_k, parser)
+    if args.cache_type_v is not None:
+        kwargs["type_v"] = _ggml_type(args.cache_type_v, parser)
+    if args.load_mode is not None:
+        kwargs["use_mmap"] = "mmap" in args.load_mode
+        kwargs["use_mlock"] = "mlock" in args.load_mode
+    # llama.cpp pads n_ctx to a multiple of 256 and caps n_batch at it; pad here too, since the
+    # Python wrapper caps n_batch at the unpadded value and would shrink a requested batch.
+    n_ctx = -(-(args.prompt_tokens + args.gen) // CTX_PAD) * CTX_PAD
+    return llama_cpp.Llama(args.model, n_ctx=n_ctx, seed=SEED, verbose=False, **kwargs)
+
+
+def build_prompt(llm: "llama_cpp.Llama", n_prompt: int) -> list[int]:
+    """Exactly n_prompt token ids: BOS if the model wants one, then PROMPT_TEXT repeated, cut."""
+    head = llm.tokenize(PROMPT_TEXT.encode(), add_bos=True)
+    body = llm.tokenize(PROMPT_TEXT.encode(), add_bos=False)
+    tokens = list(head)
+    while len(tokens) < n_prompt:
+        tokens += body
+    return tokens[:n_prompt]
+
+
+def _cached_tokens(memory: Any) -> int:
+    import llama_cpp
+
+    return llama_cpp.llama_memory_seq_pos_max(memory, 0) + 1  # pos_max is -1 when empty
+
+
+def run_rep(llm: "llama_cpp.Llama", sampler: Any, prompt: list[int], n_gen: int) -> dict[str, Any]:
+    """One timed prompt + generation on an emptied KV cache.
+
+    The cache is queried only outside the timed span: empty before, and afterwards it holds
+    exactly the positions this rep computed, so n_prompt_evaluated = held - decoded proves
+    the whole prompt was processed in this rep.
+    """
+    import llama_cpp
+
+    memory = llama_cpp.llama_get_memory(llm.ctx)
+    llm.reset()
+    llama_cpp.llama_memory_clear(memory, True)
+    cached_before = _cached_tokens(memory)
+    clock = time.perf_counter_ns
+
+    start = clock()
+    llm.eval(prompt)
+    token = llama_cpp.llama_sampler_sample(sampler, llm.ctx, -1)
+    first = previous = clock()
+    gaps: list[int] = []
+    for _ in range(n_gen - 1):
+        llm.eval([token])
+        token = llama_cpp.llama_sampler_sample(sampler, llm.ctx, -1)
+        now = clock()
+        gaps.append(now - previous)
+        previous = now
+
+    evaluated = _cached_tokens(memory) - cached_before - len(gaps)
+    return {"ttft_ns": first - start, "itl_ns": gaps, "n_prompt_evaluated": evaluated, "n_cached_before": cached_before}
+
+
+def _effective_settings(llm: "llama_cpp.Llama") -> dict[str, Any]:
+    """What the context really runs with, read back from the library (defaults included)."""
+    import llama_cpp
+
+    cp, types = llm.context_params, _ggml_type_names()
+    return {
+        "n_ctx": llama_cpp.llama_n_ctx(llm.ctx),
+        "n_threads": cp.n_threads,
+        "n_threads_batch": cp.n_threads_batch,
+        "n_batch": cp.n_batch,
+        "n_ubatch": cp.n_ubatch,
+        "flash_attn": {1: "on", 0: "off", -1: "auto"}.get(cp.flash_attn_type, cp.flash_attn_type),
+        "type_k": types.get(cp.type_k, cp.type_k),
+        "type_v": types.get(cp.type_v, cp.type_v),
+        "n_gpu_layers": llm.model_params.n_gpu_layers,
+        "load_mode": _load_mode_names().get(llm.model_params.load_mode, llm.model_params.load_mode),
+        "sampler": "greedy",
+        "seed": SEED,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker: load, build the prompt, warm up, time `--reps` reps, print one JSON line."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        supported = ", ".join(_flag(k) for k in SUPPORTED_SETTINGS)
+        parser.error(f"cannot apply {' '.join(unknown)} with llama-cpp-python's Llama; supported settings: {supported}")
+
+    import llama_cpp
+
+    started = time.perf_counter_ns()
+    llm = _load(args, parser)
+    load_ns = time.perf_counter_ns() - started
+
+    prompt = build_prompt(llm, args.prompt_tokens)
+    sampler = llama_cpp.llama_sampler_init_greedy()
+    try:
+        if not args.no_warmup:
+            run_rep(llm, sampler, prompt[:WARMUP_TOKENS], 2)
+        reps = [run_rep(llm, sampler, prompt, args.gen) for _ in range(args.reps)]
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+    record = {
+        "engine": "pyllama",
+        "llama_cpp_python": llama_cpp.__version__,
+        "n_prompt": len(prompt),
+        "n_gen": args.gen,
+        "warmup": not args.no_warmup,
+        "load_ns": load_ns,
+        "settings": _effective_settings(llm),
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(" |"),
+        "reps": reps,
+    }
+    print(json.dumps(record, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

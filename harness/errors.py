@@ -1,0 +1,31 @@
+"""User-facing errors: every one carries a message a person can act on.
+
+The CLI prints these without a traceback and exits non-zero; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EdgebenchError(Exception):
+    """Base of every error the tool reports to the user as a plain message."""
+
+
+class ConfigError(EdgebenchError):
+    """A suite or inventory file is malformed: names the file, the key and what was expected."""
+
+    def __init__(self, file: str, key: str, expected: str, got: object | None = None) -> None:
+        self.file, self.key, self.expected, self.got = file, key, expected, got
+        detail = f" (got {got!r})" if got is not None else ""
+        super().__init__(f"{file}: key '{key}': expected {expected}{detail}")
+
+
+class ModelError(EdgebenchError):
+    """A model file is missing, not GGUF, truncated, or fails its pinned checksum."""
+
+
+class BuildError(EdgebenchError):
+    """A runtime build failed; the message holds the log tail and the full log's path."""
+
+
+class StoreError(EdgebenchError):
+    """The results store cannot be opened, is newer than this code, or lacks a run."""

@@ -1,0 +1,25 @@
+"""Where edgebench keeps its caches and results.
+
+Builds and extracted models are cached outside any clone (keyed by content hash) so a
+second run, or a fresh clone on the same machine, skips them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """`$EDGEBENCH_CACHE`, else `$XDG_CACHE_HOME/edgebench`, else `~/.cache/edgebench`."""
+    explicit = os.environ.get("EDGEBENCH_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "edgebench"
+
+
+def default_results_dir() -> Path:
+    """`results/` in the current directory: the folder the README describes."""
+    return Path(os.environ.get("EDGEBENCH_RESULTS", "results"))

@@ -1,0 +1,158 @@
+"""Suite x model x device -> the concrete list of cases to run.
+
+A case is one process invocation of one engine with every result-changing setting explicit,
+so its identity (a hash of its definition) changes whenever anything that matters changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.config import Suite
+
+# llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
+LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
+    "threads": ("-t", "n_threads"),
+    "cpu_mask": ("-C", "cpu_mask"),
+    "cpu_strict": ("--cpu-strict", "cpu_strict"),
+    "poll": ("--poll", "poll"),
+    "n_gpu_layers": ("-ngl", "n_gpu_layers"),
+    "flash_attn": ("-fa", "flash_attn"),
+    "cache_type_k": ("-ctk", "type_k"),
+    "cache_type_v": ("-ctv", "type_v"),
+    "batch": ("-b", "n_batch"),
+    "ubatch": ("-ub", "n_ubatch"),
+    "load_mode": ("-lm", "load_mode"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark test, run as `repetitions` separate processes by the runner.
+
+    kind: "prefill" (n_prompt tokens, no generation), "decode" (n_gen tokens after `depth`
+    tokens of context), "pg" (prompt then generation in one test), or "latency" (pyllama:
+    time to first token and inter-token latency for an n_prompt prompt and n_gen tokens).
+    """
+
+    engine: str
+    kind: str
+    n_prompt: int
+    n_gen: int
+    depth: int
+    settings: tuple[tuple[str, Any], ...] = ()
+    inprocess_reps: int = 1
+    warmup: bool = True
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        return dict(self.settings).get(name, default)
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. `prefill p512`, `decode n64 @d2048`."""
+        parts = {
+            "prefill": f"p{self.n_prompt}",
+            "decode": f"n{self.n_gen}" + (f" @d{self.depth}" if self.depth else ""),
+            "pg": f"p{self.n_prompt}+n{self.n_gen}",
+            "latency": f"p{self.n_prompt}+n{self.n_gen}",
+        }[self.kind]
+        extra = " ".join(f"{k}={v}" for k, v in self.settings)
+        return f"{self.kind} {parts}" + (f" [{extra}]" if extra else "")
+
+    @property
+    def context(self) -> int:
+        """The context length the case exercises: what tables and plots use as x."""
+        return {"prefill": self.n_prompt, "decode": self.depth, "pg": self.n_prompt, "latency": self.n_prompt}[self.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "kind": self.kind,
+            "n_prompt": self.n_prompt,
+            "n_gen": self.n_gen,
+            "depth": self.depth,
+            "settings": dict(self.settings),
+            "inprocess_reps": self.inprocess_reps,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Case":
+        return cls(
+            engine=data["engine"],
+            kind=data["kind"],
+            n_prompt=data["n_prompt"],
+            n_gen=data["n_gen"],
+            depth=data["depth"],
+            settings=tuple(sorted(data["settings"].items())),
+            inprocess_reps=data["inprocess_reps"],
+            warmup=data["warmup"],
+        )
+
+    @property
+    def key(self) -> str:
+        """Stable hash of the definition: equal keys measure the same thing."""
+        blob = json.dumps(self.to_json(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The cases to run, and the ones the suite asked for that cannot run here, with why."""
+
+    cases: tuple[Case, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    repetitions: int = 1
+    timeout_s: float = 900.0
+
+
+_ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama"}
+
+
+def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Plan:
+    """Expand every sweep of the suite into cases, dropping those that cannot run here.
+
+    Cases longer than the model's context, and in-process (host only) engines on a remote
+    device, are listed in `skipped` with their reason rather than silently dropped.
+    """
+    cases: list[Case] = []
+    skipped: list[tuple[str, str]] = []
+    for spec in suite.tests:
+        settings = {**suite.settings, **spec.settings}
+        for values in _product(spec.values):
+            for chosen in _product(settings):
+                case = _make_case(spec.kind, values, chosen, suite)
+                tokens = case.n_prompt + case.n_gen + case.depth
+                if context_length is not None and tokens > context_length:
+                    skipped.append((case.label, f"needs {tokens} tokens of context; the model has {context_length}"))
+                elif _ENGINE_OF_KIND[case.kind] == "pyllama" and not host:
+                    skipped.append((case.label, "the pyllama engine runs in-process on the host only"))
+                elif case not in cases:
+                    cases.append(case)
+    return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s)
+
+
+def _product(sweeps: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    combos: list[dict[str, Any]] = [{}]
+    for key, values in sweeps.items():
+        combos = [{**combo, key: value} for combo in combos for value in values]
+    return combos
+
+
+def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: "Suite") -> Case:
+    n_prompt = values.get("prompt", 0) if kind != "decode" else 0
+    n_gen = values.get("tokens", 0)
+    return Case(
+        engine=_ENGINE_OF_KIND[kind],
+        kind=kind,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        depth=values.get("depth", 0),
+        settings=tuple(sorted(settings.items())),
+        inprocess_reps=suite.inprocess_repetitions,
+        warmup=suite.warmup,
+    )

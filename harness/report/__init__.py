@@ -1,0 +1,1 @@
+"""HTML reports: one self-contained file (figures embedded), rebuilt from the store alone."""

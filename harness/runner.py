@@ -1,0 +1,129 @@
+"""Runs a plan on a device: interleaved rounds of separate processes, each stored as it ends.
+
+Round r runs every case once (case 1..n, then again 1..n), so slow drift such as heating or
+background load spreads over all cases instead of landing on the last ones. A failing
+process (crash, out of memory, timeout) is recorded with its stderr tail and the run goes
+on; a device that vanishes stops the run, keeping everything finished so far (resumable).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.drivers.base import Completed, Driver, DriverError
+from harness.engines import EngineResult, get_engine
+from harness.errors import EdgebenchError
+from harness.plan import Case
+from harness.records import Metric
+from harness.store import Store, now_iso
+
+
+@dataclass(frozen=True)
+class Step:
+    """One process to run: case `case` in round `rep`."""
+
+    index: int
+    total: int
+    case: Case
+    rep: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: Step
+    status: str  # ok | failed | timeout | oom
+    metrics: tuple[Metric, ...]
+    error: str | None
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class RunTargets:
+    """Where the runtime and the model are, as paths on the device."""
+
+    runtime_dir: str | None
+    model_path: str
+
+
+def pending_steps(store: Store, run_id: str, cases: list[Case], repetitions: int) -> list[Step]:
+    """Interleaved rounds of (case, rep) that have no successful execution yet."""
+    done = {(e.case_key, e.rep) for e in store.executions(run_id) if e.status == "ok"}
+    todo = [(rep, case) for rep in range(repetitions) for case in cases if (case.key, rep) not in done]
+    return [Step(i, len(todo), case, rep) for i, (rep, case) in enumerate(todo)]
+
+
+def execute(
+    store: Store,
+    run_id: str,
+    driver: Driver,
+    steps: list[Step],
+    targets: RunTargets,
+    *,
+    timeout_s: float,
+    on_start: Callable[[Step], None] | None = None,
+    on_result: Callable[[StepResult], None] | None = None,
+) -> list[StepResult]:
+    """Run every step, committing each; returns the results. Marks the run's final status."""
+    results = []
+    store.mark_running(run_id)
+    try:
+        for step in steps:
+            if on_start:
+                on_start(step)
+            result = _run_step(store, run_id, driver, step, targets, timeout_s)
+            results.append(result)
+            if on_result:
+                on_result(result)
+    except (DriverError, KeyboardInterrupt) as exc:
+        reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        store.finish_run(run_id, "interrupted", f"{reason}; resume with: edgebench run --resume {run_id}")
+        raise
+    failed = [r for r in results if r.status != "ok"]
+    store.finish_run(run_id, "failed" if failed else "finished", f"{len(failed)} process(es) failed" if failed else None)
+    return results
+
+
+def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: RunTargets, timeout_s: float) -> StepResult:
+    case = step.case
+    engine = get_engine(case.engine)
+    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
+    started = now_iso()
+    with driver.telemetry() as telemetry:
+        completed = driver.run(argv, timeout=timeout_s, on_start=telemetry.attach)
+    artifacts = store.artifacts_dir(run_id) / case.key
+    artifacts.mkdir(parents=True, exist_ok=True)
+    _write_artifacts(artifacts, step.rep, completed)
+    telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
+    status, error, parsed = _outcome(engine.parse, case, completed, timeout_s)
+    metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
+    raw = {"argv": list(argv), "records": parsed.raw if parsed else []}
+    store.record_execution(
+        run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
+        started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,
+    )
+    return StepResult(step, status, tuple(metrics), error, completed.wall_s)
+
+
+def _outcome(
+    parse: Callable[[Case, Completed], EngineResult], case: Case, completed: Completed, timeout_s: float
+) -> tuple[str, str | None, EngineResult | None]:
+    tail = completed.stderr_tail()
+    if completed.timed_out:
+        return "timeout", f"killed after the {timeout_s:.0f} s timeout; stderr tail:\n{tail}", None
+    if completed.oom_killed:
+        return "oom", f"killed by SIGKILL (exit {completed.exit_code}): out of memory?; stderr tail:\n{tail}", None
+    if completed.exit_code != 0:
+        return "failed", f"exited with {completed.exit_code}; stderr tail:\n{tail}", None
+    try:
+        return "ok", None, parse(case, completed)
+    except EdgebenchError as exc:
+        return "failed", str(exc), None
+
+
+def _write_artifacts(folder: Path, rep: int, completed: Completed) -> None:
+    (folder / f"rep{rep}.stdout").write_text(completed.stdout, encoding="utf-8")
+    (folder / f"rep{rep}.stderr").write_text(completed.stderr, encoding="utf-8")
+    (folder / f"rep{rep}.argv.json").write_text(json.dumps(list(completed.argv)), encoding="utf-8")

@@ -1,0 +1,164 @@
+"""One benchmark run from options to stored results: the sequence the CLI drives.
+
+Every check that can fail on bad input (suite, model, device) happens before the first
+process starts, so a typo never costs a half-finished run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from harness import __version__
+from harness.config import Suite, load_suite, parse_suite
+from harness.drivers import get_driver
+from harness.drivers.base import Driver
+from harness.errors import EdgebenchError
+from harness.models import ModelInfo, inspect_model, resolve_model
+from harness.plan import Plan, build_plan
+from harness.runner import RunTargets, Step, StepResult, execute, pending_steps
+from harness.runtimes import BuildProgress, Runtime, build_runtime
+from harness.store import Store
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user asked for; stored with the run so `--resume` can rebuild the same setup."""
+
+    device: str = "local"
+    suite: str = "quick"
+    model: str = "default"
+    target: str = "host"
+    build_flags: tuple[str, ...] = ()
+    repetitions: int | None = None
+    settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunOptions":
+        return cls(
+            **{**data, "build_flags": tuple(data["build_flags"]), "settings": {k: tuple(v) for k, v in data["settings"].items()}}
+        )
+
+
+@dataclass
+class Callbacks:
+    status: Callable[[str], None] = lambda message: None
+    build: Callable[[BuildProgress], None] | None = None
+    step_start: Callable[[Step], None] | None = None
+    step_result: Callable[[StepResult], None] | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    options: RunOptions
+    driver: Driver
+    suite: Suite
+    model_path: Path
+    model: ModelInfo
+    plan: Plan
+
+
+def prepare(options: RunOptions, suite: Suite | None = None) -> Prepared:
+    """Validate everything the run needs (suite, device, model) without running anything."""
+    suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings)
+    driver = get_driver(options.device)
+    model_path = resolve_model(options.model)
+    model = inspect_model(model_path)
+    plan = build_plan(suite, context_length=model.context_length, host=driver.is_host)
+    if not plan.cases:
+        raise EdgebenchError(f"suite {suite.name} has no case that can run here: " + "; ".join(r for _, r in plan.skipped))
+    return Prepared(options, driver, suite, model_path, model, plan)
+
+
+def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
+    """Wall time the plan took on this device last time, or None when it never ran here."""
+    walls = store.wall_times(prepared.options.device)
+    if not all(c.key in walls for c in prepared.plan.cases):
+        return None
+    return sum(walls[c.key] for c in prepared.plan.cases) * prepared.plan.repetitions
+
+
+def start(store: Store, prepared: Prepared, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
+    """Build/stage the runtime, record the run, and execute every case."""
+    runtime = _runtime_if_needed(prepared, callbacks)
+    facts = asdict(prepared.driver.facts())
+    run_id = store.create_run(
+        device=prepared.options.device,
+        suite_name=prepared.suite.name,
+        suite_text=prepared.suite.text,
+        repetitions=prepared.plan.repetitions,
+        timeout_s=prepared.plan.timeout_s,
+        cases=list(prepared.plan.cases),
+        model_sha256=prepared.model.sha256,
+        model_info=prepared.model.to_json(),
+        runtime_key=runtime.manifest.key if runtime else None,
+        runtime_manifest=runtime.manifest.to_json() if runtime else None,
+        facts=facts,
+        command=prepared.options.to_json(),
+        version=__version__,
+    )
+    _write_run_artifacts(store, run_id, prepared, runtime, facts)
+    return run_id, _execute(store, run_id, prepared, runtime, callbacks)
+
+
+def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
+    """Finish the processes of a stored run that have not succeeded yet, with the same setup."""
+    row = store.run(run_id)
+    options = RunOptions.from_json(json.loads(row["command_json"]))
+    suite = parse_suite(row["suite_text"], f"run {row['id']}")
+    prepared = prepare(options, suite)
+    if prepared.model.sha256 != row["model_sha256"]:
+        raise EdgebenchError(f"run {row['id']} used model sha256 {row['model_sha256'][:12]}, but {options.model} is now {prepared.model.sha256[:12]}")
+    runtime = _runtime_if_needed(prepared, callbacks)
+    if runtime and runtime.manifest.key != row["runtime_key"]:
+        raise EdgebenchError(f"run {row['id']} used runtime {row['runtime_key']}, which this build ({runtime.manifest.key}) is not")
+    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks)
+
+
+def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> list[StepResult]:
+    targets = _stage(prepared, runtime, callbacks)
+    steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
+    callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
+    return execute(
+        store, run_id, prepared.driver, steps, targets, timeout_s=prepared.plan.timeout_s,
+        on_start=callbacks.step_start, on_result=callbacks.step_result,
+    )
+
+
+def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
+    if not any(c.engine == "llamabench" for c in prepared.plan.cases):
+        return None
+    runtime, cached = build_runtime(prepared.options.target, extra_flags=prepared.options.build_flags, on_progress=callbacks.build)
+    callbacks.status(f"runtime {runtime.manifest.key[:12]} ({prepared.options.target}, llama.cpp {runtime.manifest.llama_cpp_commit}): {'cached' if cached else 'built'}")
+    return runtime
+
+
+def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> RunTargets:
+    """Put the runtime and the model on the device (content-addressed; skipped when present)."""
+    driver = prepared.driver
+    if driver.is_host:
+        return RunTargets(runtime_dir=str(runtime.root) if runtime else None, model_path=str(prepared.model_path))
+    work = PurePosixPath(driver.workdir)
+    model_remote = str(work / "models" / prepared.model.sha256[:16] / prepared.model.filename)
+    callbacks.status(f"staging {prepared.model.filename} on {driver.name}")
+    driver.push(prepared.model_path, model_remote)
+    runtime_remote = None
+    if runtime:
+        runtime_remote = str(work / "runtimes" / runtime.manifest.key[:16])
+        for rel in runtime.manifest.files:
+            driver.push(runtime.root / rel, f"{runtime_remote}/{rel}")
+    return RunTargets(runtime_dir=runtime_remote, model_path=model_remote)
+
+
+def _write_run_artifacts(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, facts: dict[str, Any]) -> None:
+    folder = store.artifacts_dir(run_id)
+    (folder / "facts.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
+    (folder / "model.json").write_text(json.dumps(prepared.model.to_json(), indent=2), encoding="utf-8")
+    (folder / "suite.toml").write_text(prepared.suite.text, encoding="utf-8")
+    if runtime:
+        (folder / "runtime.json").write_text(json.dumps(runtime.manifest.to_json(), indent=2), encoding="utf-8")

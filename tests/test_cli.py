@@ -1,0 +1,71 @@
+"""The CLI end to end: real llama-bench, real model, real llama-cpp-python, through `edgebench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = """
+name = "tiny"
+repetitions = 2
+inprocess_repetitions = 2
+[[prefill]]
+prompt = 16
+[[decode]]
+tokens = 4
+depth = [0, 16]
+[[latency]]
+prompt = 16
+tokens = 4
+"""
+
+
+def edgebench(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_bad_inputs_fail_before_anything_runs(tmp_path):
+    bad_suite = tmp_path / "bad.toml"
+    bad_suite.write_text("[[prefill]]\nprompt = 'many'\n")
+    result = edgebench("run", "--suite", str(bad_suite), "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "bad.toml" in result.stderr and "prefill.prompt" in result.stderr
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("hello")
+    result = edgebench("run", "--model", str(not_gguf), "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2 and "not a GGUF" in result.stderr
+    result = edgebench("run", "--device", "pixel9", "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2 and "pixel9" in result.stderr
+    assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path, host_runtime, default_model):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    results = tmp_path / "results"
+    run = edgebench("run", "--suite", str(suite), "--results", str(results), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    for text in ("prefill tok/s", "decode tok/s", "TTFT ms", "peak RSS MB", "prefill p16", "decode n4 @d16"):
+        assert text in run.stdout, text
+    shown = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
+    assert shown["run"]["status"] == "finished"
+    by_metric = {(r["case"], r["metric"]): r for r in shown["summary"]}
+    prefill = by_metric[("prefill p16", "prefill_tps")]
+    assert prefill["n"] == 2 and prefill["mean"] > 0 and prefill["ci_low"] <= prefill["mean"] <= prefill["ci_high"]
+    assert by_metric[("latency p16+n4", "ttft_ms")]["n"] == 2
+    assert by_metric[("prefill p16", "peak_rss_mb")]["mean"] > 50  # the model's weights are ~92 MB
+    run_id = shown["run"]["id"]
+    report = results / "runs" / run_id / "report.html"
+    html = report.read_text()
+    assert "data:image/png;base64," in html and "0c1e570" in html and "SmolLM2" in html
+    plan = edgebench("run", "--suite", str(suite), "--results", str(results), "--dry-run", cwd=tmp_path)
+    assert plan.returncode == 0 and "from earlier runs on this device" in plan.stdout

@@ -1,0 +1,72 @@
+"""llama-bench JSONL parsing on recorded output, and on live output of the real binary."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.drivers.base import Completed
+from harness.engines import EngineOutputError
+from harness.engines.llamabench import LlamaBench, effective_settings, parse_jsonl
+from harness.plan import Case
+
+from .conftest import DATA
+
+REC = DATA / "llamabench"
+
+
+def _completed(stdout: str, stderr: str = "", code: int = 0) -> Completed:
+    return Completed(("llama-bench",), code, stdout, stderr, 1.0)
+
+
+def test_recorded_prefill_output_gives_tokens_per_second_and_samples():
+    case = Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2)
+    result = LlamaBench().parse(case, _completed((REC / "prefill_p16_r2.jsonl").read_text()))
+    (metric,) = result.metrics
+    assert metric.name == "prefill_tps" and metric.unit == "tok/s"
+    assert len(metric.samples) == 2 and metric.value == pytest.approx(sum(metric.samples) / 2, rel=1e-3)
+    assert result.build == "llama.cpp 0c1e570 (0)"
+    settings = effective_settings(result.raw[0])
+    assert settings["n_threads"] == 2 and settings["type_k"] == "f16" and settings["load_mode"] == "auto"
+
+
+def test_recorded_decode_at_depth_and_pg():
+    decode = Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)
+    (metric,) = LlamaBench().parse(decode, _completed((REC / "decode_n4_d16_r2.jsonl").read_text())).metrics
+    assert metric.name == "decode_tps" and len(metric.samples) == 2
+    pg = Case("llamabench", "pg", 16, 4, 0)
+    (metric,) = LlamaBench().parse(pg, _completed((REC / "pg_16_4.jsonl").read_text())).metrics
+    assert metric.name == "pg_tps"
+
+
+def test_output_of_another_case_is_rejected():
+    other = Case("llamabench", "prefill", 512, 0, 0)
+    with pytest.raises(EngineOutputError, match="asked for"):
+        LlamaBench().parse(other, _completed((REC / "prefill_p16_r2.jsonl").read_text()))
+
+
+def test_no_result_line_names_the_stderr_tail():
+    case = Case("llamabench", "prefill", 16, 0, 0)
+    stderr = (REC / "missing_model.stderr").read_text()
+    with pytest.raises(EngineOutputError, match="failed to load model"):
+        LlamaBench().parse(case, _completed("", stderr))
+
+
+def test_malformed_jsonl_and_non_json_lines():
+    assert parse_jsonl("build: 1\n\n") == []
+    with pytest.raises(EngineOutputError, match="malformed"):
+        parse_jsonl('{"avg_ts": 1,\n')
+
+
+@pytest.mark.slow
+def test_live_llama_bench_output_parses(host_runtime, default_model):
+    from harness.drivers.local import LocalDriver
+
+    case = Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)
+    argv = LlamaBench().argv(case, runtime_dir=str(host_runtime.root), model_path=str(default_model))
+    completed = LocalDriver().run(argv, timeout=300)
+    assert completed.ok, completed.stderr
+    result = LlamaBench().parse(case, completed)
+    (metric,) = result.metrics
+    assert metric.value > 0 and len(metric.samples) == 2
+    assert result.build.startswith("llama.cpp 0c1e570")
+    assert completed.rusage and completed.rusage.max_rss_kb > 50_000  # the model is ~92 MB

@@ -1,0 +1,152 @@
+"""The runner and the store: interleaved rounds, failures recorded without losing finished
+cases, and resume after a crash between cases.
+
+The llama-bench here is a stand-in script that replays llama-bench's JSONL shape and can be
+told to crash, hang or be SIGKILLed on its Nth start; the real binary is exercised by the
+slow end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.drivers.base import DeviceUnreachable
+from harness.drivers.local import LocalDriver
+from harness.plan import Case
+from harness.runner import RunTargets, execute, pending_steps
+from harness.store import SCHEMA_VERSION, Store
+from harness.errors import StoreError
+
+FAKE = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, signal, sys, time
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    count = int((root / "count").read_text() or 0) + 1 if (root / "count").exists() else 1
+    (root / "count").write_text(str(count))
+    mode = json.loads((root / "modes.json").read_text()).get(str(count), "ok") if (root / "modes.json").exists() else "ok"
+    args = sys.argv[1:]
+    val = lambda flag: int(args[args.index(flag) + 1]) if flag in args else 0
+    if mode == "crash":
+        print("ggml_abort: injected failure", file=sys.stderr); sys.exit(134)
+    if mode == "hang":
+        time.sleep(60)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    reps = val("-r")
+    print(json.dumps({{"build_commit": "fake", "build_number": 0, "n_prompt": val("-p"), "n_gen": val("-n"),
+                      "n_depth": val("-d"), "avg_ts": 100.0 + count, "samples_ts": [100.0 + count] * reps}}))
+    """
+)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Path:
+    root = tmp_path / "runtime"
+    (root / "bin").mkdir(parents=True)
+    script = root / "bin" / "llama-bench"
+    script.write_text(FAKE.format(python=sys.executable))
+    script.chmod(0o755)
+    return root
+
+
+CASES = [Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2), Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)]
+
+
+def _new_run(store: Store, repetitions: int = 2) -> str:
+    return store.create_run(
+        device="local", suite_name="t", suite_text="", repetitions=repetitions, timeout_s=30, cases=CASES,
+        model_sha256="0" * 64, model_info={"filename": "m.gguf"}, runtime_key=None, runtime_manifest=None,
+        facts={"name": "local"}, command=[], version="test",
+    )
+
+
+def _run(store: Store, run_id: str, runtime: Path, timeout: float = 30, **kw):
+    steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
+    return execute(store, run_id, LocalDriver(), steps, RunTargets(str(runtime), "/m.gguf"), timeout_s=timeout, **kw)
+
+
+def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime):
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store)
+    results = _run(store, run_id, runtime)
+    assert [r.status for r in results] == ["ok"] * 4
+    order = [(e.case_key, e.rep) for e in store.executions(run_id)]
+    a, b = (c.key for c in CASES)
+    assert order == [(a, 0), (b, 0), (a, 1), (b, 1)]
+    assert store.run(run_id)["status"] == "finished"
+    artifacts = store.artifacts_dir(run_id) / a
+    assert json.loads((artifacts / "rep0.stdout").read_text())["n_prompt"] == 16
+    assert (artifacts / "rep0.telemetry.csv").exists()
+    values = [m["value"] for m in store.measurements([run_id]) if m["metric"] in ("prefill_tps", "decode_tps")]
+    assert values == [101.0, 103.0, 102.0, 104.0]  # grouped by case, then rep
+
+
+@pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"), ("hang", "timeout", "timeout")])
+def test_a_failing_process_is_recorded_and_the_run_goes_on(tmp_path, runtime, mode, status, text):
+    (runtime / "modes.json").write_text(json.dumps({"2": mode}))
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store)
+    results = _run(store, run_id, runtime, timeout=3)
+    assert [r.status for r in results] == ["ok", status, "ok", "ok"]
+    failed = [e for e in store.executions(run_id) if e.status != "ok"]
+    assert len(failed) == 1 and text in failed[0].error
+    assert store.run(run_id)["status"] == "failed"
+    peak = [m for m in store.measurements([run_id]) if m["metric"] == "peak_rss_mb" and m["status"] == status]
+    assert peak and peak[0]["value"] is not None  # the failed process's rusage is kept
+
+
+def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtime):
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store)
+
+    def vanish(step):
+        if step.index == 2:
+            raise DeviceUnreachable("device went away")
+
+    with pytest.raises(DeviceUnreachable):
+        _run(store, run_id, runtime, on_start=vanish)
+    assert store.run(run_id)["status"] == "interrupted"
+    assert "--resume" in store.run(run_id)["note"]
+    assert len(store.executions(run_id)) == 2
+    store.close()
+
+    reopened = Store(tmp_path / "results")
+    remaining = pending_steps(reopened, run_id, reopened.cases(run_id), 2)
+    assert [(s.case.key, s.rep) for s in remaining] == [(CASES[0].key, 1), (CASES[1].key, 1)]
+    _run(reopened, run_id, runtime)
+    assert reopened.run(run_id)["status"] == "finished"
+    assert sorted((e.case_key, e.rep) for e in reopened.executions(run_id)) == sorted(
+        (c.key, r) for c in CASES for r in range(2)
+    )
+
+
+def test_resume_retries_only_failed_processes(tmp_path, runtime):
+    (runtime / "modes.json").write_text(json.dumps({"1": "crash"}))
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store)
+    _run(store, run_id, runtime)
+    retry = pending_steps(store, run_id, store.cases(run_id), 2)
+    assert [(s.case.key, s.rep) for s in retry] == [(CASES[0].key, 0)]
+    _run(store, run_id, runtime)
+    assert {e.status for e in store.executions(run_id)} == {"ok"}
+
+
+def test_store_refuses_a_newer_schema_and_finds_runs_by_prefix(tmp_path):
+    store = Store(tmp_path)
+    run_id = _new_run(store)
+    assert store.run(run_id[:10])["id"] == run_id
+    assert store.run("latest")["id"] == run_id
+    with pytest.raises(StoreError, match="not in the store"):
+        store.run("nope")
+    store.db.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION + 1,))
+    store.db.commit()
+    store.close()
+    with pytest.raises(StoreError, match="newer than this edgebench"):
+        Store(tmp_path)
