@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harness.errors import EdgebenchError
@@ -44,16 +45,16 @@ def _store(results: Optional[Path]):
 
 
 def _fail(exc: Exception, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def _build_progress() -> tuple[Progress, Any]:
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console, transient=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True)
     task = progress.add_task("building llama.cpp", total=100)
 
     def update(event) -> None:
-        progress.update(task, description=f"{event.stage}: {event.line[-60:]}", completed=event.percent or 0)
+        progress.update(task, description=escape(f"{event.stage}: {event.line[-60:]}"), completed=event.percent or 0)
 
     return progress, update
 
@@ -84,32 +85,35 @@ def run(
             prepared = prepare(options)
             _print_plan(prepared, estimate_seconds(store, prepared))
             return
-        build_progress, on_build = _build_progress()
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[last]}"), console=console,
         )
-        task = progress.add_task("starting", total=None, last="")
+        tasks: dict[str, Any] = {}
 
         def on_start(step) -> None:
-            progress.update(task, total=step.total, description=f"{step.case.label} (round {step.rep + 1})")
+            if "run" not in tasks:
+                tasks["run"] = progress.add_task("", total=step.total, last="")
+            label = f"[{step.index + 1}/{step.total}] {step.case.label} (round {step.rep + 1})"
+            progress.update(tasks["run"], description=escape(label))
 
         def on_result(result) -> None:
-            progress.update(task, advance=1, last=_figure(result))
+            progress.update(tasks["run"], advance=1, last=_figure(result))
 
         def on_build_event(event) -> None:
-            build_progress.start()
-            on_build(event)
+            if "build" not in tasks:
+                tasks["build"] = progress.add_task("llama.cpp", total=100, last="")
+            progress.update(tasks["build"], description=escape(f"llama.cpp {event.stage}"), completed=event.percent or 0, last=escape(event.line[-50:]))
             if event.stage == "done":
-                build_progress.stop()
+                progress.remove_task(tasks.pop("build"))
 
-        callbacks = Callbacks(status=lambda m: console.print(f"[dim]{m}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
+        callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
         if resume:
             run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
         else:
-            prepared = prepare(options)
+            prepared = prepare(options, on_status=callbacks.status)
             for label, reason in prepared.plan.skipped:
-                console.print(f"[yellow]skipped[/] {label}: {reason}")
+                console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
             run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
     except KeyboardInterrupt:
         raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
@@ -138,14 +142,14 @@ def _figure(result) -> str:
 
 
 def _print_plan(prepared, estimate: float | None) -> None:
-    table = Table(title=f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}")
+    table = Table(title=escape(f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}"))
     for column in ("#", "engine", "case", "context", "in-process reps"):
         table.add_column(column)
     for i, case in enumerate(prepared.plan.cases, 1):
-        table.add_row(str(i), case.engine, case.label, str(case.context), str(case.inprocess_reps))
+        table.add_row(str(i), case.engine, escape(case.label), str(case.context), str(case.inprocess_reps))
     out.print(table)
     for label, reason in prepared.plan.skipped:
-        out.print(f"skipped {label}: {reason}")
+        out.print(f"skipped {escape(label)}: {escape(reason)}")
     n = len(prepared.plan.cases) * prepared.plan.repetitions
     when = f"about {estimate / 60:.1f} min (from earlier runs on this device)" if estimate else "no estimate yet (never ran on this device)"
     out.print(f"{n} processes ({prepared.plan.repetitions} rounds of {len(prepared.plan.cases)} cases); {when}")
@@ -163,25 +167,25 @@ def _show_run(store, run_id: str, as_json: bool) -> None:
     out.print(_summary_table(row, summary))
     failures = failures_frame(store, row["id"])
     for _, f in failures.iterrows():
-        out.print(f"[red]{f['status']}[/] {f['case']} round {f['rep'] + 1}: {f['error']}", highlight=False)
+        out.print(f"[red]{f['status']}[/] {escape(f['case'])} round {f['rep'] + 1}: {escape(str(f['error']))}", highlight=False)
     if row["note"]:
-        out.print(f"[yellow]{row['note']}[/]")
+        out.print(f"[yellow]{escape(row['note'])}[/]")
 
 
 def _summary_table(row, summary) -> Table:
     from harness.report.html import format_value, table_rows
 
     facts = json.loads(row["facts_json"])
-    table = Table(title=f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}")
+    table = Table(title=escape(f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"))
     for column in ("case", "metric", "n", "mean", "± 95% CI", "CV", "in-proc CV"):
         table.add_column(column, justify="left" if column in ("case", "metric") else "right")
     for r in table_rows(summary):
         if not r["n"]:
-            table.add_row(r["case"], r["title"], "0", f"[dim]missing: {r['missing_reason']}[/]", "", "", "")
+            table.add_row(escape(r["case"]), r["title"], "0", f"[dim]missing: {escape(str(r['missing_reason']))}[/]", "", "", "")
             continue
         half = None if r["ci_high"] is None else r["ci_high"] - r["mean"]
         pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        table.add_row(r["case"], r["title"], str(r["n"]), format_value(r["mean"]), format_value(half), pct(r["cv"]), pct(r["inprocess_cv"]))
+        table.add_row(escape(r["case"]), r["title"], str(r["n"]), format_value(r["mean"]), format_value(half), pct(r["cv"]), pct(r["inprocess_cv"]))
     return table
 
 
@@ -235,7 +239,8 @@ def results_list(results: Optional[Path] = ResultsOpt) -> None:
     for column in ("run", "created", "status", "device", "suite", "model"):
         table.add_column(column)
     for row in store.runs():
-        table.add_row(row["id"], row["created_at"], row["status"], row["device"], row["suite_name"], store.model_info(row["model_sha256"]).get("filename", "?"))
+        cells = (row["id"], row["created_at"], row["status"], row["device"], row["suite_name"], store.model_info(row["model_sha256"]).get("filename", "?"))
+        table.add_row(*(escape(str(c)) for c in cells))
     out.print(table)
 
 

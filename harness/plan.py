@@ -119,6 +119,8 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Pla
     Cases longer than the model's context, and in-process (host only) engines on a remote
     device, are listed in `skipped` with their reason rather than silently dropped.
     """
+    from harness.engines import get_engine  # engines import Case from here
+
     cases: list[Case] = []
     skipped: list[tuple[str, str]] = []
     for spec in suite.tests:
@@ -129,8 +131,10 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Pla
                 tokens = case.n_prompt + case.n_gen + case.depth
                 if context_length is not None and tokens > context_length:
                     skipped.append((case.label, f"needs {tokens} tokens of context; the model has {context_length}"))
-                elif _ENGINE_OF_KIND[case.kind] == "pyllama" and not host:
-                    skipped.append((case.label, "the pyllama engine runs in-process on the host only"))
+                elif get_engine(case.engine).host_only and not host:
+                    skipped.append((case.label, f"the {case.engine} engine runs on the host only"))
+                elif reason := get_engine(case.engine).unsupported(case):
+                    skipped.append((case.label, reason))
                 elif case not in cases:
                     cases.append(case)
     return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s)

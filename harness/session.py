@@ -63,11 +63,11 @@ class Prepared:
     plan: Plan
 
 
-def prepare(options: RunOptions, suite: Suite | None = None) -> Prepared:
+def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
     """Validate everything the run needs (suite, device, model) without running anything."""
     suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings)
     driver = get_driver(options.device)
-    model_path = resolve_model(options.model)
+    model_path = resolve_model(options.model, on_status=on_status)
     model = inspect_model(model_path)
     plan = build_plan(suite, context_length=model.context_length, host=driver.is_host)
     if not plan.cases:
@@ -111,7 +111,7 @@ def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[S
     row = store.run(run_id)
     options = RunOptions.from_json(json.loads(row["command_json"]))
     suite = parse_suite(row["suite_text"], f"run {row['id']}")
-    prepared = prepare(options, suite)
+    prepared = prepare(options, suite, callbacks.status)
     if prepared.model.sha256 != row["model_sha256"]:
         raise EdgebenchError(f"run {row['id']} used model sha256 {row['model_sha256'][:12]}, but {options.model} is now {prepared.model.sha256[:12]}")
     runtime = _runtime_if_needed(prepared, callbacks)

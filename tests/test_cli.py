@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import REPO
+
 TINY = """
 name = "tiny"
 repetitions = 2
@@ -28,7 +30,7 @@ tokens = 4
 def edgebench(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=1500,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env or {})},
     )
 
 
@@ -37,7 +39,7 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path):
     bad_suite.write_text("[[prefill]]\nprompt = 'many'\n")
     result = edgebench("run", "--suite", str(bad_suite), "--results", str(tmp_path / "r"), cwd=tmp_path)
     assert result.returncode == 2
-    assert "bad.toml" in result.stderr and "prefill.prompt" in result.stderr
+    assert "bad.toml" in result.stderr and "prefill[0].prompt" in result.stderr
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("hello")
     result = edgebench("run", "--model", str(not_gguf), "--results", str(tmp_path / "r"), cwd=tmp_path)

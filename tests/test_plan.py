@@ -53,3 +53,10 @@ def test_llamabench_argv_carries_every_setting():
     for flag, value in expected.items():
         assert pairs[flag] == value, flag
     assert argv[-1] == "--no-warmup"
+
+
+def test_latency_cases_with_settings_llama_cpp_python_cannot_apply_are_skipped():
+    suite = parse_suite("[settings]\ncpu_mask = '0x1'\n[[prefill]]\nprompt = 16\n[[latency]]\nprompt = 16\ntokens = 4\n", "s.toml")
+    plan = build_plan(suite, context_length=None, host=True)
+    assert [c.kind for c in plan.cases] == ["prefill"]
+    assert "cpu_mask=0x1" in dict(plan.skipped)["latency p16+n4 [cpu_mask=0x1]"]

@@ -38,6 +38,8 @@ class Engine(Protocol):
     name: str
     host_only: bool  # True: runs only on the machine running edgebench (in-process Python)
 
+    def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
+
     def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]: ...
 
     def parse(self, case: Case, completed: Completed) -> EngineResult: ...

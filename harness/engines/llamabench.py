@@ -34,6 +34,10 @@ class LlamaBench:
     name = "llamabench"
     host_only = False
 
+    def unsupported(self, case: Case) -> str | None:
+        """llama-bench takes every suite setting."""
+        return None
+
     def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
         argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
