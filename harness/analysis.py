@@ -6,6 +6,7 @@ Statistics are computed here, at load time, from the raw per-process values.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,9 @@ HEADLINE = {
     "energy_j": "energy J",
     "avg_power_w": "power W",
 }
+
+
+KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3}
 
 
 def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
@@ -112,3 +116,55 @@ def failures_frame(store: Store, run_id: str) -> pd.DataFrame:
         ],
         columns=["case", "rep", "status", "error"],
     )
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    half_width: float | None  # of the 95% CI; None with one process
+    n: int
+    cv: float | None
+    inprocess_cv: float | None
+
+
+@dataclass(frozen=True)
+class WideTable:
+    """One row per (run, case), one column per headline metric measured somewhere in it.
+
+    Metrics measured nowhere are not columns: they are listed once in `missing` with the
+    reason, so a sensor the device lacks is said once rather than per row.
+    """
+
+    columns: list[str]  # metric names, HEADLINE order
+    rows: list[tuple[str, str, dict[str, Cell | str]]]  # (run_id, case label, metric -> cell or missing reason)
+    missing: dict[str, str]
+
+
+def wide_table(summary: pd.DataFrame) -> WideTable:
+    if summary.empty:
+        return WideTable([], [], {})
+    present = summary[summary["metric"].isin(HEADLINE)]
+    measured = set(present.loc[present["n"] > 0, "metric"])
+    columns = [m for m in HEADLINE if m in measured]
+    missing = {
+        m: "; ".join(sorted(set(present.loc[present["metric"] == m, "missing_reason"].dropna())))
+        for m in HEADLINE
+        if m in set(present["metric"]) and m not in measured
+    }
+    rows = []
+    ordered = present.assign(_kind=present["kind"].map(KIND_ORDER)).sort_values(["run_id", "_kind", "context", "case"], kind="stable")
+    for (run_id, label), group in ordered.groupby(["run_id", "case"], sort=False):
+        cells: dict[str, Cell | str] = {}
+        for _, r in group.iterrows():
+            if r["metric"] not in columns:
+                continue
+            if r["n"] > 0:
+                cells[r["metric"]] = Cell(r["mean"], _none(r["ci_high"] - r["mean"]), int(r["n"]), _none(r["cv"]), _none(r.get("inprocess_cv")))
+            else:
+                cells[r["metric"]] = str(r["missing_reason"])
+        rows.append((run_id, label, cells))
+    return WideTable(columns, rows, missing)
+
+
+def _none(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)

@@ -173,20 +173,28 @@ def _show_run(store, run_id: str, as_json: bool) -> None:
 
 
 def _summary_table(row, summary) -> Table:
-    from harness.report.html import format_value, table_rows
+    from harness.analysis import HEADLINE, wide_table
 
     facts = json.loads(row["facts_json"])
-    table = Table(title=escape(f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"))
-    for column in ("case", "metric", "n", "mean", "± 95% CI", "CV", "in-proc CV"):
-        table.add_column(column, justify="left" if column in ("case", "metric") else "right")
-    for r in table_rows(summary):
-        if not r["n"]:
-            table.add_row(escape(r["case"]), r["title"], "0", f"[dim]missing: {escape(str(r['missing_reason']))}[/]", "", "", "")
-            continue
-        half = None if r["ci_high"] is None else r["ci_high"] - r["mean"]
-        pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        table.add_row(escape(r["case"]), r["title"], str(r["n"]), format_value(r["mean"]), format_value(half), pct(r["cv"]), pct(r["inprocess_cv"]))
+    wide = wide_table(summary)
+    title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
+    caption = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
+    caption += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
+    table = Table(title=escape(title), caption=escape("\n".join(caption)), caption_justify="left")
+    table.add_column("case")
+    for metric in wide.columns:
+        table.add_column(HEADLINE[metric], justify="right")
+    for _, label, cells in wide.rows:
+        table.add_row(escape(label), *(_cell_text(cells.get(m)) for m in wide.columns))
     return table
+
+
+def _cell_text(cell) -> str:
+    from harness.report.html import format_value
+
+    if cell is None or isinstance(cell, str):
+        return "—"
+    return format_value(cell.mean) + ("" if cell.half_width is None else f" ± {format_value(cell.half_width)}")
 
 
 def _write_report(store, run_ids: list[str], output: Path) -> None:

@@ -29,6 +29,7 @@ from typing import BinaryIO
 import gguf
 
 from harness.errors import ModelError
+from harness.hashing import sha256_file
 from harness.paths import cache_dir
 
 StatusFn = Callable[[str], None]
@@ -263,14 +264,6 @@ def _write_verified(src: BinaryIO, target: Path, entry: CatalogEntry, *, origin:
 
 
 # ---------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hash_cache_path() -> Path:

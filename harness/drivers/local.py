@@ -7,13 +7,14 @@ rusage at exit rather than from a /proc read that races the process ending.
 from __future__ import annotations
 
 import getpass
-import hashlib
+import json
 import os
 import platform
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any, Callable, Mapping, Sequence
 import psutil
 
 from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError
+from harness.hashing import sha256_file
 from harness.paths import cache_dir
+
+REAPER = Path(__file__).with_name("reaper.py")
 
 
 def _read(path: str) -> str | None:
@@ -103,56 +107,44 @@ class LocalDriver:
         cwd: str | None = None,
         on_start: Callable[[int], None] | None = None,
     ) -> Completed:
+        """Run argv under the reaper (see reaper.py) so its rusage is its own; kill it on timeout."""
         start = time.perf_counter()
+        report_r, report_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                list(argv),
+                [sys.executable, "-S", "-E", str(REAPER), str(report_w), *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={**os.environ, **env} if env else None,
                 cwd=cwd,
-                start_new_session=True,  # a timeout kills the whole process group
+                pass_fds=(report_w,),
+                start_new_session=True,  # a timeout kills the reaper and the benchmark together
             )
-        except OSError as exc:
-            return Completed(tuple(argv), 127, "", f"cannot start {argv[0]}: {exc}", 0.0)
-        if on_start:
-            on_start(proc.pid)
-        out: list[bytes] = []
-        err: list[bytes] = []
-        readers = [
-            threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
-            threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
-        ]
-        for reader in readers:
-            reader.start()
-        timed_out = threading.Event()
-
-        def _kill() -> None:
-            timed_out.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, _kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
         finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        for reader in readers:
-            reader.join()
-        return Completed(
-            argv=tuple(argv),
-            exit_code=proc.returncode,
-            stdout=b"".join(out).decode("utf-8", errors="replace"),
-            stderr=b"".join(err).decode("utf-8", errors="replace"),
-            wall_s=time.perf_counter() - start,
-            rusage=ResourceUsage(max_rss_kb=usage.ru_maxrss, user_s=usage.ru_utime, system_s=usage.ru_stime),
-            timed_out=timed_out.is_set(),
-        )
+            os.close(report_w)
+        with os.fdopen(report_r, encoding="utf-8") as report:
+            first = report.readline()
+            child = int(first.split()[1]) if first.startswith("pid ") else None
+            if on_start and child:
+                on_start(child)
+            streams = [_Drain(proc.stdout), _Drain(proc.stderr)]
+            timed_out = threading.Event()
+            # On timeout kill the benchmark, not the reaper, so its rusage still comes back.
+            timer = threading.Timer(timeout, _kill, (child or proc.pid, timed_out))
+            timer.start()
+            try:
+                proc.wait()
+            finally:
+                timer.cancel()
+                _kill_group(proc.pid)  # anything the benchmark left behind
+            final = report.readline()
+        stdout, stderr = (s.text() for s in streams)
+        if not final:  # the reaper itself died or could not start
+            return Completed(tuple(argv), proc.returncode, stdout, stderr, time.perf_counter() - start, None, timed_out.is_set())
+        result = json.loads(final)
+        usage = ResourceUsage(max_rss_kb=result["max_rss_kb"], user_s=result["user_s"], system_s=result["system_s"])
+        return Completed(tuple(argv), result["exit_code"], stdout, stderr, time.perf_counter() - start, usage, timed_out.is_set())
 
     def telemetry(self) -> Any:
         from harness.telemetry.host import HostTelemetry
@@ -162,13 +154,13 @@ class LocalDriver:
     def push(self, local: Path, remote: str) -> None:
         """Copy under a temporary name, verify, then rename: a reader never sees half a file."""
         target = Path(remote)
-        want = _sha256(local)
-        if target.is_file() and _sha256(target) == want:
+        want = sha256_file(local)
+        if target.is_file() and sha256_file(target) == want:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.partial")
         shutil.copyfile(local, tmp)
-        if _sha256(tmp) != want:
+        if sha256_file(tmp) != want:
             tmp.unlink(missing_ok=True)
             raise StagingError(f"copy of {local} to {remote} does not match its sha256")
         shutil.copymode(local, tmp)
@@ -182,15 +174,35 @@ class LocalDriver:
 
     def sha256(self, remote: str) -> str | None:
         path = Path(remote)
-        return _sha256(path) if path.is_file() else None
+        return sha256_file(path) if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class _Drain:
+    """Reads a pipe to its end on a thread, so a chatty process never blocks on a full pipe."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=lambda: self._chunks.append(pipe.read()), daemon=True)
+        self._thread.start()
+
+    def text(self) -> str:
+        self._thread.join()
+        return b"".join(self._chunks).decode("utf-8", errors="replace")
+
+
+def _kill(pid: int, flag: threading.Event) -> None:
+    flag.set()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _os_release() -> str:

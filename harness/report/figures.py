@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 _PANELS = (("prefill_tps", "Prefill"), ("decode_tps", "Decode"))
+ENGINE_NAMES = {"llamabench": "llama-bench", "pyllama": "llama-cpp-python"}
 
 
 def throughput_vs_context(summary: pd.DataFrame) -> str | None:
@@ -22,10 +23,10 @@ def throughput_vs_context(summary: pd.DataFrame) -> str | None:
     fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 3.8), squeeze=False)
     for ax, (metric, title) in zip(axes[0], present):
         data = summary[(summary["metric"] == metric) & (summary["n"] > 0)]
-        for (device, model), line in data.groupby(["device", "model"], sort=False):
+        for (device, model, engine), line in data.groupby(["device", "model", "engine"], sort=False):
             line = line.sort_values("context")
             errors = (line["ci_high"] - line["mean"]).fillna(0)
-            ax.errorbar(line["context"], line["mean"], yerr=errors, marker="o", capsize=3, label=f"{device} · {model}")
+            ax.errorbar(line["context"], line["mean"], yerr=errors, marker="o", capsize=3, label=f"{device} · {model} · {ENGINE_NAMES.get(engine, engine)}")
         ax.set_xscale("symlog", base=2, linthresh=128)
         ax.set_xlabel("context length (tokens)" if metric == "prefill_tps" else "depth (tokens of context)")
         ax.set_ylabel("tokens/s")

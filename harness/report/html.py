@@ -11,7 +11,7 @@ import jinja2
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import HEADLINE, failures_frame, summary_frame, tidy_frame
+from harness.analysis import HEADLINE, failures_frame, summary_frame, tidy_frame, wide_table
 from harness.report.figures import throughput_vs_context
 from harness.store import Store, now_iso
 
@@ -50,26 +50,15 @@ def _run_card(store: Store, run_id: str) -> dict[str, Any]:
     }
 
 
-def table_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """Headline metrics per case, in HEADLINE order, with spread and missing reasons."""
-    rows = []
-    if summary.empty:
-        return rows
-    ordered = summary[summary["metric"].isin(HEADLINE)].copy()
-    ordered["order"] = ordered["metric"].map(list(HEADLINE).index)
-    for _, r in ordered.sort_values(["run_id", "kind", "context", "order"]).iterrows():
-        clean = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.to_dict().items()}
-        rows.append({**clean, "title": HEADLINE[r["metric"]]})
-    return rows
-
-
 def render_report(store: Store, run_ids: list[str], output: Path) -> Path:
     runs = [_run_card(store, run_id) for run_id in run_ids]
     ids = [r["id"] for r in runs]
     summary = summary_frame(tidy_frame(store, ids))
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
-        rows=table_rows(summary),
+        table=wide_table(summary),
+        titles=HEADLINE,
+        several_runs=len(ids) > 1,
         throughput_png=throughput_vs_context(summary),
         generated_at=now_iso(),
         version=__version__,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.errors import BuildError
+from harness.hashing import sha256_file
 from harness.paths import cache_dir
 from harness.runtimes.source import (
     Source,
@@ -33,7 +34,6 @@ from harness.runtimes.source import (
     directory_source,
     fetch_pinned_source,
     file_lock,
-    file_sha256,
     stream,
 )
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
@@ -191,7 +191,7 @@ def load_runtime(root: Path) -> Runtime | None:
         return None
     for rel, sha in manifest.files.items():
         path = root / rel
-        if not path.is_file() or file_sha256(path) != sha:
+        if not path.is_file() or sha256_file(path) != sha:
             return None
     return Runtime(root, manifest)
 
@@ -344,7 +344,7 @@ def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path) -> Runt
         if not built.is_file():
             raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")
         shutil.copy2(built, staged / "bin" / name)
-        files[f"bin/{name}"] = file_sha256(staged / "bin" / name)
+        files[f"bin/{name}"] = sha256_file(staged / "bin" / name)
     shutil.copy2(log_path, staged / "build.log")
     manifest = replace(manifest, files=files)
     (staged / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import BuildError
+from harness.hashing import sha256_file
 from harness.paths import cache_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # must equal the pin in pyproject.toml
@@ -37,7 +38,6 @@ UNKNOWN = "unknown"
 LineFn = Callable[[str], None]
 
 _MARKER = ".edgebench-source.json"
-_CHUNK = 1 << 20
 _TAIL_LINES = 30
 # Older entries name the repository by its previous owner.
 _UPDATE_LINE = re.compile(
@@ -106,15 +106,6 @@ def parse_changelog_commit(text: str, version: str | None = None) -> str:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large sdists do not sit in memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tree_sha256(root: Path) -> str:
     """Content hash of a folder (relative paths + file hashes), ignoring `.git`, so a local
     tree gets a cache key that changes exactly when one of its files does."""
@@ -123,7 +114,7 @@ def tree_sha256(root: Path) -> str:
         rel = path.relative_to(root)
         if ".git" in rel.parts or not path.is_file():
             continue
-        digest.update(f"{rel.as_posix()}\0{file_sha256(path)}\n".encode())
+        digest.update(f"{rel.as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -226,13 +217,13 @@ def fetch_pinned_source(
 def _verified_tarball(pin: SdistPin, sources: Path, download: Downloader, on_line: LineFn) -> Path:
     """The sdist in the cache, downloaded if absent or not the pinned bytes."""
     tarball = sources / pin.filename
-    if tarball.is_file() and file_sha256(tarball) == pin.sha256:
+    if tarball.is_file() and sha256_file(tarball) == pin.sha256:
         on_line(f"using cached {tarball}")
         return tarball
     scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=sources))
     try:
         fetched = download(pin, scratch, on_line)
-        got = file_sha256(fetched)
+        got = sha256_file(fetched)
         if got != pin.sha256:
             raise BuildError(
                 f"{pin.filename}: sha256 {got} does not match the pinned {pin.sha256}; "
