@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import errno
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from harness.drivers.base import Completed, ResourceUsage
 from harness.records import Metric
+from harness.drivers.local import LocalDriver
 from harness.telemetry import HostTelemetry, Sample, describe_host_sensors, nvml, procfs, rapl, sysfs
 
 DATA = Path(__file__).resolve().parent / "data" / "telemetry"
@@ -111,11 +110,11 @@ def test_peak_rss_from_rusage_or_missing() -> None:
 def test_real_child_anon_peak_sampled() -> None:
     code = "b = bytearray(200 * 1024 * 1024); import time; time.sleep(1)"
     with HostTelemetry(interval_s=0.05, nvml=False) as tel:
-        child = subprocess.Popen([sys.executable, "-c", code])
-        tel.attach(child.pid)
-        _, status, usage = os.wait4(child.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    metrics = _by_name(tel.metrics(_completed(ResourceUsage(usage.ru_maxrss, usage.ru_utime, usage.ru_stime))))
+        # Through the local driver: a child forked straight from this (large) test process
+        # would inherit its RSS high-water mark in ru_maxrss.
+        completed = LocalDriver().run([sys.executable, "-c", code], timeout=60, on_start=tel.attach)
+    assert completed.exit_code == 0
+    metrics = _by_name(tel.metrics(completed))
     anon = metrics["peak_rss_anon_mb"]
     assert anon.value is not None and 190 <= anon.value < 260
     assert len(anon.samples) >= 5
