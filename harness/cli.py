@@ -181,7 +181,7 @@ def _summary_table(row, summary) -> Table:
     caption = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
     caption += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
     table = Table(title=escape(title), caption=escape("\n".join(caption)), caption_justify="left")
-    table.add_column("case")
+    table.add_column("case", no_wrap=True)
     for metric in wide.columns:
         table.add_column(HEADLINE[metric], justify="right")
     for _, label, cells in wide.rows:

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import gguf
 
@@ -260,7 +260,7 @@ def _write_verified(src: BinaryIO, target: Path, entry: CatalogEntry, *, origin:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _remember_sha256(target, entry.sha256)
+    _remember(target, sha256=entry.sha256)
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -284,10 +284,13 @@ def _load_hash_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _remember_sha256(path: Path, sha: str) -> None:
+def _remember(path: Path, **facts: Any) -> None:
+    """Add facts (sha256, metadata) about this exact file version to the cache."""
     key, stamp = _hash_key(path)
     cache = _load_hash_cache()
-    cache[key] = {**stamp, "sha256": sha}
+    old = cache.get(key)
+    same = isinstance(old, dict) and all(old.get(k) == v for k, v in stamp.items())
+    cache[key] = {**(old if same else {}), **stamp, **facts}
     dest = _hash_cache_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
@@ -295,14 +298,21 @@ def _remember_sha256(path: Path, sha: str) -> None:
     os.replace(tmp, dest)
 
 
-def _cached_sha256(path: Path) -> str:
-    """sha256 keyed by (path, size, mtime_ns), so an unchanged 98 MB file is hashed once."""
+def _cached(path: Path, fact: str) -> Any:
+    """A fact about the file keyed by (path, size, mtime_ns), or None when the file changed."""
     key, stamp = _hash_key(path)
     hit = _load_hash_cache().get(key)
-    if isinstance(hit, dict) and all(hit.get(k) == v for k, v in stamp.items()) and "sha256" in hit:
-        return hit["sha256"]
-    sha = sha256_file(path)
-    _remember_sha256(path, sha)
+    if isinstance(hit, dict) and all(hit.get(k) == v for k, v in stamp.items()):
+        return hit.get(fact)
+    return None
+
+
+def _cached_sha256(path: Path) -> str:
+    """An unchanged 98 MB file is hashed once."""
+    sha = _cached(path, "sha256")
+    if sha is None:
+        sha = sha256_file(path)
+        _remember(path, sha256=sha)
     return sha
 
 
@@ -313,6 +323,15 @@ def inspect_model(path: Path) -> ModelInfo:
     """Validate a GGUF and read what we record about it; ModelError says what is wrong and what to do."""
     path = Path(path)
     size = _check_header(path)
+    known = _cached(path, "info")  # parsing a GGUF's vocabulary takes seconds; an unchanged file's facts do not change
+    if isinstance(known, dict):
+        return ModelInfo.from_json({**known, "path": str(path), "filename": path.name})
+    info = _inspect(path, size)
+    _remember(path, info=info.to_json())
+    return info
+
+
+def _inspect(path: Path, size: int) -> ModelInfo:
     reader = _read_gguf(path, size)
     _check_tensor_data(path, reader, size)
     arch = _field(reader, "general.architecture")

@@ -71,3 +71,37 @@ def test_tiny_run_end_to_end(tmp_path, host_runtime, default_model):
     assert "data:image/png;base64," in html and "0c1e570" in html and "SmolLM2" in html
     plan = edgebench("run", "--suite", str(suite), "--results", str(results), "--dry-run", cwd=tmp_path)
     assert plan.returncode == 0 and "from earlier runs on this device" in plan.stdout
+
+
+FAILING_MIDDLE = """
+name = "failing-middle"
+repetitions = 2
+inprocess_repetitions = 1
+[[prefill]]
+prompt = 16
+[[decode]]
+tokens = 4
+flash_attn = "off"
+cache_type_v = "q8_0"   # llama.cpp refuses a quantized V cache without flash attention
+[[pg]]
+prompt = 16
+tokens = 4
+"""
+
+
+@pytest.mark.slow
+def test_real_runtime_failing_mid_run_keeps_the_other_cases(tmp_path, host_runtime, default_model):
+    suite = tmp_path / "failing.toml"
+    suite.write_text(FAILING_MIDDLE)
+    results = tmp_path / "results"
+    run = edgebench("run", "--suite", str(suite), "--results", str(results), cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "failed to create context" in run.stdout
+    shown = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
+    assert shown["run"]["status"] == "failed"
+    means = {(r["case"], r["metric"]): r for r in shown["summary"]}
+    assert means[("prefill p16", "prefill_tps")]["n"] == 2
+    assert means[("pg p16+n4", "pg_tps")]["n"] == 2
+    assert not any(case.startswith("decode") and metric == "decode_tps" for case, metric in means)
+    html = (results / "runs" / shown["run"]["id"] / "report.html").read_text()
+    assert "Failed processes" in html and "failed to create context" in html

