@@ -91,8 +91,8 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     engine = get_engine(case.engine)
     argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
     started = now_iso()
-    with driver.telemetry() as telemetry:
-        completed = driver.run(argv, timeout=timeout_s, on_start=telemetry.attach)
+    with driver.telemetry(targets.runtime_dir) as telemetry:
+        completed = driver.run(telemetry.wrap(argv), timeout=timeout_s, on_start=telemetry.attach)
     artifacts = store.artifacts_dir(run_id) / case.key
     artifacts.mkdir(parents=True, exist_ok=True)
     _write_artifacts(artifacts, step.rep, completed)

@@ -90,6 +90,27 @@ class DeviceFacts:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Telemetry(Protocol):
+    """Samples a device beside one benchmark process (a context manager around the run).
+
+    `wrap` may put a sampler in front of the command (the native probe does); `attach` gets
+    the benchmark's pid once it runs; `metrics` turns what was sampled into metrics, each
+    measured or missing with its reason.
+    """
+
+    def __enter__(self) -> "Telemetry": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def wrap(self, argv: list[str]) -> list[str]: ...
+
+    def attach(self, pid: int) -> None: ...
+
+    def metrics(self, completed: Completed) -> list[Any]: ...
+
+    def write_csv(self, path: Path) -> None: ...
+
+
 class RemoteProcess(Protocol):
     """A started command: stream it, wait for it, kill it."""
 
@@ -116,6 +137,8 @@ class Driver(Protocol):
         cwd: str | None = None,
         on_start: Any = None,
     ) -> Completed: ...
+
+    def telemetry(self, runtime_dir: str | None = None) -> Telemetry: ...
 
     def push(self, local: Path, remote: str) -> None: ...
 

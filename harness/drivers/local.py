@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
-from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError
+from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError, Telemetry
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
 
@@ -146,7 +146,8 @@ class LocalDriver:
         usage = ResourceUsage(max_rss_kb=result["max_rss_kb"], user_s=result["user_s"], system_s=result["system_s"])
         return Completed(tuple(argv), result["exit_code"], stdout, stderr, time.perf_counter() - start, usage, timed_out.is_set())
 
-    def telemetry(self) -> Any:
+    def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
+        """Sampling beside one benchmark process; `runtime_dir` is where a staged probe would be."""
         from harness.telemetry.host import HostTelemetry
 
         return HostTelemetry()

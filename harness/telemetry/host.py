@@ -62,6 +62,10 @@ class HostTelemetry:
         if self._sources is not None and self._sources.gpus is not None:
             self._sources.gpus.close()
 
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The command as it should run: unchanged, since this sampler runs beside it in-process."""
+        return argv
+
     def attach(self, pid: int) -> None:
         """Sample /proc/<pid>/status from the next tick on (called right after the child starts)."""
         self._pid = pid
