@@ -35,6 +35,7 @@ out = Console()
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
 ResultsOpt = typer.Option(None, "--results", help="Results folder (default: ./results or $EDGEBENCH_RESULTS).")
+InventoryOpt = typer.Option(None, "--inventory", help="Device inventory TOML (default: $EDGEBENCH_INVENTORY, else devices/local.toml).")
 
 
 def _store(results: Optional[Path]):
@@ -66,8 +67,9 @@ def run(
     model: str = typer.Option("default", help="'default' (SmolLM2-135M Q4_1 from PyPI), a catalog name, or a GGUF path."),
     repeat: Optional[int] = typer.Option(None, "--repeat", "-r", min=1, help="Process repetitions per case (overrides the suite)."),
     set_: list[str] = typer.Option([], "--set", help="Override a llama-bench setting: KEY=V[,V...] (a list sweeps)."),
-    target: str = typer.Option("host", help="Runtime build target (host, host-cuda)."),
+    target: Optional[str] = typer.Option(None, help="Runtime build target (default: the device's, else host)."),
     build_flag: list[str] = typer.Option([], "--build-flag", help="Extra cmake -D flag for the runtime build (repeatable)."),
+    inventory: Optional[Path] = InventoryOpt,
     results: Optional[Path] = ResultsOpt,
     report: Optional[Path] = typer.Option(None, help="HTML report path (default: <results>/runs/<id>/report.html)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned cases and a time estimate; run nothing."),
@@ -80,7 +82,7 @@ def run(
 
     try:
         store = _store(results)
-        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_))
+        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_), str(inventory) if inventory else None)
         if dry_run:
             prepared = prepare(options)
             _print_plan(prepared, estimate_seconds(store, prepared))
@@ -118,9 +120,7 @@ def run(
     except KeyboardInterrupt:
         raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
     except EdgebenchError as exc:
-        from harness.drivers.base import DriverError
-
-        raise _fail(exc, EXIT_INTERRUPTED if isinstance(exc, DriverError) else EXIT_BAD_INPUT)
+        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
     _show_run(store, run_id, as_json)
     _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
     if any(r.status != "ok" for r in step_results):
@@ -287,24 +287,45 @@ def results_export(
 
 
 @devices_app.command("list")
-def devices_list() -> None:
-    """Devices that can be benchmarked now."""
-    out.print("local  this machine (driver: local)")
+def devices_list(inventory: Optional[Path] = InventoryOpt) -> None:
+    """Devices that can be benchmarked: `local` and those in the inventory."""
+    from harness.inventory import LOCAL, default_inventory, load_inventory
+
+    path = inventory or default_inventory()
+    try:
+        devices = {"local": LOCAL, **(load_inventory(path) if path else {})}
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    table = Table(caption=escape(f"inventory: {path or 'none'}"))
+    for column in ("device", "driver", "target", "tags", "from"):
+        table.add_column(column)
+    for spec in devices.values():
+        table.add_row(*(escape(str(c)) for c in (spec.name, spec.driver, spec.target, ", ".join(spec.tags), spec.source)))
+    out.print(table)
 
 
 @devices_app.command("facts")
-def devices_facts(name: str = typer.Argument("local")) -> None:
-    """What edgebench records about a device, and which sensors it can read."""
+def devices_facts(name: str = typer.Argument("local"), inventory: Optional[Path] = InventoryOpt) -> None:
+    """What edgebench records about a device (identity, OS, memory, power source)."""
     from dataclasses import asdict
 
-    from harness.drivers import get_driver
-    from harness.telemetry.host import describe_host_sensors
+    from harness.inventory import resolve_device
 
     try:
-        facts = asdict(get_driver(name).facts())
+        facts = asdict(resolve_device(name, inventory).open().facts())
     except EdgebenchError as exc:
-        raise _fail(exc)
-    out.print_json(json.dumps({**facts, "sensors": describe_host_sensors()}, default=str))
+        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
+    if name == "local":
+        from harness.telemetry.host import describe_host_sensors
+
+        facts["sensors"] = describe_host_sensors()
+    out.print_json(json.dumps(facts, default=str))
+
+
+def _is_driver_error(exc: Exception) -> bool:
+    from harness.drivers.base import DriverError
+
+    return isinstance(exc, DriverError)
 
 
 @models_app.command("info")

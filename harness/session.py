@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from harness import __version__
 from harness.config import Suite, load_suite, parse_suite
-from harness.drivers import get_driver
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
+from harness.inventory import DeviceSpec, resolve_device
 from harness.models import ModelInfo, inspect_model, resolve_model
 from harness.plan import Plan, build_plan
 from harness.runner import RunTargets, Step, StepResult, execute, pending_steps
@@ -30,10 +30,11 @@ class RunOptions:
     device: str = "local"
     suite: str = "quick"
     model: str = "default"
-    target: str = "host"
+    target: str | None = None  # None: the device's own (inventory), else "host"
     build_flags: tuple[str, ...] = ()
     repetitions: int | None = None
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    inventory: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -56,6 +57,7 @@ class Callbacks:
 @dataclass(frozen=True)
 class Prepared:
     options: RunOptions
+    device: DeviceSpec
     driver: Driver
     suite: Suite
     model_path: Path
@@ -66,13 +68,14 @@ class Prepared:
 def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
     """Validate everything the run needs (suite, device, model) without running anything."""
     suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings)
-    driver = get_driver(options.device)
+    device = resolve_device(options.device, Path(options.inventory) if options.inventory else None)
+    driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)
     model = inspect_model(model_path)
     plan = build_plan(suite, context_length=model.context_length, host=driver.is_host)
     if not plan.cases:
         raise EdgebenchError(f"suite {suite.name} has no case that can run here: " + "; ".join(r for _, r in plan.skipped))
-    return Prepared(options, driver, suite, model_path, model, plan)
+    return Prepared(options, device, driver, suite, model_path, model, plan)
 
 
 def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
@@ -133,8 +136,10 @@ def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | N
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
     if not any(c.engine == "llamabench" for c in prepared.plan.cases):
         return None
-    runtime, cached = build_runtime(prepared.options.target, extra_flags=prepared.options.build_flags, on_progress=callbacks.build)
-    callbacks.status(f"runtime {runtime.manifest.key[:12]} ({prepared.options.target}, llama.cpp {runtime.manifest.llama_cpp_commit}): {'cached' if cached else 'built'}")
+    target = prepared.options.target or prepared.device.target
+    flags = prepared.device.build_flags + prepared.options.build_flags
+    runtime, cached = build_runtime(target, extra_flags=flags, on_progress=callbacks.build)
+    callbacks.status(f"runtime {runtime.manifest.key[:12]} ({target}, llama.cpp {runtime.manifest.llama_cpp_commit}): {'cached' if cached else 'built'}")
     return runtime
 
 

@@ -65,6 +65,7 @@ class LocalDriver:
     """Runs on the machine running edgebench; no copies are needed to stage files."""
 
     is_host = True
+    SETTINGS: dict[str, tuple[type, str]] = {}
 
     def __init__(self, name: str = "local", workdir: str | None = None) -> None:
         self.name = name
