@@ -65,9 +65,9 @@ def resolve_device(name: str, inventory: Path | None = None) -> DeviceSpec:
         return devices[name]
     if name == "local":
         return LOCAL
-    where = f"inventory {path}" if path else "no inventory (pass --inventory FILE or set EDGEBENCH_INVENTORY)"
-    known = ", ".join(sorted({"local", *devices})) or "local"
-    raise EdgebenchError(f"unknown device {name!r}: not in {where}; known devices: {known}")
+    where = f"not in inventory {path}" if path else "no inventory given (--inventory FILE or $EDGEBENCH_INVENTORY)"
+    known = ", ".join(sorted({"local", *devices}))
+    raise EdgebenchError(f"unknown device {name!r}: {where}; known devices: {known}")
 
 
 def load_inventory(path: Path) -> dict[str, DeviceSpec]:
