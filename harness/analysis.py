@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.plan import Case
-from harness.stats import pooled_cv, summarize
+from harness.stats import drift, percentile, pooled_cv, summarize
 from harness.store import Store
 
 # The metrics a summary table shows, in order, with their column titles.
@@ -96,10 +96,13 @@ def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
             row.update(n=0, missing_reason="; ".join(sorted(set(group["missing_reason"].dropna()))))
         else:
             s = summarize(values)
+            ordered = group.sort_values("rep")
+            series = [v for samples in ordered["samples"] for v in samples] or list(ordered["value"].dropna())
             row.update(
                 n=s.n, mean=s.mean, median=s.median, stdev=s.stdev, ci_low=s.ci_low, ci_high=s.ci_high,
                 min=s.minimum, max=s.maximum, cv=s.cv,
                 inprocess_cv=pooled_cv([list(x) for x in group["samples"] if x]),
+                p50=percentile(series, 50), p99=percentile(series, 99), drift=drift(series),
             )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -168,3 +171,43 @@ def wide_table(summary: pd.DataFrame) -> WideTable:
 
 def _none(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
+
+
+def power_series(store: Store, run_id: str) -> pd.DataFrame:
+    """Every power sample (unit W) of a run's processes, from their telemetry artifacts."""
+    frames = []
+    for path in sorted(store.artifacts_dir(run_id).glob("*/rep*.telemetry.csv")):
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            continue
+        if not {"t_monotonic_s", "source", "value", "unit"} <= set(frame.columns):
+            continue
+        watts = frame[frame["unit"] == "W"]
+        if not watts.empty:
+            frames.append(pd.DataFrame({"run_id": run_id, "t": watts["t_monotonic_s"], "source": watts["source"], "value": watts["value"],
+                                        "window": f"{path.parent.name}/{path.name.split('.')[0]}"}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "t", "source", "value", "window"])
+
+
+def local_scores(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The LocalScore-form score of every case that measured prefill, decode and TTFT together."""
+    from harness.stats import local_score
+
+    rows = []
+    means = summary[summary["n"] > 0].pivot_table(index=["run_id", "case"], columns="metric", values="mean", aggfunc="first")
+    for (run_id, case), r in means.iterrows():
+        if all(m in r and pd.notna(r[m]) for m in ("prefill_tps", "decode_tps", "ttft_ms")):
+            rows.append({"run_id": run_id, "case": case, "score": local_score(r["prefill_tps"], r["decode_tps"], r["ttft_ms"])})
+    return rows
+
+
+def stability_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per case and throughput/latency metric: spread figures and any drift across the run."""
+    if summary.empty or "p50" not in summary:
+        return []
+    wanted = summary[summary["metric"].isin(["prefill_tps", "decode_tps", "pg_tps", "ttft_ms"]) & (summary["n"] > 0)]
+    return [
+        {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()}
+        for r in wanted[["run_id", "case", "metric", "n", "cv", "inprocess_cv", "min", "max", "p50", "p99", "drift"]].to_dict("records")
+    ]

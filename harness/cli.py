@@ -218,6 +218,43 @@ def report_cmd(
         raise _fail(exc)
 
 
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="Baseline run (id, prefix or 'latest')."),
+    run_b: str = typer.Argument(..., help="Run to compare with the baseline."),
+    threshold: float = typer.Option(5.0, help="Regression threshold in percent: flagged when the whole 95% interval is beyond it."),
+    min_effect: float = typer.Option(2.0, help="Smallest change in percent that earns a faster/slower verdict."),
+    results: Optional[Path] = ResultsOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
+    from harness.analysis import HEADLINE, tidy_frame
+    from harness.compare import CompareSettings, compare_frames
+
+    try:
+        store = _store(results)
+        a, b = store.run(run_a)["id"], store.run(run_b)["id"]
+        rows = compare_frames(tidy_frame(store, [a]), tidy_frame(store, [b]), CompareSettings(threshold / 100, min_effect / 100))
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    if as_json:
+        out.print_json(json.dumps([r.__dict__ for r in rows]))
+    else:
+        table = Table(title=escape(f"B = {b} vs A = {a}"), caption=f"interval: 95% bootstrap over processes; regression: interval wholly beyond {threshold:g}% worse")
+        for column in ("case", "metric", "A", "B", "B/A", "95% interval", "p", "verdict"):
+            table.add_column(column, justify="left" if column in ("case", "metric", "verdict") else "right")
+        for r in rows:
+            interval = "—" if r.ci_low is None else f"{r.ci_low:.3f} – {r.ci_high:.3f}"
+            verdict = ("[bold red]REGRESSION[/] " if r.regression else "") + r.verdict
+            p = "—" if r.p_value is None else f"{r.p_value:.3f}"
+            table.add_row(escape(r.case), HEADLINE.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict)
+        out.print(table)
+        for note in sorted({d for r in rows for d in r.differs}):
+            out.print(f"[yellow]differs[/] {escape(note)}")
+    if any(r.regression for r in rows):
+        raise typer.Exit(EXIT_FAILED)
+
+
 @runtime_app.command("build")
 def runtime_build(
     target: str = typer.Option("host", help="host, host-cuda, ..."),
@@ -264,7 +301,7 @@ def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path]
 @results_app.command("export")
 def results_export(
     run_id: str = typer.Argument("latest"),
-    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    fmt: str = typer.Option("csv", "--format", help="csv, json or parquet."),
     output: Optional[Path] = typer.Option(None, "-o", help="File to write (default: stdout)."),
     results: Optional[Path] = ResultsOpt,
 ) -> None:
@@ -274,9 +311,14 @@ def results_export(
     try:
         store = _store(results)
         frame = tidy_frame(store, [store.run(run_id)["id"]])
+        if fmt == "parquet":
+            if output is None:
+                raise EdgebenchError("--format parquet needs -o FILE (it is binary)")
+            frame.assign(samples=frame["samples"].map(json.dumps)).to_parquet(output, index=False)
+            return
         writers = {"csv": lambda f: f.to_csv(index=False), "json": lambda f: f.to_json(orient="records")}
         if fmt not in writers:
-            raise EdgebenchError(f"unknown format {fmt!r}; valid: {', '.join(writers)}")
+            raise EdgebenchError(f"unknown format {fmt!r}; valid: csv, json, parquet")
         text = writers[fmt](frame)
     except EdgebenchError as exc:
         raise _fail(exc)

@@ -11,7 +11,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from scipy import stats as sps
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     mean = statistics.fmean(values)
     if n == 1:
         return Summary(1, mean, mean, None, None, None, mean, mean)
+    from scipy import stats as sps  # lazy: the pyllama worker imports this module and stays small
+
     stdev = statistics.stdev(values)
     half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * stdev / math.sqrt(n)
     return Summary(n, mean, statistics.median(values), stdev, mean - half, mean + half, min(values), max(values))
@@ -54,3 +55,37 @@ def pooled_cv(groups: Sequence[Sequence[float]]) -> float | None:
     """Root-mean-square of the within-process CVs: how stable a single process's samples were."""
     cvs = [statistics.stdev(g) / statistics.fmean(g) for g in groups if len(g) > 1 and statistics.fmean(g) != 0]
     return math.sqrt(statistics.fmean(c * c for c in cvs)) if cvs else None
+
+
+def drift(series: Sequence[float], min_change: float = 0.05, alpha: float = 0.05) -> float | None:
+    """Relative change from the first to the last third of a time-ordered series, when it is a
+    trend (Kendall's tau significant) and at least `min_change`: e.g. thermal throttling
+    making later samples consistently slower. None when there is no such drift."""
+    n = len(series)
+    if n < 6:
+        return None
+    third = n // 3
+    first, last = statistics.fmean(series[:third]), statistics.fmean(series[-third:])
+    if first == 0:
+        return None
+    change = (last - first) / abs(first)
+    from scipy import stats as sps
+
+    tau = sps.kendalltau(range(n), series)
+    if abs(change) >= min_change and tau.pvalue < alpha:
+        return change
+    return None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in 0..100."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def local_score(prefill_tps: float, decode_tps: float, ttft_ms: float) -> float:
+    """The LocalScore form users know: 10 * cbrt(prefill tok/s * decode tok/s * 1000 / TTFT ms)."""
+    return 10 * (prefill_tps * decode_tps * 1000 / ttft_ms) ** (1 / 3)

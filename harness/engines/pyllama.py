@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -38,6 +38,7 @@ from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult
 from harness.plan import Case
 from harness.records import Metric
+from harness.stats import percentile
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -133,15 +134,6 @@ def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
                 "(a reused KV cache would make TTFT meaningless)"
             )
     return record
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), without importing numpy."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:

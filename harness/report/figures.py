@@ -17,22 +17,93 @@ ENGINE_NAMES = {"llamabench": "llama-bench", "pyllama": "llama-cpp-python"}
 
 def throughput_vs_context(summary: pd.DataFrame) -> str | None:
     """Tokens/s against context length, prefill and decode side by side, 95% CI as error bars."""
-    present = [(m, title) for m, title in _PANELS if m in set(summary.get("metric", []))]
+    return _versus_context(summary, _PANELS, "tokens/s")
+
+
+def memory_vs_context(summary: pd.DataFrame) -> str | None:
+    """Peak memory against context: total, and its anonymous (KV cache, buffers) and
+    file-backed (mmap'd weights) parts."""
+    panels = (("peak_rss_mb", "Peak RSS"), ("peak_rss_anon_mb", "Anonymous RSS"), ("peak_rss_file_mb", "File-backed RSS"))
+    return _versus_context(summary[summary["engine"] == "llamabench"] if "engine" in summary else summary, panels, "MB")
+
+
+def _versus_context(summary: pd.DataFrame, panels: tuple[tuple[str, str], ...], unit: str) -> str | None:
+    present = [(m, title) for m, title in panels if m in set(summary.get("metric", [])) and (summary.loc[summary["metric"] == m, "n"] > 0).any()]
     if not present:
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 3.8), squeeze=False)
     for ax, (metric, title) in zip(axes[0], present):
         data = summary[(summary["metric"] == metric) & (summary["n"] > 0)]
-        for (device, model, engine), line in data.groupby(["device", "model", "engine"], sort=False):
+        several = data["run_id"].nunique() > 1
+        for (run_id, device, model, engine, kind), line in data.groupby(["run_id", "device", "model", "engine", "kind"], sort=False):
             line = line.sort_values("context")
             errors = (line["ci_high"] - line["mean"]).fillna(0)
-            ax.errorbar(line["context"], line["mean"], yerr=errors, marker="o", capsize=3, label=f"{device} · {model} · {ENGINE_NAMES.get(engine, engine)}")
+            label = (f"{run_id} · " if several else "") + f"{device} · {model} · {ENGINE_NAMES.get(engine, engine)} {kind}"
+            ax.errorbar(line["context"], line["mean"], yerr=errors, marker="o", capsize=3, label=label)
         ax.set_xscale("symlog", base=2, linthresh=128)
-        ax.set_xlabel("context length (tokens)" if metric == "prefill_tps" else "depth (tokens of context)")
-        ax.set_ylabel("tokens/s")
+        ax.set_xlabel("context (prompt tokens, or depth for decode)")
+        ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def power_over_time(series: pd.DataFrame) -> str | None:
+    """Every power source over the run's clock, each process's window shaded.
+
+    `series`: columns run_id, t (s), source, value (W), window (a label per process); one
+    panel per run, since device clocks of different runs share no origin."""
+    if series.empty:
+        return None
+    runs = list(dict.fromkeys(series["run_id"]))
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.2 * len(runs)), squeeze=False)
+    for ax, run_id in zip(axes[:, 0], runs):
+        data = series[series["run_id"] == run_id].sort_values("t")
+        t0 = data["t"].min()
+        for i, (_, window) in enumerate(data.groupby("window", sort=False)):
+            ax.axvspan(window["t"].min() - t0, window["t"].max() - t0, color="grey", alpha=0.08 + 0.07 * (i % 2))
+        for source, line in data.groupby("source"):
+            ax.plot(line["t"] - t0, line["value"], lw=0.8, label=source)
+        ax.set_title(f"run {run_id}", fontsize=9)
+        ax.set_xlabel("time on the device clock (s); shaded: benchmark processes")
+        ax.set_ylabel("W")
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def bars(summary: pd.DataFrame, metric_prefix: str, unit: str) -> str | None:
+    """Mean ± CI per case of every metric starting with `metric_prefix` (e.g. energy per token)."""
+    data = summary[summary["metric"].str.startswith(metric_prefix) & (summary["n"] > 0)] if not summary.empty else summary
+    if data.empty:
+        return None
+    several = data["run_id"].nunique() > 1
+    labels = [(f"{r.run_id} · " if several else "") + f"{r.case} · {r.metric}" for r in data.itertuples()]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) + 1.2))
+    ax.barh(labels, data["mean"], xerr=(data["ci_high"] - data["mean"]).fillna(0), capsize=3)
+    ax.set_xlabel(unit)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ratio_chart(comparisons: pd.DataFrame) -> str | None:
+    """B/A per case with its 95% interval; 1.0 is no change, colours are the verdicts."""
+    data = comparisons.dropna(subset=["ci_low"]) if not comparisons.empty else comparisons
+    if data.empty:
+        return None
+    colours = {"faster": "tab:green", "slower": "tab:red"}
+    labels = [f"{r.case} · {r.metric}" for r in data.itertuples()]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) + 1.2))
+    ax.errorbar(data["ratio"], labels, xerr=[data["ratio"] - data["ci_low"], data["ci_high"] - data["ratio"]],
+                fmt="none", ecolor="black", capsize=3)
+    ax.scatter(data["ratio"], labels, c=[colours.get(v, "tab:grey") for v in data["verdict"]], zorder=3)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xlabel("ratio B / A (95% bootstrap interval)")
+    ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 

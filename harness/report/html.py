@@ -4,6 +4,7 @@ device, a model file or a suite is escaped; only our own markup is not)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,18 @@ import jinja2
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import HEADLINE, failures_frame, summary_frame, tidy_frame, wide_table
-from harness.report.figures import throughput_vs_context
+from harness.analysis import (
+    HEADLINE,
+    failures_frame,
+    local_scores,
+    power_series,
+    stability_rows,
+    summary_frame,
+    tidy_frame,
+    wide_table,
+)
+from harness.compare import CompareSettings, compare_frames, comparisons_frame
+from harness.report.figures import bars, memory_vs_context, power_over_time, ratio_chart, throughput_vs_context
 from harness.store import Store, now_iso
 
 
@@ -26,12 +37,19 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def format_value(value: Any, digits: int = 1) -> str:
+def format_value(value: Any, digits: int | None = None) -> str:
+    """Numbers for people: thousands separators, and enough digits that 0.052 J is not "0.0"."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "—"
     if isinstance(value, float):
+        if digits is None:
+            digits = 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else 3 if value == 0 else max(2, 2 - math.floor(math.log10(abs(value))))
         return f"{value:,.{digits}f}"
     return str(value)
+
+
+# Facts a device may not report (older runs, partial drivers) still render, as "unknown".
+FACT_DEFAULTS = {k: "unknown" for k in ("name", "cpu_model", "cores", "ram_mb", "os_release", "arch")} | {"gpus": [], "power_source": None}
 
 
 def _run_card(store: Store, run_id: str) -> dict[str, Any]:
@@ -43,26 +61,43 @@ def _run_card(store: Store, run_id: str) -> dict[str, Any]:
         "created_at": row["created_at"],
         "suite": row["suite_name"],
         "repetitions": row["repetitions"],
-        "facts": json.loads(row["facts_json"]),
+        "facts": {**FACT_DEFAULTS, **json.loads(row["facts_json"])},
         "model": store.model_info(row["model_sha256"]),
         "runtime": store.runtime_manifest(row["runtime_key"]),
         "failures": failures_frame(store, row["id"]).to_dict("records"),
     }
 
 
-def render_report(store: Store, run_ids: list[str], output: Path) -> Path:
+def render_report(store: Store, run_ids: list[str], output: Path, settings: CompareSettings = CompareSettings()) -> Path:
+    """One self-contained HTML file; with exactly two runs it also compares the second to the first."""
     runs = [_run_card(store, run_id) for run_id in run_ids]
     ids = [r["id"] for r in runs]
-    summary = summary_frame(tidy_frame(store, ids))
+    tidy = tidy_frame(store, ids)
+    summary = summary_frame(tidy)
+    comparisons = comparisons_frame(compare_frames(tidy[tidy["run_id"] == ids[0]], tidy[tidy["run_id"] == ids[1]], settings)) if len(ids) == 2 else pd.DataFrame()
+    power = pd.concat([power_series(store, i) for i in ids], ignore_index=True)
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
         table=wide_table(summary),
         titles=HEADLINE,
         several_runs=len(ids) > 1,
-        throughput_png=throughput_vs_context(summary),
+        stability=stability_rows(summary),
+        scores=local_scores(summary) if not summary.empty else [],
+        comparisons=_records(comparisons),
+        figures={
+            "Tokens/s vs context length": throughput_vs_context(summary) if not summary.empty else None,
+            "Memory vs context length": memory_vs_context(summary) if not summary.empty else None,
+            "Power over time": power_over_time(power),
+            "Energy per token": bars(summary, "energy_j_per_token", "J/token"),
+            "Comparison (B / A)": ratio_chart(comparisons),
+        },
         generated_at=now_iso(),
         version=__version__,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     return output
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()} for r in frame.to_dict("records")]
