@@ -1,11 +1,15 @@
 """Build llama-bench for a target and keep it in a content-addressed runtime cache.
 
-A runtime is `cache_dir()/runtimes/<key>/` holding `bin/llama-bench`, `manifest.json` and
-`build.log`, where key = sha256(source sha256, target, final CMake flags): the same inputs
+A runtime is `cache_dir()/runtimes/<key>/` holding `bin/llama-bench`, `bin/edgebench-probe`,
+`manifest.json` and `build.log`, where key = sha256(source sha256, target, final CMake flags,
+probe source sha256): the same inputs
 never build twice, and any changed input gets its own folder, so results can always name
 exactly which binary produced them. A runtime is assembled in a hidden folder and renamed
 into place last, and builds of one key hold a file lock, so an interrupted or concurrent
 build never leaves something that looks like a finished runtime.
+
+llama-bench itself is kept under `cache_dir()/llama-bench/<key without the probe>/`, so a
+changed probe (a sub-second C compile) never costs another multi-minute llama.cpp build.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from harness.runtimes.source import (
     file_lock,
     stream,
 )
+from harness.runtimes.probe import PROBE_NAME, compile_probe, probe_compiler, probe_sha256
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
 MANIFEST_VERSION = 1
@@ -128,10 +133,12 @@ def parse_percent(line: str) -> float | None:
     return None
 
 
-def runtime_key(source_sha256: str, target: str, flags: Sequence[str]) -> str:
-    """The cache key: every input that changes the binary, and nothing that does not
-    (job count, generator, paths)."""
-    payload = json.dumps([source_sha256, target, list(flags)], separators=(",", ":"))
+def runtime_key(source_sha256: str, target: str, flags: Sequence[str], probe: str = "") -> str:
+    """The cache key: every input that changes the binaries, and nothing that does not
+    (job count, generator, paths). Without `probe` (the probe source's sha256) it is the
+    key of llama-bench alone."""
+    inputs: list[object] = [source_sha256, target, list(flags)] + ([probe] if probe else [])
+    payload = json.dumps(inputs, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -208,7 +215,7 @@ def find_runtime(
     src = directory_source(source) if source is not None else cached_pinned_source()
     if src is None:
         return None
-    key = runtime_key(src.sha256, spec.name, final_flags(spec, src, extra_flags))
+    key = runtime_key(src.sha256, spec.name, final_flags(spec, src, extra_flags), probe_sha256())
     return load_runtime(_runtimes_dir() / key)
 
 
@@ -234,14 +241,14 @@ def build_runtime(
     else:
         src = fetch_pinned_source(on_line=lambda line: report("download", line))
     flags = final_flags(spec, src, extra_flags)
-    key = runtime_key(src.sha256, spec.name, flags)
+    key = runtime_key(src.sha256, spec.name, flags, probe_sha256())
     root = _runtimes_dir() / key
     with file_lock(root.parent / f"{key}.lock"):
         cached = None if force else load_runtime(root)
         if cached is not None:
             report("done", f"cached runtime {root}")
             return cached, True
-        runtime = _build(spec, src, flags, root, jobs or os.cpu_count() or 1, report)
+        runtime = _build(spec, src, flags, root, jobs or os.cpu_count() or 1, report, force)
     report("done", f"built runtime {root}")
     return runtime, False
 
@@ -267,15 +274,54 @@ class _Reporter:
 
 
 def _build(
-    target: Target, src: Source, flags: tuple[str, ...], root: Path, jobs: int, report: _Reporter
+    target: Target, src: Source, flags: tuple[str, ...], root: Path, jobs: int, report: _Reporter, force: bool
 ) -> Runtime:
-    """Configure and build in `cache_dir()/builds/<key>/`, then install the runtime folder.
-    The build tree is removed on success and kept on failure, next to the log we point at."""
+    """llama-bench (cached on its own key), plus the probe compiled for the target, installed
+    as one runtime folder. Work happens in `cache_dir()/builds/<key>/`, kept on failure."""
+    started = time.monotonic()
+    llama = _llama_bench(target, src, flags, jobs, report, force)
+    work = cache_dir() / "builds" / root.name
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "bin").mkdir(parents=True)
+    log_path = work / "build.log"
+    shutil.copyfile(llama / "build.log", log_path)
+    shutil.copy2(llama / "bin" / "llama-bench", work / "bin" / "llama-bench")
+    compiler = probe_compiler(flags)
+    report("build", f"compiling {PROBE_NAME} with {compiler}")
+    with log_path.open("a") as log:
+        linking = compile_probe(compiler, work / "bin" / PROBE_NAME, log)
+        log.write(f"{PROBE_NAME}: {linking} binary\n")
+    manifest = Manifest(
+        key=root.name,
+        target=target.name,
+        llama_cpp_commit=src.llama_cpp_commit,
+        llama_cpp_python_version=src.llama_cpp_python_version,
+        source_sha256=src.sha256,
+        cmake_flags=flags,
+        compiler=(llama / "compiler.txt").read_text().strip(),
+        files={},
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(time.monotonic() - started, 3),
+    )
+    runtime = _install(work, log_path, manifest, root)
+    shutil.rmtree(work, ignore_errors=True)
+    return runtime
+
+
+def _llama_bench(
+    target: Target, src: Source, flags: tuple[str, ...], jobs: int, report: _Reporter, force: bool
+) -> Path:
+    """The folder holding `bin/llama-bench`, `build.log` and `compiler.txt` for these inputs:
+    cached, or configured and built in `cache_dir()/builds/<key>/` (kept on failure)."""
+    key = runtime_key(src.sha256, target.name, flags)
+    done = cache_dir() / "llama-bench" / key
+    if not force and (done / "compiler.txt").is_file():
+        report("build", f"llama-bench from cache {done}")
+        return done
     cmake = find_tool("cmake")
     if cmake is None:
         raise BuildError("cmake not found: `pip install cmake` (or install it with your OS)")
     ninja = find_tool("ninja")
-    key = root.name
     work = cache_dir() / "builds" / key
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -287,21 +333,20 @@ def _build(
         _run(configure, "configure", log, log_path, report)
         compile_ = [cmake, "--build", str(tree), "--target", *BINARIES, "-j", str(jobs)]
         _run(compile_, "build", log, log_path, report)
-    manifest = Manifest(
-        key=key,
-        target=target.name,
-        llama_cpp_commit=src.llama_cpp_commit,
-        llama_cpp_python_version=src.llama_cpp_python_version,
-        source_sha256=src.sha256,
-        cmake_flags=flags,
-        compiler=compiler_description(tree),
-        files={},
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(time.monotonic() - started, 3),
-    )
-    runtime = _install(tree, log_path, manifest, root)
+        log.write(f"llama.cpp build took {time.monotonic() - started:.1f} s\n")
+    built = tree / "bin" / "llama-bench"
+    if not built.is_file():
+        raise BuildError(f"the build finished without producing bin/llama-bench; full log: {log_path}")
+    staged = done.with_name(f".{key}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    (staged / "bin").mkdir(parents=True)
+    shutil.copy2(built, staged / "bin" / "llama-bench")
+    shutil.copy2(log_path, staged / "build.log")
+    (staged / "compiler.txt").write_text(compiler_description(tree) + "\n")
+    shutil.rmtree(done, ignore_errors=True)
+    os.rename(staged, done)
     shutil.rmtree(work, ignore_errors=True)
-    return runtime
+    return done
 
 
 def _tool_env() -> dict[str, str]:
@@ -339,7 +384,7 @@ def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path) -> Runt
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "bin").mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in BINARIES:
+    for name in (*BINARIES, PROBE_NAME):
         built = tree / "bin" / name
         if not built.is_file():
             raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")

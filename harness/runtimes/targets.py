@@ -8,11 +8,12 @@ never asks which target it is building.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.errors import BuildError, EdgebenchError
@@ -42,6 +43,8 @@ class Target:
     name: str
     summary: str
     flags: FlagsFn
+    # From the device's CPU feature words (/proc/cpuinfo) to definitions; None: device-independent.
+    device_flags: Callable[[Sequence[str]], tuple[str, ...]] | None = None
 
 
 def parse_defines(flags: Iterable[str]) -> dict[str, str]:
@@ -116,13 +119,112 @@ def _host_cuda_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     return flags + (f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(_detect_cuda_architectures())}",)
 
 
+# The cross compilers Debian's g++-aarch64-linux-gnu installs.
+AARCH64_CC, AARCH64_CXX = "aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++"
+ARM_BASELINE = "armv8-a"
+
+
+def arm_arch(features: Iterable[str], *, sve: bool = False) -> str:
+    """`-march` for a CPU from its /proc/cpuinfo `Features` words.
+
+    dotprod (`asimddp`) and fp16 arithmetic (`asimdhp`) are ARMv8.2 extensions and i8mm
+    (`i8mm`) an ARMv8.6 one that GCC accepts on v8.2; a CPU with none of them (Cortex-A53/
+    A57/A72) gets plain armv8-a. SVE stays off unless asked: on phones whose kernel reports it
+    llama.cpp's SVE kernels are not reliably faster, and a wrong vector length is a crash.
+    On a big.LITTLE phone cpuinfo lists the features every core has, so the build runs on all.
+    """
+    have = set(features)
+    extensions = [ext for word, ext in (("asimdhp", "fp16"), ("asimddp", "dotprod"), ("i8mm", "i8mm")) if word in have]
+    if sve and "sve" in have:
+        extensions.append("sve")
+    return "armv8.2-a" + "".join(f"+{ext}" for ext in extensions) if extensions else ARM_BASELINE
+
+
+def cpu_features(cpuinfo: str) -> list[str]:
+    """The `Features` words every processor in an aarch64 /proc/cpuinfo has, sorted."""
+    sets = [set(value.split()) for key, _, value in (line.partition(":") for line in cpuinfo.splitlines()) if key.strip() == "Features"]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _aarch64_common(user: Mapping[str, str]) -> tuple[str, ...]:
+    """Portable CPU code without OpenMP (absent from static and bionic links alike); the arch
+    is the device's (see `flags_for_device`) or, without a device, the plain baseline."""
+    return (
+        "-DGGML_NATIVE=OFF",
+        f"-DGGML_CPU_ARM_ARCH={user.get('GGML_CPU_ARM_ARCH', ARM_BASELINE)}",
+        "-DGGML_OPENMP=OFF",
+    )
+
+
+def _linux_aarch64_flags(user: Mapping[str, str]) -> tuple[str, ...]:
+    """Static cross build with Debian's aarch64-linux-gnu toolchain: one self-contained binary
+    that runs from /data/local/tmp on Android (no glibc there) and on any aarch64 Linux board."""
+    return (
+        f"-DCMAKE_C_COMPILER={AARCH64_CC}",
+        f"-DCMAKE_CXX_COMPILER={AARCH64_CXX}",
+        "-DCMAKE_SYSTEM_NAME=Linux",
+        "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+        *_aarch64_common(user),
+        "-DCMAKE_EXE_LINKER_FLAGS=-static",
+    )
+
+
+ANDROID_PLATFORM = "android-28"  # Android 9: the oldest release the vendors' GPU drivers matter on
+
+
+def ndk_home(user: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The NDK the user pointed to: `ANDROID_NDK=PATH` (from `--ndk`), else $ANDROID_NDK_HOME."""
+    env = os.environ if env is None else env
+    return (user or {}).get("ANDROID_NDK") or env.get("ANDROID_NDK_HOME") or None
+
+
+def _android_ndk_flags(user: Mapping[str, str]) -> tuple[str, ...]:
+    """The NDK's own toolchain file (clang, bionic): what apps ship, and the only build that can
+    load the vendor's OpenCL/Vulkan drivers (`-DGGML_OPENCL=ON` / `-DGGML_VULKAN=ON` as flags)."""
+    ndk = ndk_home(user)
+    if ndk is None:
+        raise BuildError("android-ndk needs an Android NDK: pass --ndk PATH or set ANDROID_NDK_HOME")
+    return (
+        f"-DANDROID_NDK={ndk}",
+        f"-DCMAKE_TOOLCHAIN_FILE={ndk}/build/cmake/android.toolchain.cmake",
+        "-DANDROID_ABI=arm64-v8a",
+        f"-DANDROID_PLATFORM={user.get('ANDROID_PLATFORM', ANDROID_PLATFORM)}",
+        *_aarch64_common(user),
+    )
+
+
+def _arm_device_flags(features: Sequence[str]) -> tuple[str, ...]:
+    return (f"-DGGML_CPU_ARM_ARCH={arm_arch(features)}",)
+
+
 _REGISTRY: dict[str, Target] = {
     target.name: target
     for target in (
         Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags),
         Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags),
+        Target("linux-aarch64", "static aarch64 cross build (Android from /data/local/tmp, Linux boards)",
+               _linux_aarch64_flags, _arm_device_flags),
+        Target("android-ndk", "Android NDK build for bionic (OpenCL/Vulkan capable); needs --ndk",
+               _android_ndk_flags, _arm_device_flags),
     )
 }
+
+
+def flags_for_device(target: str, cpu_features_of_device: Sequence[str] | None) -> tuple[str, ...]:
+    """Definitions a target derives from the device it will run on: the ARM arch from the
+    CPU feature bits for the aarch64 targets, nothing for the host targets. Passed to the
+    build before the user's own flags, so an explicit `-DGGML_CPU_ARM_ARCH=` still wins."""
+    spec = get_target(target)
+    if spec.device_flags is None or cpu_features_of_device is None:
+        return ()
+    return spec.device_flags(cpu_features_of_device)
+
+
+def effective_target(target: str, flags: Iterable[str] = ()) -> tuple[str, str | None]:
+    """`android-ndk` without an NDK falls back to `linux-aarch64`, saying so; others stay."""
+    if target == "android-ndk" and ndk_home(parse_defines(flags)) is None:
+        return "linux-aarch64", "no Android NDK given (--ndk PATH or $ANDROID_NDK_HOME): building the static linux-aarch64 runtime instead"
+    return target, None
 
 
 def target_names() -> list[str]:
