@@ -32,6 +32,10 @@ HEADLINE = {
 }
 
 
+# Every metric's title: the headline ones plus those shown only in comparisons and details.
+TITLES = {**HEADLINE, "itl_ms_p90": "ITL p90 ms", "load_s": "load s", "cpu_freq_mhz": "CPU MHz",
+          "energy_j_per_token": "J/token", "gpu_power_w": "GPU W", "gpu_energy_j": "GPU J", "gpu_mem_peak_mb": "GPU MB"}
+
 KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3}
 
 

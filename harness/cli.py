@@ -165,11 +165,27 @@ def _show_run(store, run_id: str, as_json: bool) -> None:
         out.print_json(json.dumps(payload, default=str))
         return
     out.print(_summary_table(row, summary))
+    _print_conditions(store, row["id"])
     failures = failures_frame(store, row["id"])
     for _, f in failures.iterrows():
         out.print(f"[red]{f['status']}[/] {escape(f['case'])} round {f['rep'] + 1}: {escape(str(f['error']))}", highlight=False)
     if row["note"]:
         out.print(f"[yellow]{escape(row['note'])}[/]")
+
+
+def _print_conditions(store, run_id: str) -> None:
+    """Beside the figures: each case's power scope and the device state before its first process."""
+    from harness.telemetry.state import summary_line
+
+    labels = {case.key: case.label for case in store.cases(run_id)}
+    seen = set()
+    for execution in store.executions(run_id):
+        if execution.case_key in seen or "state" not in execution.raw:
+            continue
+        seen.add(execution.case_key)
+        scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
+        line = f"{labels.get(execution.case_key, execution.case_key)}: power scope {scope}; before: {summary_line(execution.raw['state'])}"
+        out.print(escape(line), highlight=False)
 
 
 def _summary_table(row, summary) -> Table:
@@ -228,7 +244,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
-    from harness.analysis import HEADLINE, tidy_frame
+    from harness.analysis import TITLES, tidy_frame
     from harness.compare import CompareSettings, compare_frames
 
     try:
@@ -247,7 +263,7 @@ def compare(
             interval = "—" if r.ci_low is None else f"{r.ci_low:.3f} – {r.ci_high:.3f}"
             verdict = ("[bold red]REGRESSION[/] " if r.regression else "") + r.verdict
             p = "—" if r.p_value is None else f"{r.p_value:.3f}"
-            table.add_row(escape(r.case), HEADLINE.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict)
+            table.add_row(escape(r.case), TITLES.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict)
         out.print(table)
         for note in sorted({d for r in rows for d in r.differs}):
             out.print(f"[yellow]differs[/] {escape(note)}")
@@ -257,14 +273,20 @@ def compare(
 
 @runtime_app.command("build")
 def runtime_build(
-    target: str = typer.Option("host", help="host, host-cuda, ..."),
+    target: str = typer.Option("host", help="host, host-cuda, linux-aarch64, android-ndk ..."),
     build_flag: list[str] = typer.Option([], "--build-flag", help="Extra cmake -D flag (repeatable)."),
     force: bool = typer.Option(False, help="Rebuild even when the cache has this key."),
     jobs: Optional[int] = typer.Option(None, "-j", help="Parallel compile jobs (default: CPU count)."),
+    ndk: Optional[Path] = typer.Option(None, "--ndk", help="Android NDK for --target android-ndk (default: $ANDROID_NDK_HOME)."),
 ) -> None:
     """Build llama-bench from the llama.cpp source pinned by llama-cpp-python (cached by content)."""
     from harness.runtimes import build_runtime
+    from harness.runtimes.targets import effective_target
 
+    build_flag = build_flag + ([f"-DANDROID_NDK={ndk}"] if ndk and target == "android-ndk" else [])
+    target, fallback_note = effective_target(target, build_flag)
+    if fallback_note:
+        console.print(f"[yellow]{escape(fallback_note)}[/]")
     progress, update = _build_progress()
     try:
         with progress:
@@ -362,6 +384,30 @@ def devices_facts(name: str = typer.Argument("local"), inventory: Optional[Path]
 
         facts["sensors"] = describe_host_sensors()
     out.print_json(json.dumps(facts, default=str))
+
+
+@devices_app.command("check")
+def devices_check(name: str = typer.Argument("local"), inventory: Optional[Path] = InventoryOpt,
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """The device's state now (governors, caps, heat, battery, load, memory) and its sensors."""
+    from harness.inventory import resolve_device
+    from harness.telemetry.probe import discover
+    from harness.telemetry.state import capture_state, format_state
+
+    try:
+        driver = resolve_device(name, inventory).open()
+        state, sensors = capture_state(driver), discover(driver)
+    except EdgebenchError as exc:
+        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
+    if as_json:
+        payload = {"state": state, "sensors": [s.name for s in sensors.sources], "unreadable": sensors.unreadable}
+        out.print_json(json.dumps(payload, default=str))
+        return
+    for line in format_state(state):
+        out.print(escape(line), highlight=False)
+    out.print(escape("probe sources: " + (", ".join(s.name for s in sensors.sources) or "none")), highlight=False)
+    for family, reason in sensors.unreadable.items():
+        out.print(escape(f"  {family}: {reason}"), highlight=False)
 
 
 def _is_driver_error(exc: Exception) -> bool:

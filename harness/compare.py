@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from harness.analysis import KIND_ORDER
+
 # Direction of "better" per metric; anything not listed is not compared.
 HIGHER_IS_BETTER = {"prefill_tps": True, "decode_tps": True, "pg_tps": True, "ttft_ms": False,
                     "itl_ms_p50": False, "itl_ms_p90": False, "itl_ms_p99": False, "peak_rss_mb": False,
@@ -104,8 +106,9 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, settings: CompareSettings =
             continue
         differs = _differences(group_a.iloc[0], group_b.iloc[0])
         label = group_b.iloc[0]["case"]
-        out.append(compare_values(label, key[-2], list(group_a["value"]), list(group_b["value"]), settings, differs))
-    return out
+        order = (KIND_ORDER.get(key[0], 9), *key[1:4], label, key[-2])
+        out.append((order, compare_values(label, key[-2], list(group_a["value"]), list(group_b["value"]), settings, differs)))
+    return [row for _, row in sorted(out, key=lambda pair: pair[0])]
 
 
 def _usable(frame: pd.DataFrame) -> pd.DataFrame:

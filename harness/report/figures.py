@@ -45,7 +45,7 @@ def _versus_context(summary: pd.DataFrame, panels: tuple[tuple[str, str], ...], 
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend_below(ax)
     fig.tight_layout()
     return _png(fig)
 
@@ -69,7 +69,7 @@ def power_over_time(series: pd.DataFrame) -> str | None:
         ax.set_title(f"run {run_id}", fontsize=9)
         ax.set_xlabel("time on the device clock (s); shaded: benchmark processes")
         ax.set_ylabel("W")
-        ax.legend(fontsize=7)
+        _legend_below(ax)
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -102,14 +102,20 @@ def ratio_chart(comparisons: pd.DataFrame) -> str | None:
                 fmt="none", ecolor="black", capsize=3)
     ax.scatter(data["ratio"], labels, c=[colours.get(v, "tab:grey") for v in data["verdict"]], zorder=3)
     ax.axvline(1.0, color="black", lw=0.8)
-    ax.set_xlabel("ratio B / A (95% bootstrap interval)")
+    ax.set_xscale("log")  # 0.5x and 2x are the same distance from "no change"
+    ax.set_xlabel("ratio B / A (95% bootstrap interval, log scale)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
 
+def _legend_below(ax: plt.Axes) -> None:
+    """Series names are long (run · device · model · engine): below the axes they hide no data."""
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+
+
 def _png(fig: plt.Figure) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

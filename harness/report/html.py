@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.analysis import (
-    HEADLINE,
+    TITLES,
     failures_frame,
     local_scores,
     power_series,
@@ -79,7 +79,7 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
         table=wide_table(summary),
-        titles=HEADLINE,
+        titles=TITLES,
         several_runs=len(ids) > 1,
         stability=stability_rows(summary),
         scores=local_scores(summary) if not summary.empty else [],
