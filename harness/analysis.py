@@ -215,3 +215,21 @@ def stability_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
         {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()}
         for r in wanted[["run_id", "case", "metric", "n", "cv", "inprocess_cv", "min", "max", "p50", "p99", "drift"]].to_dict("records")
     ]
+
+
+def history_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
+    """Per device of these runs: the mean of each throughput figure over every earlier run of
+    the same suite and model, in time order (the "what got slower" view of nightly runs)."""
+    rows = []
+    for run_id in run_ids:
+        this = store.run(run_id)
+        related = [r for r in store.runs() if r["device"] == this["device"] and r["suite_name"] == this["suite_name"]
+                   and r["model_sha256"] == this["model_sha256"] and r["created_at"] <= this["created_at"]]
+        summary = summary_frame(tidy_frame(store, [r["id"] for r in related]))
+        if summary.empty:
+            continue
+        created = {r["id"]: r["created_at"] for r in related}
+        wanted = summary[summary["metric"].isin(["prefill_tps", "decode_tps"]) & (summary["n"] > 0)]
+        for r in wanted.itertuples():
+            rows.append({"device": r.device, "case": r.case, "metric": r.metric, "created_at": created[r.run_id], "mean": r.mean})
+    return pd.DataFrame(rows, columns=["device", "case", "metric", "created_at", "mean"]).drop_duplicates()

@@ -28,6 +28,8 @@ app.add_typer(runtime_app, name="runtime")
 app.add_typer(results_app, name="results")
 app.add_typer(devices_app, name="devices")
 app.add_typer(models_app, name="model")
+lab_app = typer.Typer(no_args_is_help=True, help="Lab runs over an inventory: all devices at once, scheduled.")
+app.add_typer(lab_app, name="lab")
 
 console = Console(stderr=True)
 out = Console()
@@ -75,9 +77,11 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned cases and a time estimate; run nothing."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    wait: bool = typer.Option(False, help="If another edgebench run holds the device, wait for it instead of exiting."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
     from harness.config import parse_setting_overrides
+    from harness.locks import device_lock
     from harness.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
 
     try:
@@ -111,12 +115,14 @@ def run(
 
         callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
         if resume:
-            run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
+            with device_lock(store.run(resume)["device"], wait=wait):
+                run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
         else:
             prepared = prepare(options, on_status=callbacks.status)
             for label, reason in prepared.plan.skipped:
                 console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
-            run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
+            with device_lock(device, wait=wait):
+                run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
     except KeyboardInterrupt:
         raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
     except EdgebenchError as exc:
@@ -269,6 +275,73 @@ def compare(
             out.print(f"[yellow]differs[/] {escape(note)}")
     if any(r.regression for r in rows):
         raise typer.Exit(EXIT_FAILED)
+
+
+@lab_app.command("run")
+def lab_run(
+    inventory: Path = typer.Option(..., "--inventory", help="Inventory TOML listing the lab's devices."),
+    suite: str = typer.Option("quick", help="Built-in suite name or suite TOML path."),
+    tags: list[str] = typer.Option([], "--tags", help="Only devices with one of these tags (repeatable)."),
+    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", min=1, help="Devices benchmarked at once (default: all)."),
+    retries: int = typer.Option(2, min=0, help="Retries (with backoff) after a lost connection."),
+    wait: bool = typer.Option(False, help="Wait for busy devices instead of skipping them."),
+    resume: Optional[str] = typer.Option(None, help="Finish an earlier lab run: its id."),
+    results: Optional[Path] = ResultsOpt,
+) -> None:
+    """Run a suite on every device of the inventory in parallel; exit 0 only if all succeeded."""
+    from harness.lab import lab_dir, load_lab, new_lab, run_lab
+    from harness.paths import default_results_dir
+
+    root = results or default_results_dir()
+    try:
+        if resume:
+            plan, outcomes = load_lab(root, resume)
+        else:
+            plan = new_lab(root, inventory, suite, tuple(tags))
+            outcomes = load_lab(root, plan.lab_id)[1]
+        console.print(escape(f"lab {plan.lab_id}: {len(plan.devices)} device(s), suite {plan.suite}; logs in {lab_dir(root, plan.lab_id)}"))
+        outcomes = run_lab(root, plan, outcomes, jobs=jobs, retries=retries, wait_for_busy=wait,
+                           on_update=lambda o: console.print(escape(f"{o.device}: {o.status}" + (f" ({o.error})" if o.error else ""))))
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    table = Table(title=escape(f"lab {plan.lab_id}"))
+    for column in ("device", "status", "run", "attempts", "seconds", "error"):
+        table.add_column(column)
+    for o in outcomes.values():
+        colour = "green" if o.status == "ok" else "red"
+        table.add_row(escape(o.device), f"[{colour}]{o.status}[/]", o.run_id or "—", str(o.attempts), f"{o.seconds:.0f}", escape(o.error or ""))
+    out.print(table)
+    run_ids = [o.run_id for o in outcomes.values() if o.run_id]
+    if run_ids:
+        from harness.report.html import render_report
+
+        path = render_report(_store(root), run_ids, lab_dir(root, plan.lab_id) / "report.html", lab=True)
+        console.print(f"report: {path}")
+    if any(o.status != "ok" for o in outcomes.values()):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@lab_app.command("schedule")
+def lab_schedule(
+    inventory: Path = typer.Option(..., "--inventory"),
+    suite: str = typer.Option("quick"),
+    at: str = typer.Option("02:00", "--at", help="Daily time, HH:MM (the machine's local time)."),
+    tags: list[str] = typer.Option([], "--tags"),
+    results: Optional[Path] = ResultsOpt,
+    print_only: bool = typer.Option(False, "--print", help="Print the cron line instead of installing it."),
+) -> None:
+    """Install (or print) a daily cron entry that runs the lab and writes its report."""
+    from harness.schedule import cron_line, install_cron
+
+    try:
+        line = cron_line(inventory, suite, at, tuple(tags), results)
+        if print_only:
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+            return
+        install_cron(line)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    console.print(escape(f"installed in the crontab: {line}"))
 
 
 @runtime_app.command("build")

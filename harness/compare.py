@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
 from harness.analysis import KIND_ORDER
+
+if TYPE_CHECKING:
+    from harness.store import Store
 
 # Direction of "better" per metric; anything not listed is not compared.
 HIGHER_IS_BETTER = {"prefill_tps": True, "decode_tps": True, "pg_tps": True, "ttft_ms": False,
@@ -126,3 +130,29 @@ def _differences(a: pd.Series, b: pd.Series) -> tuple[str, ...]:
 
 def comparisons_frame(rows: list[Comparison]) -> pd.DataFrame:
     return pd.DataFrame([r.__dict__ for r in rows])
+
+
+def previous_run(store: "Store", run_id: str) -> str | None:
+    """The latest earlier run of the same device, suite and model: what a nightly run is judged against."""
+    row = store.run(run_id)
+    for other in store.runs():
+        if (other["id"] != row["id"] and other["created_at"] <= row["created_at"] and other["device"] == row["device"]
+                and other["suite_name"] == row["suite_name"] and other["model_sha256"] == row["model_sha256"]
+                and other["status"] in ("finished", "failed")):
+            return other["id"]
+    return None
+
+
+def regressions_since_previous(store: "Store", run_ids: list[str], settings: CompareSettings = CompareSettings()) -> list[dict]:
+    """Every flagged regression of each run against its previous run, device named."""
+    from harness.analysis import tidy_frame
+
+    found = []
+    for run_id in run_ids:
+        before = previous_run(store, run_id)
+        if before is None:
+            continue
+        for row in compare_frames(tidy_frame(store, [before]), tidy_frame(store, [run_id]), settings):
+            if row.regression:
+                found.append({"device": store.run(run_id)["device"], "run_id": run_id, "previous": before, **row.__dict__})
+    return found

@@ -7,6 +7,7 @@ The schema is versioned; migrations run forward, and a store newer than the code
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import uuid
@@ -122,6 +123,13 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
+        """Bring the schema up to date; a lock file serialises stores opened at the same moment
+        (lab workers, two lab runs), which would otherwise both create the tables."""
+        with (self.root / ".edgebench.sqlite.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._migrate_locked()
+
+    def _migrate_locked(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self.db.execute("SELECT version FROM schema_version").fetchone()
         current = row["version"] if row else 0

@@ -150,3 +150,23 @@ def test_store_refuses_a_newer_schema_and_finds_runs_by_prefix(tmp_path):
     store.close()
     with pytest.raises(StoreError, match="newer than this edgebench"):
         Store(tmp_path)
+
+
+def test_stores_opened_at_once_migrate_once(tmp_path):
+    import threading
+
+    errors: list[Exception] = []
+
+    def open_store() -> None:
+        try:
+            Store(tmp_path / "shared").close()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Store(tmp_path / "shared").db.execute("SELECT version FROM schema_version").fetchall()[0][0] == SCHEMA_VERSION

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 _PANELS = (("prefill_tps", "Prefill"), ("decode_tps", "Decode"))
+_PANEL_TITLES = dict(_PANELS)
 ENGINE_NAMES = {"llamabench": "llama-bench", "pyllama": "llama-cpp-python"}
 
 
@@ -105,6 +106,26 @@ def ratio_chart(comparisons: pd.DataFrame) -> str | None:
     ax.set_xscale("log")  # 0.5x and 2x are the same distance from "no change"
     ax.set_xlabel("ratio B / A (95% bootstrap interval, log scale)")
     ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def history_chart(history: pd.DataFrame) -> str | None:
+    """Headline tokens/s per device and case over its runs; one panel per metric."""
+    if history.empty or history["created_at"].nunique() < 2:
+        return None
+    metrics = [m for m in ("prefill_tps", "decode_tps") if m in set(history["metric"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        data = history[history["metric"] == metric]
+        for (device, case), line in data.groupby(["device", "case"], sort=False):
+            line = line.sort_values("created_at")
+            ax.plot(pd.to_datetime(line["created_at"]), line["mean"], marker="o", label=f"{device} · {case}")
+        ax.set_title(_PANEL_TITLES[metric])
+        ax.set_ylabel("tokens/s")
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        _legend_below(ax)
     fig.tight_layout()
     return _png(fig)
 

@@ -15,6 +15,7 @@ from harness import __version__
 from harness.analysis import (
     TITLES,
     failures_frame,
+    history_frame,
     local_scores,
     power_series,
     stability_rows,
@@ -22,8 +23,15 @@ from harness.analysis import (
     tidy_frame,
     wide_table,
 )
-from harness.compare import CompareSettings, compare_frames, comparisons_frame
-from harness.report.figures import bars, memory_vs_context, power_over_time, ratio_chart, throughput_vs_context
+from harness.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
+from harness.report.figures import (
+    bars,
+    history_chart,
+    memory_vs_context,
+    power_over_time,
+    ratio_chart,
+    throughput_vs_context,
+)
 from harness.store import Store, now_iso
 
 
@@ -68,8 +76,11 @@ def _run_card(store: Store, run_id: str) -> dict[str, Any]:
     }
 
 
-def render_report(store: Store, run_ids: list[str], output: Path, settings: CompareSettings = CompareSettings()) -> Path:
-    """One self-contained HTML file; with exactly two runs it also compares the second to the first."""
+def render_report(store: Store, run_ids: list[str], output: Path, settings: CompareSettings = CompareSettings(),
+                  *, lab: bool = False) -> Path:
+    """One self-contained HTML file; with exactly two runs it also compares the second to the
+    first. A lab report puts each run's regressions against its device's previous run at the
+    top and adds a history of the headline figures per device."""
     runs = [_run_card(store, run_id) for run_id in run_ids]
     ids = [r["id"] for r in runs]
     tidy = tidy_frame(store, ids)
@@ -84,12 +95,14 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
         stability=stability_rows(summary),
         scores=local_scores(summary) if not summary.empty else [],
         comparisons=_records(comparisons),
+        regressions=regressions_since_previous(store, ids, settings) if lab else [],
         figures={
             "Tokens/s vs context length": throughput_vs_context(summary) if not summary.empty else None,
             "Memory vs context length": memory_vs_context(summary) if not summary.empty else None,
             "Power over time": power_over_time(power),
             "Energy per token": bars(summary, "energy_j_per_token", "J/token"),
             "Comparison (B / A)": ratio_chart(comparisons),
+            "History per device": history_chart(history_frame(store, ids)) if lab else None,
         },
         generated_at=now_iso(),
         version=__version__,
