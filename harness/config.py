@@ -32,7 +32,8 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
 
 # setting -> (check, what was expected). Booleans are accepted where llama-bench takes 0|1.
 SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "threads": (_int_in(1), "a positive integer"),
+    # "big": the performance cluster, "all": every core (resolved per device by harness.cores)
+    "threads": (lambda v: v in ("big", "all") or _int_in(1)(v), 'a positive integer, "big" or "all"'),
     "cpu_mask": (lambda v: isinstance(v, str) and re.fullmatch(r"0x[0-9a-fA-F]+", v) is not None, 'a hex mask like "0x3"'),
     "cpu_strict": (lambda v: isinstance(v, bool) or v in (0, 1), "true/false or 0/1"),
     "poll": (_int_in(0, 100), "an integer from 0 to 100"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from harness.drivers.base import Completed, Driver, DriverError
 from harness.engines import EngineResult, get_engine
@@ -19,6 +19,8 @@ from harness.errors import EdgebenchError
 from harness.plan import Case
 from harness.records import Metric
 from harness.store import Store, now_iso
+from harness.cores import Cluster, read_clusters, resolve_threads
+from harness.telemetry.state import capture_state
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ def execute(
 def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: RunTargets, timeout_s: float) -> StepResult:
     case = step.case
     engine = get_engine(case.engine)
-    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
+    state, clusters = _device_state(driver)
+    # threads = "big"/"all" (or unset on mixed cores) become a count and mask for this device
+    run_case, chosen_cores = resolve_threads(case, clusters)
+    argv = engine.argv(run_case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
     started = now_iso()
     with driver.telemetry(targets.runtime_dir) as telemetry:
         completed = driver.run(telemetry.wrap(argv), timeout=timeout_s, on_start=telemetry.attach)
@@ -97,14 +102,25 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     artifacts.mkdir(parents=True, exist_ok=True)
     _write_artifacts(artifacts, step.rep, completed)
     telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
-    status, error, parsed = _outcome(engine.parse, case, completed, timeout_s)
+    status, error, parsed = _outcome(engine.parse, run_case, completed, timeout_s)
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
-    raw = {"argv": list(argv), "records": parsed.raw if parsed else []}
+    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores,
+           # what the figures rest on (power scope, sources) where the sampler says so
+           "telemetry": telemetry.details() if hasattr(telemetry, "details") else {}}
     store.record_execution(
         run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,
     )
     return StepResult(step, status, tuple(metrics), error, completed.wall_s)
+
+
+def _device_state(driver: Driver) -> tuple[dict[str, Any], list[Cluster]]:
+    """The device's state right before the case (governors, caps, heat, load, memory), and its
+    core clusters; a device whose files cannot be read gets the reason and no clusters."""
+    try:
+        return capture_state(driver), read_clusters(driver, cores=1)
+    except DriverError as exc:
+        return {"error": f"device state could not be read: {exc}"}, []
 
 
 def _outcome(

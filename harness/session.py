@@ -20,6 +20,7 @@ from harness.models import ModelInfo, inspect_model, resolve_model
 from harness.plan import Plan, build_plan
 from harness.runner import RunTargets, Step, StepResult, execute, pending_steps
 from harness.runtimes import BuildProgress, Runtime, build_runtime
+from harness.runtimes.targets import effective_target, flags_for_device
 from harness.store import Store
 
 
@@ -138,7 +139,17 @@ def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | No
         return None
     target = prepared.options.target or prepared.device.target
     flags = prepared.device.build_flags + prepared.options.build_flags
-    runtime, cached = build_runtime(target, extra_flags=flags, on_progress=callbacks.build)
+    if target == "device":  # cmake on the device itself (SSH boards): nothing to stage afterwards
+        from harness.runtimes.ondevice import build_on_device
+
+        runtime, cached = build_on_device(prepared.driver, flags, on_progress=callbacks.build)
+    else:
+        target, fallback_note = effective_target(target, flags)
+        if fallback_note:
+            callbacks.status(fallback_note)
+        # The device's CPU features pick the ARM arch (recorded in the manifest's flags); user flags still win.
+        flags = flags_for_device(target, lambda: prepared.driver.facts().extra.get("cpu_features")) + flags
+        runtime, cached = build_runtime(target, extra_flags=flags, on_progress=callbacks.build)
     callbacks.status(f"runtime {runtime.manifest.key[:12]} ({target}, llama.cpp {runtime.manifest.llama_cpp_commit}): {'cached' if cached else 'built'}")
     return runtime
 
@@ -151,12 +162,13 @@ def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) ->
     work = PurePosixPath(driver.workdir)
     model_remote = str(work / "models" / prepared.model.sha256[:16] / prepared.model.filename)
     callbacks.status(f"staging {prepared.model.filename} on {driver.name}")
-    driver.push(prepared.model_path, model_remote)
-    runtime_remote = None
-    if runtime:
+    sent = driver.push(prepared.model_path, model_remote) or 0
+    runtime_remote = getattr(runtime, "remote_dir", None)  # built on the device: already there
+    if runtime and runtime_remote is None:
         runtime_remote = str(work / "runtimes" / runtime.manifest.key[:16])
         for rel in runtime.manifest.files:
-            driver.push(runtime.root / rel, f"{runtime_remote}/{rel}")
+            sent += driver.push(runtime.root / rel, f"{runtime_remote}/{rel}") or 0
+    callbacks.status(f"staged on {driver.name}: {sent} bytes transferred")
     return RunTargets(runtime_dir=runtime_remote, model_path=model_remote)
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The emulated Android phone and its private adb server (adb_server, make_phone, phone).
+pytest_plugins = ["tests.adb_emulator.fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 

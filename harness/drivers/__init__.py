@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.errors import EdgebenchError
 
-DRIVERS = {"local": "harness.drivers.local:LocalDriver"}
+DRIVERS = {"local": "harness.drivers.local:LocalDriver", "adb": "harness.drivers.adb:AdbDriver", "ssh": "harness.drivers.ssh:SshDriver"}
 
 
 def driver_class(kind: str) -> Any:

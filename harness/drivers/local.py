@@ -110,6 +110,9 @@ class LocalDriver:
     ) -> Completed:
         """Run argv under the reaper (see reaper.py) so its rusage is its own; kill it on timeout."""
         start = time.perf_counter()
+        if cwd is None:  # each (pseudo-)device works in its own folder, as a remote one would
+            Path(self.workdir).mkdir(parents=True, exist_ok=True)
+            cwd = self.workdir
         report_r, report_w = os.pipe()
         try:
             proc = subprocess.Popen(
@@ -147,10 +150,24 @@ class LocalDriver:
         usage = ResourceUsage(max_rss_kb=result["max_rss_kb"], user_s=result["user_s"], system_s=result["system_s"])
         return Completed(tuple(argv), result["exit_code"], stdout, stderr, time.perf_counter() - start, usage, timed_out.is_set())
 
-    def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
-        """Sampling beside one benchmark process; `runtime_dir` is where a staged probe would be."""
-        from harness.telemetry.host import HostTelemetry
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> "LocalProcess":
+        """Start argv and return at once (no reaper: for helpers, not for measured benchmarks)."""
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **env} if env else None, cwd=cwd, start_new_session=True,
+        )
+        return LocalProcess(proc, tuple(argv))
 
+    def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
+        """Sampling beside one benchmark process: the runtime's native probe when there is one
+        (it runs the benchmark as its child), else the in-process host sampler (pyllama cases,
+        which have no runtime)."""
+        from harness.telemetry.host import HostTelemetry
+        from harness.telemetry.probe import ProbeTelemetry
+
+        probe = Path(runtime_dir or "") / "bin" / "edgebench-probe"
+        if runtime_dir and probe.is_file():
+            return ProbeTelemetry(self, str(probe), self.workdir)
         return HostTelemetry()
 
     def push(self, local: Path, remote: str) -> None:
@@ -177,6 +194,29 @@ class LocalDriver:
     def sha256(self, remote: str) -> str | None:
         path = Path(remote)
         return sha256_file(path) if path.is_file() else None
+
+
+class LocalProcess:
+    """A spawned local command: wait for it (killing its group on timeout) or kill it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], argv: tuple[str, ...]) -> None:
+        self._proc, self.argv, self.pid = proc, argv, proc.pid
+        self._streams = (_Drain(proc.stdout), _Drain(proc.stderr))
+        self._started = time.perf_counter()
+
+    def kill(self) -> None:
+        _kill_group(self._proc.pid)
+
+    def wait(self, timeout: float | None = None) -> Completed:
+        try:
+            self._proc.wait(timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.kill()
+            self._proc.wait()
+        stdout, stderr = (s.text() for s in self._streams)
+        return Completed(self.argv, self._proc.returncode, stdout, stderr, time.perf_counter() - self._started, None, timed_out)
 
 
 class _Drain:

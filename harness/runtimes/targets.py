@@ -210,14 +210,16 @@ _REGISTRY: dict[str, Target] = {
 }
 
 
-def flags_for_device(target: str, cpu_features_of_device: Sequence[str] | None) -> tuple[str, ...]:
+def flags_for_device(target: str, device_cpu_features: Callable[[], Sequence[str] | None]) -> tuple[str, ...]:
     """Definitions a target derives from the device it will run on: the ARM arch from the
-    CPU feature bits for the aarch64 targets, nothing for the host targets. Passed to the
-    build before the user's own flags, so an explicit `-DGGML_CPU_ARM_ARCH=` still wins."""
+    CPU feature bits (asked for only by the targets that use them; None: unknown, so the
+    baseline) for the aarch64 targets, nothing for the host targets. Passed to the build
+    before the user's own flags, so an explicit `-DGGML_CPU_ARM_ARCH=` still wins."""
     spec = get_target(target)
-    if spec.device_flags is None or cpu_features_of_device is None:
+    if spec.device_flags is None:
         return ()
-    return spec.device_flags(cpu_features_of_device)
+    features = device_cpu_features()
+    return () if features is None else spec.device_flags(features)
 
 
 def effective_target(target: str, flags: Iterable[str] = ()) -> tuple[str, str | None]:

@@ -1,0 +1,69 @@
+"""Compile `edgebench-probe` (probe/edgebench-probe.c) for a runtime's target.
+
+The probe is one portable C file with no dependencies, so it needs no CMake: the target's C
+compiler (`CMAKE_C_COMPILER` from the merged flags, so a cross target gets a cross probe,
+else `cc`) builds it in well under a second. It is linked `-static` so one binary runs on
+glibc, bionic and musl systems alike; a host without a static libc gets a dynamic probe,
+which is said in the build log.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from harness.errors import BuildError
+from harness.hashing import sha256_file
+from harness.runtimes.targets import parse_defines
+
+PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probe" / "edgebench-probe.c"
+PROBE_NAME = "edgebench-probe"
+CFLAGS = ("-O2", "-std=c11", "-Wall")
+
+
+def probe_sha256() -> str:
+    """The probe source's sha256: part of every runtime key, so a changed probe is a new runtime."""
+    if not PROBE_SOURCE.is_file():
+        raise BuildError(f"the probe source {PROBE_SOURCE} is missing (edgebench must run from its source tree)")
+    return sha256_file(PROBE_SOURCE)
+
+
+def probe_compiler(flags: Sequence[str]) -> str:
+    """The C compiler the target's CMake build would use: `CMAKE_C_COMPILER`, else the NDK's
+    clang for `ANDROID_ABI`/`ANDROID_PLATFORM` (the NDK's CMake toolchain file picks that
+    same one), else `cc`."""
+    defines = parse_defines(flags)
+    if "CMAKE_C_COMPILER" in defines:
+        return defines["CMAKE_C_COMPILER"]
+    if "ANDROID_NDK" in defines:
+        triple = _ANDROID_TRIPLES.get(defines.get("ANDROID_ABI", "arm64-v8a"), "aarch64-linux-android")
+        api = defines.get("ANDROID_PLATFORM", "android-28").removeprefix("android-")
+        host = f"{platform.system().lower()}-x86_64"  # the NDK ships x86_64 hosts only (Rosetta on Apple silicon)
+        return f"{defines['ANDROID_NDK']}/toolchains/llvm/prebuilt/{host}/bin/{triple}{api}-clang"
+    return "cc"
+
+
+_ANDROID_TRIPLES = {"arm64-v8a": "aarch64-linux-android", "armeabi-v7a": "armv7a-linux-androideabi",
+                    "x86_64": "x86_64-linux-android", "x86": "i686-linux-android"}
+
+
+def compile_probe(compiler: str, dest: Path, log: IO[str] | None = None) -> str:
+    """Build the probe at `dest`; returns "static" or "dynamic" (the linking that worked)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for linking, extra in (("static", ("-static",)), ("dynamic", ())):
+        argv = [compiler, *CFLAGS, *extra, "-o", str(dest), str(PROBE_SOURCE)]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BuildError(f"cannot run the C compiler {compiler!r} for the probe: {exc}") from exc
+        if log is not None:
+            log.write(f"$ {shlex.join(argv)}\n{done.stdout}{done.stderr}")
+        if done.returncode == 0:
+            return linking
+        errors.append(f"{linking}: {done.stderr.strip()[-800:]}")
+    raise BuildError(f"the probe did not compile with {compiler}:\n" + "\n".join(errors))

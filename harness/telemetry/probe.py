@@ -1,0 +1,563 @@
+"""Telemetry through the native probe (probe/edgebench-probe.c), for any driver.
+
+`ProbeTelemetry` puts the probe in front of the benchmark's argv (`wrap`); the probe runs the
+benchmark as its child on the device and writes a sample file there, which is read back with
+`driver.run(["cat", ...])` when the window closes. Sources are discovered per device with one
+`devicefs` command, so this works the same over adb and ssh as on the host. Parsing is pure
+(`parse_probe`); figures come from `metrics()`:
+
+- peak_rss_mb from the probe's own wait4 of the benchmark (not the driver's view of the probe);
+- peak_rss_anon_mb / peak_rss_file_mb, temp_max_c, cpu_freq_mhz from the samples;
+- energy over llama-bench's measured windows (see harness.telemetry.energy), gross and net of
+  the idle baseline sampled just before, per token, for the widest power scope found;
+- probe_cpu_s: what the probe itself cost, so its overhead is on record with every figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from statistics import fmean
+from types import TracebackType
+from typing import Any
+
+from harness import cores
+from harness.drivers.base import Completed, Driver, ResourceUsage
+from harness.records import Metric
+from harness.telemetry import Sample, energy, procfs, sysfs
+from harness.telemetry.devicefs import FileRead, read_files
+
+FORMAT_VERSION = 1
+PROC_COLUMNS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+LLAMA_BENCH_MARK = "llama-bench: "  # the prefix of llama-bench's --progress lines
+# hwmon chips that are power monitors on a board's rails (Jetson INA3221, many INA2xx boards);
+# other chips' in*/power* files (motherboard voltages, a GPU's own power) are not rail power.
+POWER_MONITORS = ("ina3221", "ina2", "ina3")
+
+
+# --- the probe's file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeExit:
+    """The benchmark's end as the probe saw it (wait4), and the probe's own CPU time."""
+
+    t: float
+    signaled: bool
+    code: int  # exit code; -1 when signaled
+    signal: int
+    rusage: ResourceUsage
+    probe_cpu_s: float
+    samples: int
+
+    @property
+    def exit_code(self) -> int:
+        """As Completed.exit_code: negative for a signal."""
+        return -self.signal if self.signaled else self.code
+
+
+@dataclass(frozen=True)
+class ProbeTrace:
+    """One probe file, parsed: times are the device's CLOCK_MONOTONIC in seconds."""
+
+    interval_s: float
+    cpu: int | None
+    sources: tuple[str, ...]  # column order of the source values
+    source_errors: dict[str, str]
+    samples: tuple[Sample, ...]  # raw values: unit "raw" for sources, "kB" for proc/*, "ms" for probe/cost
+    marks: tuple[tuple[float, str], ...]
+    idle_t: float | None
+    start_t: float | None
+    child_pid: int | None
+    exit: ProbeExit | None
+
+
+class ProbeFormatError(ValueError):
+    """The file is not a probe file this edgebench reads."""
+
+
+def parse_probe(text: str) -> ProbeTrace:
+    """A probe file (format version 1, described in probe/edgebench-probe.c) -> ProbeTrace.
+
+    A file cut short (probe killed) parses up to its last whole line with `exit` None.
+    """
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("edgebench-probe "):
+        raise ProbeFormatError("not an edgebench-probe file (no header line)")
+    version = lines[0].split()[1]
+    if version != str(FORMAT_VERSION):
+        raise ProbeFormatError(f"probe file format {version}; this edgebench reads {FORMAT_VERSION}")
+    interval_s, cpu = 0.0, None
+    sources: list[str] = []
+    errors: dict[str, str] = {}
+    samples: list[Sample] = []
+    marks: list[tuple[float, str]] = []
+    idle_t = start_t = None
+    pid = None
+    exit_ = None
+    for line in lines[1:]:
+        kind, _, rest = line.partition(" ")
+        fields = rest.split()
+        if kind == "s" and len(fields) == 2 + len(sources) + len(PROC_COLUMNS):
+            t = int(fields[0]) / 1e9
+            samples.append(Sample(t, "probe/cost", int(fields[1]) / 1e6, "ms"))
+            for name, value in zip(sources, fields[2:]):
+                if value != "-":
+                    samples.append(Sample(t, name, float(value), "raw"))
+            for key, value in zip(PROC_COLUMNS, fields[2 + len(sources):]):
+                if value != "-":
+                    samples.append(Sample(t, f"proc/{key}", float(value), "kB"))
+        elif kind == "m" and fields:
+            marks.append((int(fields[0]) / 1e9, rest.partition(" ")[2]))
+        elif kind == "interval_ms":
+            interval_s = int(fields[0]) / 1000
+        elif kind == "cpu":
+            cpu = int(fields[0]) if int(fields[0]) >= 0 else None
+        elif kind == "source":
+            sources.append(fields[1])
+        elif kind == "source_error":
+            errors[sources[int(fields[0])]] = rest.split(" ", 2)[2]
+        elif kind == "idle":
+            idle_t = int(fields[0]) / 1e9
+        elif kind == "start":
+            start_t, pid = int(fields[0]) / 1e9, int(fields[1])
+        elif kind == "exit":
+            exit_ = _parse_exit(fields)
+    return ProbeTrace(interval_s, cpu, tuple(sources), errors, tuple(samples), tuple(marks), idle_t, start_t, pid, exit_)
+
+
+def _parse_exit(fields: list[str]) -> ProbeExit:
+    kv = dict(f.split("=", 1) for f in fields[1:])
+    usage = ResourceUsage(int(kv["maxrss_kb"]), int(kv["utime_us"]) / 1e6, int(kv["stime_us"]) / 1e6)
+    return ProbeExit(
+        t=int(fields[0]) / 1e9,
+        signaled=kv["status"] == "signaled",
+        code=int(kv["code"]),
+        signal=int(kv["signal"]),
+        rusage=usage,
+        probe_cpu_s=(int(kv["probe_utime_us"]) + int(kv["probe_stime_us"])) / 1e6,
+        samples=int(kv["samples"]),
+    )
+
+
+# --- measured windows -------------------------------------------------------------------------
+
+_RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
+
+
+def measured_windows(marks: Sequence[tuple[float, str]], samples_ns: Sequence[int]) -> list[tuple[float, float]]:
+    """[start, end] of each timed repetition: the first `prompt run i` / `generation run i`
+    mark of repetition i (llama-bench prints it right after starting its timer), lasting
+    llama-bench's own samples_ns[i]. Depth prefill and warmup marks start no window."""
+    starts: dict[int, float] = {}
+    for t, text in marks:
+        if (match := _RUN_MARK.search(text)) and match.group(1) == "1":
+            starts.setdefault(int(match.group(3)) - 1, t)
+    if len(starts) != len(samples_ns):
+        return []
+    return [(starts[i], starts[i] + ns / 1e9) for i, ns in enumerate(samples_ns)]
+
+
+def llama_bench_row(stdout: str) -> dict[str, Any] | None:
+    """The one llama-bench JSONL result of the process, or None (another engine, or a failure)."""
+    from harness.engines.llamabench import parse_jsonl
+
+    try:
+        rows = parse_jsonl(stdout)
+    except ValueError:
+        return None
+    return rows[0] if len(rows) == 1 and "samples_ns" in rows[0] else None
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file the probe reads each tick: value = raw x scale, in `unit`."""
+
+    name: str
+    path: str
+    unit: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What one device offers the probe, and why the rest is missing."""
+
+    sources: tuple[Source, ...] = ()
+    unreadable: dict[str, str] = field(default_factory=dict)
+    rapl_ranges: dict[str, float] = field(default_factory=dict)  # source -> max_energy_range_uj
+    battery_status: dict[str, str] = field(default_factory=dict)  # power_supply name -> status
+
+    def reason(self, prefix: str) -> str:
+        return "; ".join(r for name, r in self.unreadable.items() if name.startswith(prefix))
+
+
+DISCOVERY_GLOBS = (
+    "/sys/class/thermal/thermal_zone*/type",
+    "/sys/class/thermal/thermal_zone*/temp",
+    "/sys/class/hwmon/hwmon*/name",
+    "/sys/class/hwmon/hwmon*/temp*_input",
+    "/sys/class/hwmon/hwmon*/in*_input",
+    "/sys/class/hwmon/hwmon*/in*_label",
+    "/sys/class/hwmon/hwmon*/curr*_input",
+    "/sys/class/hwmon/hwmon*/power*_input",
+    "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq",
+    "/sys/class/powercap/intel-rapl:*/name",
+    "/sys/class/powercap/intel-rapl:*/energy_uj",
+    "/sys/class/powercap/intel-rapl:*/max_energy_range_uj",
+    "/sys/class/power_supply/*/type",
+    "/sys/class/power_supply/*/status",
+    "/sys/class/power_supply/*/current_now",
+    "/sys/class/power_supply/*/voltage_now",
+)
+
+
+def discover(driver: Driver, root: str = "") -> Discovery:
+    """The device's sensors, read once through the driver (see `classify`)."""
+    return classify(read_files(driver, DISCOVERY_GLOBS, root))
+
+
+def classify(files: dict[str, FileRead]) -> Discovery:
+    """Files read at discovery -> the sources to sample and the reasons for the rest (pure)."""
+    sources: list[Source] = []
+    unreadable: dict[str, str] = {}
+    ranges: dict[str, float] = {}
+    status: dict[str, str] = {}
+
+    def add(name: str, path: str, unit: str, scale: float) -> None:
+        read = files.get(path)
+        if read is None:
+            return
+        if read.value is None or not _is_number(read.value):
+            unreadable[name] = read.error or f"{path} does not hold a number"
+        else:
+            sources.append(Source(name, path, unit, scale))
+
+    def label(path: str) -> str:
+        read = files.get(path)
+        return (read.value or "") if read else ""
+
+    for path in files:
+        p = PurePosixPath(path)
+        folder = str(p.parent)
+        if p.name == "temp" and p.parent.name.startswith("thermal_zone"):
+            kind = label(f"{folder}/type")
+            if _is_cpu(kind, sysfs.CPU_THERMAL_TYPES):
+                add(f"thermal/{p.parent.name}:{kind}", path, "C", 1e-3)
+        elif p.parent.parent.name == "hwmon" and p.name.endswith("_input"):
+            chip = f"{p.parent.name}:{label(f'{folder}/name')}"
+            channel = p.name.removesuffix("_input")
+            if channel.startswith("temp") and _is_cpu(chip, sysfs.CPU_HWMON_NAMES):
+                add(f"hwmon/{chip}/{channel}", path, "C", 1e-3)
+            elif channel.startswith(("in", "curr", "power")) and _is_cpu(chip, POWER_MONITORS):
+                number = channel.lstrip("incurpowe")
+                rail = label(f"{folder}/in{number}_label") or f"ch{number}"
+                quantity, unit, scale = {"in": ("voltage", "V", 1e-3), "curr": ("current", "A", 1e-3),
+                                         "power": ("power", "W", 1e-6)}[channel.rstrip("0123456789")]
+                add(f"rail/{chip}/{rail}/{quantity}", path, unit, scale)
+        elif p.name == "scaling_cur_freq":
+            add(f"cpufreq/{p.parent.parent.name}", path, "MHz", 1e-3)
+        elif p.name == "energy_uj":
+            name = label(f"{folder}/name")
+            if name.startswith("package"):
+                source = f"rapl/{p.parent.name}/{name}"
+                add(source, path, "uJ", 1.0)
+                span = label(f"{folder}/max_energy_range_uj")
+                if _is_number(span):
+                    ranges[source] = float(span)
+        elif p.parent.parent.name == "power_supply" and p.name in ("current_now", "voltage_now"):
+            if label(f"{folder}/type") == "Battery":
+                status[p.parent.name] = label(f"{folder}/status")
+                unit, scale = ("A", 1e-6) if p.name == "current_now" else ("V", 1e-6)
+                add(f"battery/{p.parent.name}/{p.name.removesuffix('_now')}", path, unit, scale)
+    for family, prefixes, what in _FAMILIES:
+        if not any(s.name.startswith(prefixes) for s in sources) and not any(n.startswith(prefixes) for n in unreadable):
+            unreadable[family] = what
+    return Discovery(tuple(sources), unreadable, ranges, status)
+
+
+# family -> the source prefixes that belong to it, and what to say when a device has none.
+_FAMILIES = (
+    ("thermal", ("thermal/", "hwmon/"), "no CPU temperature sensor (thermal zone or hwmon) found"),
+    ("cpufreq", ("cpufreq/",), "no cpufreq scaling_cur_freq found (no scaling driver; usual in VMs)"),
+    ("power", ("rapl/", "battery/", "rail/"), "no power sensor found (RAPL package, battery, INA rails)"),
+)
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text or "")
+    except ValueError:
+        return False
+    return True
+
+
+def _is_cpu(label: str, hints: Sequence[str]) -> bool:
+    return any(hint in label.lower() for hint in hints)
+
+
+def power_traces(trace: ProbeTrace, discovery: Discovery) -> list[energy.Trace]:
+    """Every power figure the samples allow, each with its scope (pure)."""
+    by_source: dict[str, list[Sample]] = {}
+    for s in trace.samples:
+        by_source.setdefault(s.source, []).append(s)
+    scales = {src.name: src.scale for src in discovery.sources}
+    out: list[energy.Trace] = []
+    packages = [n for n in trace.sources if n.startswith("rapl/") and n in by_source]
+    if packages and len(packages) == len([n for n in trace.sources if n.startswith("rapl/")]):
+        out.append(_rapl_sum(packages, by_source, discovery, trace.interval_s))
+    for name in sorted({n.rsplit("/", 1)[0] for n in trace.sources if n.startswith("battery/")}):
+        watts = _product(by_source.get(f"{name}/current", []), by_source.get(f"{name}/voltage", []), scales,
+                         f"{name}/current", f"{name}/voltage")
+        if watts:
+            out.append(energy.Trace(energy.BATTERY, name, *watts, interval_s=trace.interval_s))
+    rails = sorted({n.rsplit("/", 1)[0] for n in trace.sources if n.startswith("rail/")})
+    rail_traces = []
+    for rail in rails:
+        if f"{rail}/power" in by_source:
+            series = by_source[f"{rail}/power"]
+            watts = (tuple(s.t for s in series), tuple(s.value * scales[f"{rail}/power"] for s in series))
+        else:
+            watts = _product(by_source.get(f"{rail}/current", []), by_source.get(f"{rail}/voltage", []), scales,
+                             f"{rail}/current", f"{rail}/voltage")
+        if watts:
+            rail_traces.append((rail, watts))
+    inputs = [(r, w) for r, w in rail_traces if "IN" in r.rsplit("/", 1)[1].upper()]
+    if inputs:
+        rail, watts = inputs[0]
+        out.append(energy.Trace(energy.MODULE_INPUT, rail, *watts, interval_s=trace.interval_s))
+    elif rail_traces and all(len(w[0]) == len(rail_traces[0][1][0]) for _, w in rail_traces):
+        t = rail_traces[0][1][0]
+        total = tuple(sum(w[1][i] for _, w in rail_traces) for i in range(len(t)))
+        out.append(energy.Trace(energy.RAIL_SUM, "+".join(r for r, _ in rail_traces), t, total, interval_s=trace.interval_s))
+    return out
+
+
+def _rapl_sum(packages: list[str], by_source: dict[str, list[Sample]], discovery: Discovery, interval: float) -> energy.Trace:
+    """All package domains summed (one per socket): the CPU's energy, as a counter."""
+    t = tuple(s.t for s in by_source[packages[0]])
+    joules = [0.0] * len(t)
+    for name in packages:
+        series = by_source[name]
+        unwrapped = energy.unwrap_counter([s.value for s in series], discovery.rapl_ranges.get(name, float(2**32)))
+        for i, v in enumerate(unwrapped[: len(t)]):
+            joules[i] += v / 1e6
+    return energy.Trace(energy.CPU_PACKAGE, "+".join(packages), t, tuple(joules), "energy", interval)
+
+
+def _product(current: list[Sample], voltage: list[Sample], scales: dict[str, float], cname: str, vname: str
+             ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """|I| x V per tick where both were read in the same tick (discharge sign varies by vendor)."""
+    volts = {s.t: s.value * scales[vname] for s in voltage}
+    pairs = [(s.t, abs(s.value * scales[cname]) * volts[s.t]) for s in current if s.t in volts]
+    if len(pairs) < 2:
+        return None
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+# --- the telemetry --------------------------------------------------------------------------
+
+
+class ProbeTelemetry:
+    """The Telemetry protocol (harness.drivers.base) through the probe, for any driver.
+
+    `probe` and `workdir` are paths on the device; `root` prefixes every sysfs path (tests);
+    `cpu` pins the probe: a core number, None (no pinning) or "auto" (the slowest core the
+    benchmark's `-C` mask or `-t` count leaves free, see harness.cores.probe_cpu); `idle_s` of
+    idle baseline is sampled before the benchmark when a power sensor exists.
+    """
+
+    def __init__(self, driver: Driver, probe: str, workdir: str, *, interval_ms: int = 50, idle_s: float = 1.0,
+                 cpu: int | str | None = "auto", root: str = "", timeout: float = 120) -> None:
+        if interval_ms < 1:
+            raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
+        self.driver, self.probe, self.root = driver, probe, root
+        self.interval_ms, self.idle_s, self.cpu, self.timeout = interval_ms, idle_s, cpu, timeout
+        self.out = str(PurePosixPath(workdir) / "probe" / f"{uuid.uuid4().hex}.txt")
+        self.discovery: Discovery | None = None
+        self.clusters: list[cores.Cluster] = []
+        self.text: str | None = None
+        self.trace: ProbeTrace | None = None
+        self.read_error: str | None = None
+
+    def __enter__(self) -> "ProbeTelemetry":
+        files = read_files(self.driver, DISCOVERY_GLOBS + cores.CORE_GLOBS, self.root)
+        self.discovery = classify(files)
+        self.clusters = cores.clusters_from(files, cores=1)
+        self.driver.run(["mkdir", "-p", str(PurePosixPath(self.out).parent)], timeout=self.timeout)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        done = self.driver.run(["cat", self.out], timeout=self.timeout)
+        if done.exit_code != 0:
+            self.read_error = f"the probe wrote no file ({self.out}): {done.stderr_tail(3)}"
+            return
+        self.driver.run(["rm", "-f", self.out], timeout=self.timeout)
+        self.text = done.stdout
+        try:
+            self.trace = parse_probe(done.stdout)
+        except ProbeFormatError as err:
+            self.read_error = f"{self.out}: {err}"
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The probe, its options, then the benchmark; llama-bench also gets `--progress` so its
+        timed repetitions are marked (see harness.telemetry.energy for the method)."""
+        assert self.discovery is not None, "use ProbeTelemetry as a with block"
+        options = ["--out", self.out, "--interval-ms", str(self.interval_ms)]
+        if self.root:
+            options += ["--root", self.root]
+        for source in self.discovery.sources:
+            options += ["--source", f"{source.name}={source.path}"]
+        cpu = self._probe_cpu(argv) if self.cpu == "auto" else self.cpu
+        if cpu is not None:
+            options += ["--cpu", str(cpu)]
+        if self.idle_s > 0 and self._has_power():
+            options += ["--idle-ms", str(round(self.idle_s * 1000))]
+        if PurePosixPath(argv[0]).name == "llama-bench":
+            options += ["--mark", LLAMA_BENCH_MARK]
+            argv = argv if "--progress" in argv else [*argv, "--progress"]
+        return [self.probe, *options, "--", *argv]
+
+    def attach(self, pid: int) -> None:
+        """Nothing to do: the probe found its child itself (`pid` is the probe's)."""
+
+    def metrics(self, completed: Completed) -> list[Metric]:
+        """Every figure of the window, each measured or missing with its reason."""
+        trace, found = self.trace, self.discovery
+        if trace is None or found is None or trace.exit is None:
+            reason = self.read_error or "the probe was killed before it recorded the benchmark's exit"
+            return [Metric.missing(name, unit, reason) for name, unit in _ALL_METRICS]
+        samples = self._scaled(trace, found)
+        no_proc = f"the benchmark ended before the probe's first /proc sample ({trace.interval_s * 1000:.0f} ms)"
+        return [
+            procfs.peak_rss_metric(trace.exit.rusage),
+            *procfs.rss_split_metrics(samples, no_proc),
+            sysfs.temp_max_metric(samples, _reasons(found, "thermal", "hwmon") or "every temperature read failed"),
+            sysfs.cpu_freq_metric(samples, found.reason("cpufreq") or "every cpufreq read failed"),
+            *self._energy_metrics(trace, found, completed),
+            Metric("probe_cpu_s", trace.exit.probe_cpu_s, "s"),
+            Metric("probe_tick_ms", fmean(s.value for s in samples if s.source == "probe/cost"), "ms")
+            if any(s.source == "probe/cost" for s in samples) else Metric.missing("probe_tick_ms", "ms", "no sample"),
+        ]
+
+    def details(self) -> dict[str, Any]:
+        """What the figures rest on, for the execution's raw record: sources, power scope, windows."""
+        found, trace = self.discovery, self.trace
+        info: dict[str, Any] = {"sampler": "edgebench-probe", "interval_ms": self.interval_ms,
+                                "probe_cpu": trace.cpu if trace else None}
+        if found is not None:
+            info["sources"] = [s.name for s in found.sources]
+            info["unreadable"] = dict(found.unreadable)
+            headline = energy.headline(power_traces(trace, found)) if trace else None
+            info["power_scope"] = headline.scope if headline else None
+            info["power_source"] = headline.source if headline else None
+            info["battery_status"] = dict(found.battery_status)
+        if trace is not None and trace.exit is not None:
+            info["exit"] = {"code": trace.exit.exit_code, "samples": trace.exit.samples}
+        if self.read_error:
+            info["error"] = self.read_error
+        return info
+
+    def write_csv(self, path: Path) -> None:
+        """Every sample in its unit (the host sampler's columns), plus the probe file as read,
+        raw, beside it (`<name>.probe.txt`), since marks and exit records are not samples."""
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["t_monotonic_s", "source", "value", "unit"])
+            if self.trace is not None and self.discovery is not None:
+                for s in self._scaled(self.trace, self.discovery):
+                    writer.writerow([f"{s.t:.6f}", s.source, repr(s.value), s.unit])
+        if self.text is not None:
+            path.with_name(path.name.removesuffix(".csv") + ".probe.txt").write_text(self.text, encoding="utf-8")
+
+    def _probe_cpu(self, argv: list[str]) -> int | None:
+        """The core for the probe, from where llama-bench's `-C` mask or `-t` count puts the benchmark."""
+        every = [cpu for cluster in self.clusters for cpu in cluster.cpus]
+        busy = every
+        if "-C" in argv[:-1]:
+            mask = int(argv[argv.index("-C") + 1], 16)
+            busy = [cpu for cpu in every if mask >> cpu & 1]
+        elif "-t" in argv[:-1]:
+            busy = every[: int(argv[argv.index("-t") + 1])]
+        return cores.probe_cpu(self.clusters, busy)
+
+    def _has_power(self) -> bool:
+        assert self.discovery is not None
+        return any(s.name.startswith(("rapl/", "battery/", "rail/")) for s in self.discovery.sources)
+
+    def _scaled(self, trace: ProbeTrace, found: Discovery) -> list[Sample]:
+        units = {s.name: (s.unit, s.scale) for s in found.sources}
+        out = []
+        for s in trace.samples:
+            if s.unit == "raw" and s.source in units:
+                unit, scale = units[s.source]
+                out.append(Sample(s.t, s.source, s.value * scale, unit))
+            elif s.unit != "raw":
+                out.append(s)
+        return out
+
+    def _energy_metrics(self, trace: ProbeTrace, found: Discovery, completed: Completed) -> list[Metric]:
+        traces = power_traces(trace, found)
+        headline = energy.headline(traces)
+        if headline is None:
+            reason = _reasons(found, "power", "rapl", "battery", "rail") or "every power sensor read failed"
+            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
+        row = llama_bench_row(completed.stdout)
+        if row is None:
+            reason = "no measured window: only llama-bench's --progress marks delimit one"
+            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
+        windows = measured_windows(trace.marks, [int(v) for v in row["samples_ns"]])
+        if not windows:
+            reason = "llama-bench's --progress marks do not match its repetitions"
+            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
+        idle = None
+        if trace.idle_t is not None and trace.start_t is not None and headline.t:
+            idle = (max(trace.idle_t, headline.t[0]), trace.start_t)  # from the first idle reading on
+        tokens = (int(row.get("n_prompt", 0)) + int(row.get("n_gen", 0))) * len(windows)
+        result = energy.case_energy(headline, windows, idle, tokens)
+        return energy_metrics(result, found.battery_status)
+
+
+def _reasons(found: Discovery, *prefixes: str) -> str:
+    return "; ".join(r for r in (found.reason(p) for p in prefixes) if r)
+
+
+_ENERGY_METRICS = (("energy_j", "J"), ("avg_power_w", "W"), ("idle_power_w", "W"), ("energy_j_net", "J"),
+                   ("energy_j_per_token", "J/token"), ("energy_j_per_token_net", "J/token"))
+_ALL_METRICS = (("peak_rss_mb", "MB"), ("peak_rss_anon_mb", "MB"), ("peak_rss_file_mb", "MB"), ("temp_max_c", "C"),
+                ("cpu_freq_mhz", "MHz"), *_ENERGY_METRICS, ("probe_cpu_s", "s"))
+
+
+def energy_metrics(result: energy.CaseEnergy, battery_status: dict[str, str]) -> list[Metric]:
+    """The energy figures of one process; a charging battery voids battery-scope figures."""
+    charging = [name for name, state in battery_status.items() if state in ("Charging", "Full")]
+    if result.scope == energy.BATTERY and charging:
+        reason = f"battery {', '.join(charging)} is charging or full: USB power hides the discharge"
+        return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
+    gross = result.gross
+    if gross.joules is None:
+        reason = gross.reason or "no figure"
+        return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
+    idle_reason = result.idle_reason or "no idle figure"
+    net = result.net_j
+    out = [
+        Metric("energy_j", gross.joules, "J"),
+        Metric("avg_power_w", gross.joules / gross.seconds, "W"),
+        Metric("idle_power_w", result.idle_w, "W") if result.idle_w is not None else Metric.missing("idle_power_w", "W", idle_reason),
+        Metric("energy_j_net", net, "J") if net is not None else Metric.missing("energy_j_net", "J", idle_reason),
+    ]
+    if result.tokens <= 0:
+        out += [Metric.missing("energy_j_per_token", "J/token", "the case produced no tokens"),
+                Metric.missing("energy_j_per_token_net", "J/token", "the case produced no tokens")]
+        return out
+    out.append(Metric("energy_j_per_token", gross.joules / result.tokens, "J/token"))
+    out.append(Metric("energy_j_per_token_net", net / result.tokens, "J/token") if net is not None
+               else Metric.missing("energy_j_per_token_net", "J/token", idle_reason))
+    return out

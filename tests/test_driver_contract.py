@@ -1,0 +1,148 @@
+"""The driver contract: every driver behaves the same for run, spawn, push, pull, sha256,
+exit codes, timeouts and the quoting of hostile arguments.
+
+Adding a driver = one fixture returning a `DriverUnderTest`, and its name in DRIVER_FIXTURES:
+
+    @pytest.fixture
+    def ssh_contract(...) -> DriverUnderTest:
+        return DriverUnderTest(driver=SshDriver(...), scratch="/home/bench/contract")
+
+    DRIVER_FIXTURES = ["local_contract", "adb_contract", "ssh_contract"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from harness.drivers.base import Driver
+from harness.drivers.local import LocalDriver
+from tests.adb_emulator.fixtures import adb_driver
+
+
+@dataclass
+class DriverUnderTest:
+    driver: Driver
+    scratch: str  # an empty folder on the device for this test (created by the fixture)
+
+    def path(self, name: str) -> str:
+        return str(PurePosixPath(self.scratch) / name)
+
+
+@pytest.fixture
+def local_contract(tmp_path: Path) -> DriverUnderTest:
+    scratch = tmp_path / "device"
+    scratch.mkdir()
+    return DriverUnderTest(LocalDriver("local", workdir=str(scratch)), str(scratch))
+
+
+@pytest.fixture
+def adb_contract(adb_server, make_phone) -> DriverUnderTest:
+    driver = adb_driver(adb_server, make_phone())
+    scratch = "/data/local/tmp/contract"
+    assert driver.run(["mkdir", "-p", scratch], timeout=30).ok
+    return DriverUnderTest(driver, scratch)
+
+
+# The SSH driver's engineer adds "ssh_contract" here (and the fixture above).
+DRIVER_FIXTURES = ["local_contract", "adb_contract"]
+
+
+@pytest.fixture(params=DRIVER_FIXTURES, ids=lambda name: name.removesuffix("_contract"))
+def driver_factories(request: pytest.FixtureRequest) -> DriverUnderTest:
+    """The driver under test, once per entry of DRIVER_FIXTURES."""
+    return request.getfixturevalue(request.param)
+
+
+HOSTILE = [
+    "; rm -rf /",
+    "$(id)",
+    "`id`",
+    "it's",
+    '"double" \\ back\\slash',
+    "two\nlines",
+    "  spaces  ",
+    "tab\there",
+    "*",
+    "ünïcödé ✓ 模型",
+    "-n",
+    "--",
+    "",
+    "$HOME ${PATH} %s",
+    "a|b&c>d<e",
+]
+
+
+def test_hostile_arguments_arrive_unchanged(driver_factories):
+    done = driver_factories.driver.run(["printf", "%s\\0", *HOSTILE], timeout=60)
+    assert done.ok, done.stderr
+    assert done.stdout.split("\0")[:-1] == HOSTILE
+
+
+def test_exit_codes_and_separate_streams(driver_factories):
+    driver = driver_factories.driver
+    done = driver.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=60)
+    assert (done.exit_code, done.stdout, done.stderr, done.ok) == (3, "out\n", "err\n", False)
+    assert driver.run(["true"], timeout=60).exit_code == 0
+    missing = driver.run(["edgebench-no-such-program"], timeout=60)
+    assert missing.exit_code == 127 and not missing.ok
+
+
+def test_env_and_cwd(driver_factories):
+    done = driver_factories.driver.run(["sh", "-c", 'pwd; printf "%s" "$EDGE_VALUE"'], timeout=60,
+                                       env={"EDGE_VALUE": "a b; $(id)"}, cwd=driver_factories.scratch)
+    assert done.ok and done.stdout == f"{driver_factories.scratch}\na b; $(id)"
+
+
+def test_timeout_kills_the_command_and_its_children(driver_factories):
+    marker = driver_factories.path("late")
+    done = driver_factories.driver.run(["sh", "-c", 'sleep 3; echo late > "$0"', marker], timeout=0.5)
+    assert done.timed_out and not done.ok
+    time.sleep(3.5)
+    assert driver_factories.driver.sha256(marker) is None  # the shell never got past its sleep
+
+
+def test_spawn_then_wait_or_kill(driver_factories):
+    driver = driver_factories.driver
+    process = driver.spawn(["sh", "-c", "echo started; exit 4"])
+    done = process.wait(60)
+    assert (done.exit_code, done.stdout) == (4, "started\n")
+    sleeper = driver.spawn(["sleep", "30"])
+    time.sleep(0.5)
+    sleeper.kill()
+    killed = sleeper.wait(30)
+    assert not killed.ok
+
+
+def test_push_pull_sha256_roundtrip_with_awkward_names(driver_factories, tmp_path):
+    driver = driver_factories.driver
+    local = tmp_path / "model.gguf"
+    local.write_bytes(os.urandom(150_000))
+    want = hashlib.sha256(local.read_bytes()).hexdigest()
+    remote = driver_factories.path("dir with spaces/it's $(id) ünï.gguf")
+    assert driver.sha256(remote) is None
+    driver.push(local, remote)
+    assert driver.sha256(remote) == want
+    driver.push(local, remote)  # the same bytes again: skipped, still right
+    assert driver.sha256(remote) == want
+    listing = driver.run(["ls", "-a", str(PurePosixPath(remote).parent)], timeout=60).stdout.split("\n")
+    assert [name for name in listing if name not in (".", "..", "")] == [PurePosixPath(remote).name]  # no temp file left
+    back = tmp_path / "back.gguf"
+    driver.pull(remote, back)
+    assert back.read_bytes() == local.read_bytes()
+
+
+def test_push_replaces_a_changed_file(driver_factories, tmp_path):
+    driver = driver_factories.driver
+    local = tmp_path / "llama-bench"
+    local.write_bytes(b"version 1")
+    remote = driver_factories.path("bin/llama-bench")
+    driver.push(local, remote)
+    local.write_bytes(b"version 2, longer")
+    driver.push(local, remote)
+    assert driver.sha256(remote) == hashlib.sha256(b"version 2, longer").hexdigest()

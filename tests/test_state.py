@@ -1,0 +1,135 @@
+"""Device state and core clusters: read through the real local driver from fake sysfs trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import cores
+from harness.drivers.local import LocalDriver
+from harness.telemetry.state import capture_state, format_state, parse_ps, wait_for_cool
+
+PS_PROCPS = """    PID %CPU   RSS COMMAND
+      1  0.0 12000 systemd
+   4242 97.5 800000 llama-bench
+    777  3.1  5000 sshd
+    900  0.0  1000 ps
+"""
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _phone(root: Path) -> None:
+    """A 4+4 big.LITTLE phone: little cores capped by a thermal daemon, a discharging battery."""
+    files = {
+        "/sys/devices/system/cpu/online": "0-7\n",
+        "/proc/loadavg": "1.50 0.75 0.30 2/900 1234\n",
+        "/proc/meminfo": "MemTotal:        7864320 kB\nMemAvailable:    3932160 kB\nSwapTotal:       4194304 kB\nSwapFree:        3145728 kB\n",
+        "/proc/swaps": "Filename Type Size Used Priority\n/dev/block/zram0 partition 4194300 1048576 -2\n",
+        "/sys/block/zram0/disksize": str(4 * 2**30) + "\n",
+        "/sys/block/zram0/mm_stat": f"{2**30} {2**28} 0 0 0 0 0\n",
+        "/sys/class/thermal/thermal_zone0/type": "cpu-0-0-usr\n",
+        "/sys/class/thermal/thermal_zone0/temp": "38500\n",
+        "/sys/class/power_supply/battery/type": "Battery\n",
+        "/sys/class/power_supply/battery/capacity": "81\n",
+        "/sys/class/power_supply/battery/status": "Discharging\n",
+    }
+    for policy, cpus, hw_max, cap, capacity in (("policy0", "0 1 2 3", "1804800", "1200000", "410"),
+                                               ("policy4", "4 5 6 7", "2841600", "2841600", "1024")):
+        base = f"/sys/devices/system/cpu/cpufreq/{policy}"
+        files.update({f"{base}/related_cpus": cpus + "\n", f"{base}/scaling_governor": "schedutil\n",
+                      f"{base}/scaling_min_freq": "300000\n", f"{base}/scaling_max_freq": cap + "\n",
+                      f"{base}/scaling_cur_freq": "1000000\n", f"{base}/cpuinfo_max_freq": hw_max + "\n"})
+        for cpu in cpus.split():
+            files[f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity"] = capacity + "\n"
+            files[f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq"] = hw_max + "\n"
+    _tree(root, files)
+
+
+def test_state_of_a_fake_phone(tmp_path: Path) -> None:
+    _phone(tmp_path)
+    state = capture_state(LocalDriver(), root=str(tmp_path))
+    little, big = sorted(state["clusters"], key=lambda c: c["policy"])
+    assert little["cpus"] == "0 1 2 3" and little["capped"] and little["max_mhz"] == 1200.0
+    assert big["governor"] == "schedutil" and not big["capped"] and big["hw_max_mhz"] == 2841.6
+    assert state["temps_c"] == {"thermal_zone0:cpu-0-0-usr": 38.5}
+    assert state["battery"] == {"name": "battery", "level_pct": 81.0, "status": "Discharging"}
+    assert state["load_avg"] == [1.5, 0.75, 0.3]
+    assert state["mem_available_mb"] == 3840.0 and state["swap_used_mb"] == 1024.0
+    assert state["zram"] == [{"device": "zram0", "disksize_mb": 4096.0, "orig_data_mb": 1024.0, "compr_data_mb": 256.0}]
+    assert isinstance(state["busiest"], list)  # this host's real ps
+    text = "\n".join(format_state(state))
+    assert "capped below hw max" in text and "battery: 81.0% Discharging" in text
+
+
+def test_state_of_a_bare_tree_says_what_is_missing(tmp_path: Path) -> None:
+    state = capture_state(LocalDriver(), root=str(tmp_path))
+    assert state["clusters"] == [] and state["temps_c"] == {} and state["battery"] is None
+    assert "no cpufreq policy" in "\n".join(format_state(state))
+
+
+def test_ps_busiest_first_without_ps_itself() -> None:
+    rows = parse_ps(PS_PROCPS)
+    assert [r["name"] for r in rows] == ["llama-bench", "sshd", "systemd"]
+    assert rows[0] == {"pid": 4242, "cpu_pct": 97.5, "rss_mb": 800000 / 1024, "name": "llama-bench"}
+
+
+def test_cooldown_waits_until_near_idle_and_is_bounded() -> None:
+    temps = iter([70.0, 60.0, 50.0, 44.0])
+    clock = iter(range(100))
+    done = wait_for_cool(lambda: next(temps), 42.0, tolerance_c=3.0, poll_s=1, sleep=lambda s: None,
+                         clock=lambda: float(next(clock)))
+    assert done.reached and done.end_c == 44.0 and done.start_c == 70.0
+    hot = wait_for_cool(lambda: 80.0, 42.0, max_wait_s=5, sleep=lambda s: None, clock=lambda: float(next(clock)))
+    assert not hot.reached and "still 80.0" in (hot.reason or "")
+    none = wait_for_cool(lambda: None, None)
+    assert not none.reached and "no CPU temperature" in (none.reason or "")
+
+
+def test_clusters_fastest_first_and_threads_choices(tmp_path: Path) -> None:
+    _phone(tmp_path)
+    clusters = cores.read_clusters(LocalDriver(), 8, root=str(tmp_path))
+    assert [c.cpus for c in clusters] == [(4, 5, 6, 7), (0, 1, 2, 3)]
+    assert clusters[0].capacity == 1024 and clusters[1].max_mhz == 1804.8
+    big = cores.choose(clusters, "big")
+    assert big.threads == 4 and big.mask == "0xf0" and "fastest" in big.why
+    assert cores.choose(clusters, "all").mask == "0xff"
+    assert cores.choose(clusters, 2).cpus == (4, 5)
+    assert cores.choose(clusters, [0, 7]).mask == "0x81"
+    with pytest.raises(ValueError, match="no core"):
+        cores.choose(clusters, [9])
+    with pytest.raises(ValueError, match="8 cores"):
+        cores.choose(clusters, 9)
+    assert cores.probe_cpu(clusters, busy=big.cpus) == 3  # the slowest free core
+    assert cores.probe_cpu(clusters, busy=range(8)) is None
+
+
+def test_a_machine_without_capacity_or_cpufreq_is_one_cluster(tmp_path: Path) -> None:
+    _tree(tmp_path, {"/sys/devices/system/cpu/online": "0-1\n"})
+    clusters = cores.read_clusters(LocalDriver(), 2, root=str(tmp_path))
+    assert clusters == [cores.Cluster((0, 1), None, None)]
+    assert cores.choose(clusters, "big").why == "all cores (one cluster)"
+    assert cores.parse_online("0-3,6,8-9") == [0, 1, 2, 3, 6, 8, 9]
+
+
+def test_threads_big_resolves_per_device_and_is_recorded() -> None:
+    from harness.plan import Case
+
+    phone = [cores.Cluster((4, 5, 6, 7), 1024, 2841.6), cores.Cluster((0, 1, 2, 3), 410, 1804.8)]
+    case = Case("llamabench", "decode", 0, 32, 0, settings=(("threads", "big"),))
+    run, chosen = cores.resolve_threads(case, phone)
+    assert dict(run.settings) == {"threads": 4, "cpu_mask": "0xf0"}
+    assert chosen is not None and chosen["cpus"] == [4, 5, 6, 7] and chosen["threads"] == "big"
+    unset, chosen = cores.resolve_threads(Case("llamabench", "decode", 0, 32, 0), phone)
+    assert dict(unset.settings)["threads"] == 4  # the default is the performance cores
+    pc = [cores.Cluster((0, 1), None, None)]
+    same, chosen = cores.resolve_threads(Case("llamabench", "decode", 0, 32, 0), pc)
+    assert same.settings == () and chosen is None  # alike cores: the runtime's default stands
+    own_mask = Case("llamabench", "decode", 0, 32, 0, settings=(("cpu_mask", "0x1"), ("threads", "all")))
+    assert dict(cores.resolve_threads(own_mask, phone)[0].settings) == {"threads": 8, "cpu_mask": "0x1"}
