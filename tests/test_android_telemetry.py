@@ -10,8 +10,6 @@ import pytest
 from harness.telemetry.android import (
     battery_reading,
     detect_power_convention,
-    energy_per_token,
-    integrate_joules,
     parse_dumpsys_battery,
     parse_getprop,
     parse_thermalservice,
@@ -76,14 +74,6 @@ def test_dumpsys_getprop_and_thermalservice_parse():
     assert thermal.hottest("battery").celsius == pytest.approx(29.6)
     with pytest.raises(ValueError):
         parse_dumpsys_battery("Can't find service: battery")
-
-
-def test_energy_integration_gross_and_net_of_idle():
-    samples = [(0.0, 2.0), (1.0, 4.0), (2.0, 4.0)]
-    assert integrate_joules(samples) == pytest.approx(7.0)
-    assert integrate_joules(samples[:1]) is None
-    per_token = energy_per_token(samples, tokens=7, idle_watts=1.0)
-    assert per_token["gross"] == pytest.approx(1.0) and per_token["net"] == pytest.approx(5.0 / 7)
 
 
 # --- through the driver, on the emulated phone --------------------------------------------------

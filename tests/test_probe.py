@@ -339,3 +339,19 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
     summary = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
     metrics = {r["metric"]: r for r in summary["summary"]}
     assert metrics["peak_rss_mb"]["n"] == 1 and metrics["probe_cpu_s"]["n"] == 1
+
+
+def test_battery_units_follow_what_the_phone_reports():
+    """mA/mV phones (older Huawei/Samsung kernels) must not come out 1000x too small."""
+    from harness.telemetry.devicefs import FileRead
+    from harness.telemetry.probe import classify
+
+    def files(current: str, voltage: str) -> dict:
+        folder = "/sys/class/power_supply/battery"
+        values = {"type": "Battery", "status": "Discharging", "current_now": current, "voltage_now": voltage}
+        return {f"{folder}/{name}": FileRead(path=f"{folder}/{name}", lines=(value,)) for name, value in values.items()}
+
+    micro = {s.name: s.scale for s in classify(files("-412500", "3900000")).sources}
+    milli = {s.name: s.scale for s in classify(files("-412", "3900")).sources}
+    assert micro == {"battery/battery/current": 1e-6, "battery/battery/voltage": 1e-6}
+    assert milli == {"battery/battery/current": 1e-3, "battery/battery/voltage": 1e-3}

@@ -12,7 +12,7 @@ phone, otherwise withheld with the reason.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # BatteryManager.BATTERY_STATUS_* as `dumpsys battery` prints them.
@@ -178,24 +178,6 @@ def energy_withheld_reason(battery: BatteryState, sysfs_state: str | None = None
     if states != {"discharging"}:
         return f"the battery is not discharging (status: {', '.join(sorted(states))}): energy needs a discharging phone"
     return None
-
-
-def integrate_joules(samples: Sequence[tuple[float, float]]) -> float | None:
-    """Trapezoid integral of (t seconds, watts) samples; None with fewer than two samples."""
-    points = sorted(samples)
-    if len(points) < 2:
-        return None
-    return sum((t1 - t0) * (w0 + w1) / 2.0 for (t0, w0), (t1, w1) in zip(points, points[1:]))
-
-
-def energy_per_token(samples: Sequence[tuple[float, float]], tokens: int, idle_watts: float | None = None) -> dict[str, float | None]:
-    """Gross J/token over the window and, given the idle power measured before, net of idle."""
-    joules = integrate_joules(samples)
-    if joules is None or tokens <= 0:
-        return {"gross": None, "net": None}
-    span = max(t for t, _ in samples) - min(t for t, _ in samples)
-    net = None if idle_watts is None else (joules - idle_watts * span) / tokens
-    return {"gross": joules / tokens, "net": net}
 
 
 def battery_supply(names: Iterable[str], types: Mapping[str, str]) -> str | None:

@@ -29,6 +29,7 @@ from harness import cores
 from harness.drivers.base import Completed, Driver, ResourceUsage
 from harness.records import Metric
 from harness.telemetry import Sample, energy, procfs, sysfs
+from harness.telemetry.android import detect_power_convention
 from harness.telemetry.devicefs import FileRead, read_files
 
 FORMAT_VERSION = 1
@@ -275,7 +276,10 @@ def classify(files: dict[str, FileRead]) -> Discovery:
         elif p.parent.parent.name == "power_supply" and p.name in ("current_now", "voltage_now"):
             if label(f"{folder}/type") == "Battery":
                 status[p.parent.name] = label(f"{folder}/status")
-                unit, scale = ("A", 1e-6) if p.name == "current_now" else ("V", 1e-6)
+                # Vendors report uA/uV or mA/mV: the magnitudes read now tell which.
+                convention = detect_power_convention(_number(label(f"{folder}/current_now")),
+                                                     _number(label(f"{folder}/voltage_now")), (status[p.parent.name] or "").lower())
+                unit, scale = ("A", convention.amps_per_unit) if p.name == "current_now" else ("V", convention.volts_per_unit)
                 add(f"battery/{p.parent.name}/{p.name.removesuffix('_now')}", path, unit, scale)
     for family, prefixes, what in _FAMILIES:
         if not any(s.name.startswith(prefixes) for s in sources) and not any(n.startswith(prefixes) for n in unreadable):
@@ -289,6 +293,10 @@ _FAMILIES = (
     ("cpufreq", ("cpufreq/",), "no cpufreq scaling_cur_freq found (no scaling driver; usual in VMs)"),
     ("power", ("rapl/", "battery/", "rail/"), "no power sensor found (RAPL package, battery, INA rails)"),
 )
+
+
+def _number(text: str | None) -> float:
+    return float(text) if _is_number(text) else 0.0
 
 
 def _is_number(text: str | None) -> bool:
