@@ -23,6 +23,7 @@ import pytest
 from harness.drivers.base import Driver
 from harness.drivers.local import LocalDriver
 from tests.adb_emulator.fixtures import adb_driver
+from tests.sshd_fixture import Sshd
 
 
 @dataclass
@@ -49,8 +50,24 @@ def adb_contract(adb_server, make_phone) -> DriverUnderTest:
     return DriverUnderTest(driver, scratch)
 
 
-# The SSH driver's engineer adds "ssh_contract" here (and the fixture above).
-DRIVER_FIXTURES = ["local_contract", "adb_contract"]
+@pytest.fixture(scope="module")
+def contract_sshd(tmp_path_factory: pytest.TempPathFactory):
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def ssh_contract(contract_sshd, tmp_path: Path):
+    driver = contract_sshd.driver()
+    scratch = tmp_path / "board"
+    scratch.mkdir()
+    scratch.chmod(0o777)  # the board's user may not be the test's
+    yield DriverUnderTest(driver, str(scratch))
+    driver.close()
+
+
+DRIVER_FIXTURES = ["local_contract", "adb_contract", "ssh_contract"]
 
 
 @pytest.fixture(params=DRIVER_FIXTURES, ids=lambda name: name.removesuffix("_contract"))
