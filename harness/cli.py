@@ -78,6 +78,8 @@ def run(
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     wait: bool = typer.Option(False, help="If another edgebench run holds the device, wait for it instead of exiting."),
+    mode: Optional[str] = typer.Option(None, help="burst (cool down before each case), sustained (loop for --minutes) or none."),
+    minutes: Optional[float] = typer.Option(None, min=0.1, help="Sustained mode: how long to keep running rounds."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
     from harness.config import parse_setting_overrides
@@ -86,7 +88,8 @@ def run(
 
     try:
         store = _store(results)
-        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_), str(inventory) if inventory else None)
+        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
+                             str(inventory) if inventory else None, mode, minutes)
         if dry_run:
             prepared = prepare(options)
             _print_plan(prepared, estimate_seconds(store, prepared))

@@ -20,6 +20,10 @@ from harness.plan import LLAMABENCH_SETTINGS
 GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
 LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
+# burst: before each case wait (bounded) until the device is back near its idle temperature;
+# sustained: repeat the suite's rounds for `sustained_minutes` and report the drift;
+# none: run back to back.
+MODES = ("burst", "sustained", "none")
 
 
 def _int_in(lo: int, hi: int | None = None) -> Callable[[Any], bool]:
@@ -64,6 +68,10 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "inprocess_repetitions": (_int_in(1), "a positive integer (llama-bench -r)"),
     "warmup": (lambda v: isinstance(v, bool), "true or false"),
     "timeout_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of seconds"),
+    "mode": (lambda v: v in MODES, "one of " + ", ".join(MODES)),
+    "cooldown_tolerance_c": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of °C"),
+    "cooldown_max_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number of seconds >= 0"),
+    "sustained_minutes": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of minutes"),
 }
 
 
@@ -85,15 +93,24 @@ class Suite:
     inprocess_repetitions: int = 2
     warmup: bool = True
     timeout_s: float = 900.0
+    mode: str = "burst"
+    cooldown_tolerance_c: float = 3.0
+    cooldown_max_s: float = 120.0
+    sustained_minutes: float = 10.0
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run
 
-    def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None) -> "Suite":
+    def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None,
+                       mode: str | None = None, minutes: float | None = None) -> "Suite":
         from dataclasses import replace
 
+        if mode is not None and mode not in MODES:
+            raise ConfigError("--mode", "mode", "one of " + ", ".join(MODES), mode)
         return replace(
             self,
+            mode=mode or self.mode,
+            sustained_minutes=minutes or self.sustained_minutes,
             repetitions=repetitions or self.repetitions,
             settings={**self.settings, **(settings or {})},
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -108,6 +108,18 @@ class Plan:
     skipped: tuple[tuple[str, str], ...] = ()
     repetitions: int = 1
     timeout_s: float = 900.0
+    policy: "RunPolicy" = field(default_factory=lambda: RunPolicy())
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How cases are paced: see `harness.config.MODES`."""
+
+    mode: str = "none"
+    cooldown_tolerance_c: float = 3.0
+    cooldown_max_s: float = 120.0
+    sustained_minutes: float = 10.0
+    cooldown_poll_s: float = 2.0
 
 
 _ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama"}
@@ -137,7 +149,8 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Pla
                     skipped.append((case.label, reason))
                 elif case not in cases:
                     cases.append(case)
-    return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s)
+    policy = RunPolicy(suite.mode, suite.cooldown_tolerance_c, suite.cooldown_max_s, suite.sustained_minutes)
+    return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s, policy=policy)
 
 
 def _product(sweeps: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -9,18 +9,19 @@ on; a device that vanishes stops the run, keeping everything finished so far (re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness.drivers.base import Completed, Driver, DriverError
 from harness.engines import EngineResult, get_engine
 from harness.errors import EdgebenchError
-from harness.plan import Case
+from harness.plan import Case, RunPolicy
 from harness.records import Metric
 from harness.store import Store, now_iso
 from harness.cores import Cluster, read_clusters, resolve_threads
-from harness.telemetry.state import capture_state
+from harness.telemetry.state import capture_state, wait_for_cool
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,22 @@ def execute(
     timeout_s: float,
     on_start: Callable[[Step], None] | None = None,
     on_result: Callable[[StepResult], None] | None = None,
+    policy: RunPolicy = RunPolicy(),
 ) -> list[StepResult]:
-    """Run every step, committing each; returns the results. Marks the run's final status."""
+    """Run every step, committing each; returns the results. Marks the run's final status.
+
+    burst: before each case, wait (bounded) for the device to cool back to the temperature it
+    had when the run started. sustained: keep running rounds of the cases until
+    `sustained_minutes` have passed, so drift under sustained load shows in the results.
+    """
     results = []
     store.mark_running(run_id)
+    pace = _Pacer(driver, policy)
     try:
-        for step in steps:
+        for step in _paced(steps, policy, store, run_id):
             if on_start:
                 on_start(step)
-            result = _run_step(store, run_id, driver, step, targets, timeout_s)
+            result = _run_step(store, run_id, driver, step, targets, timeout_s, pace.before_case())
             results.append(result)
             if on_result:
                 on_result(result)
@@ -88,7 +96,45 @@ def execute(
     return results
 
 
-def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: RunTargets, timeout_s: float) -> StepResult:
+class _Pacer:
+    """Burst mode's cooldown: the idle temperature is read once, when the run starts."""
+
+    def __init__(self, driver: Driver, policy: RunPolicy) -> None:
+        self.driver, self.policy = driver, policy
+        self.idle_c = self._hottest() if policy.mode == "burst" else None
+
+    def _hottest(self) -> float | None:
+        try:
+            temps = capture_state(self.driver).get("temps_c") or {}
+        except DriverError:
+            return None
+        return max(temps.values()) if temps else None
+
+    def before_case(self) -> dict[str, Any] | None:
+        if self.policy.mode != "burst":
+            return None
+        cooldown = wait_for_cool(self._hottest, self.idle_c, tolerance_c=self.policy.cooldown_tolerance_c,
+                                 max_wait_s=self.policy.cooldown_max_s, poll_s=self.policy.cooldown_poll_s)
+        return asdict(cooldown)
+
+
+def _paced(steps: list[Step], policy: RunPolicy, store: Store, run_id: str) -> Iterator[Step]:
+    """The steps; in sustained mode, then further rounds of the same cases until time is up."""
+    yield from steps
+    if policy.mode != "sustained" or not steps:
+        return
+    deadline = time.monotonic() + policy.sustained_minutes * 60
+    cases = list(dict.fromkeys(s.case for s in steps))
+    rep = max(s.rep for s in steps) + 1
+    while time.monotonic() < deadline:
+        for i, case in enumerate(cases):
+            yield Step(i, len(cases), case, rep)
+        store.set_repetitions(run_id, rep + 1)
+        rep += 1
+
+
+def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: RunTargets, timeout_s: float,
+              cooldown: dict[str, Any] | None = None) -> StepResult:
     case = step.case
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
@@ -104,7 +150,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
     status, error, parsed = _outcome(engine.parse, run_case, completed, timeout_s)
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
-    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores,
+    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,
            # what the figures rest on (power scope, sources) where the sampler says so
            "telemetry": telemetry.details() if hasattr(telemetry, "details") else {}}
     store.record_execution(

@@ -36,6 +36,8 @@ class RunOptions:
     repetitions: int | None = None
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     inventory: str | None = None
+    mode: str | None = None
+    minutes: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -68,7 +70,7 @@ class Prepared:
 
 def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
     """Validate everything the run needs (suite, device, model) without running anything."""
-    suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings)
+    suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings, options.mode, options.minutes)
     device = resolve_device(options.device, Path(options.inventory) if options.inventory else None)
     driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)
@@ -130,7 +132,7 @@ def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | N
     callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
     return execute(
         store, run_id, prepared.driver, steps, targets, timeout_s=prepared.plan.timeout_s,
-        on_start=callbacks.step_start, on_result=callbacks.step_result,
+        on_start=callbacks.step_start, on_result=callbacks.step_result, policy=prepared.plan.policy,
     )
 
 

@@ -232,6 +232,11 @@ class Store:
                 "UPDATE runs SET status=?, finished_at=?, note=? WHERE id=?", (status, now_iso(), note, run_id)
             )
 
+    def set_repetitions(self, run_id: str, repetitions: int) -> None:
+        """Sustained mode decides the number of rounds as it goes."""
+        with self.db:
+            self.db.execute("UPDATE runs SET repetitions=? WHERE id=?", (repetitions, run_id))
+
     def mark_running(self, run_id: str) -> None:
         with self.db:
             self.db.execute("UPDATE runs SET status='running', finished_at=NULL WHERE id=?", (run_id,))

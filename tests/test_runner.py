@@ -170,3 +170,40 @@ def test_stores_opened_at_once_migrate_once(tmp_path):
         t.join()
     assert errors == []
     assert Store(tmp_path / "shared").db.execute("SELECT version FROM schema_version").fetchall()[0][0] == SCHEMA_VERSION
+
+
+def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime):
+    from harness.plan import RunPolicy
+
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=1)
+    results = _run(store, run_id, runtime, policy=RunPolicy(mode="sustained", sustained_minutes=0.05))
+    rounds = store.run(run_id)["repetitions"]
+    assert rounds >= 2 and len(results) == 2 * rounds
+    assert sorted({e.rep for e in store.executions(run_id)}) == list(range(rounds))
+
+
+def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtime, monkeypatch):
+    """A hot device cannot exist here: its temperatures are replayed through the real pacing."""
+    import harness.runner as runner
+    from harness.plan import RunPolicy
+
+    readings = iter([50.0, 61.0, 57.0, 52.0] + [51.0] * 50)  # idle at start, then hot after each case
+    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=1)
+    _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01))
+    first, second = (e.raw["cooldown"] for e in store.executions(run_id))
+    assert first["start_c"] == 61.0 and first["end_c"] == 52.0 and first["reached"] and first["target_c"] == 53.0
+    assert second["reached"]
+
+
+def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monkeypatch):
+    import harness.runner as runner
+    from harness.plan import RunPolicy
+
+    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=1)
+    _run(store, run_id, runtime, policy=RunPolicy(mode="burst"))
+    assert {e.raw["cooldown"]["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}

@@ -1,6 +1,7 @@
 """Build llama-bench for a target and keep it in a content-addressed runtime cache.
 
 A runtime is `cache_dir()/runtimes/<key>/` holding `bin/llama-bench`, `bin/edgebench-probe`,
+`bin/edgebench-bandwidth`,
 `manifest.json` and `build.log`, where key = sha256(source sha256, target, final CMake flags,
 probe source sha256): the same inputs
 never build twice, and any changed input gets its own folder, so results can always name
@@ -40,7 +41,7 @@ from harness.runtimes.source import (
     file_lock,
     stream,
 )
-from harness.runtimes.probe import PROBE_NAME, compile_probe, probe_compiler, probe_sha256
+from harness.runtimes.probe import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
 MANIFEST_VERSION = 1
@@ -287,10 +288,11 @@ def _build(
     shutil.copyfile(llama / "build.log", log_path)
     shutil.copy2(llama / "bin" / "llama-bench", work / "bin" / "llama-bench")
     compiler = probe_compiler(flags)
-    report("build", f"compiling {PROBE_NAME} with {compiler}")
     with log_path.open("a") as log:
-        linking = compile_probe(compiler, work / "bin" / PROBE_NAME, log)
-        log.write(f"{PROBE_NAME}: {linking} binary\n")
+        for name in NATIVE_PROGRAMS:
+            report("build", f"compiling {name} with {compiler}")
+            linking = compile_probe(compiler, work / "bin" / name, log, name)
+            log.write(f"{name}: {linking} binary\n")
     manifest = Manifest(
         key=root.name,
         target=target.name,
@@ -384,7 +386,7 @@ def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path) -> Runt
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "bin").mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in (*BINARIES, PROBE_NAME):
+    for name in (*BINARIES, *NATIVE_PROGRAMS):
         built = tree / "bin" / name
         if not built.is_file():
             raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")

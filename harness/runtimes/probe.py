@@ -1,4 +1,5 @@
-"""Compile `edgebench-probe` (probe/edgebench-probe.c) for a runtime's target.
+"""Compile `edgebench-probe` (probe/edgebench-probe.c) and `edgebench-bandwidth`
+(probe/edgebench-bandwidth.c, the memory-bandwidth test) for a runtime's target.
 
 The probe is one portable C file with no dependencies, so it needs no CMake: the target's C
 compiler (`CMAKE_C_COMPILER` from the merged flags, so a cross target gets a cross probe,
@@ -9,6 +10,7 @@ which is said in the build log.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shlex
 import subprocess
@@ -22,14 +24,24 @@ from harness.runtimes.targets import parse_defines
 
 PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probe" / "edgebench-probe.c"
 PROBE_NAME = "edgebench-probe"
+BANDWIDTH_NAME = "edgebench-bandwidth"
 CFLAGS = ("-O2", "-std=c11", "-Wall")
+# The native programs every runtime carries: name -> (source, extra compiler flags).
+NATIVE_PROGRAMS: dict[str, tuple[Path, tuple[str, ...]]] = {
+    PROBE_NAME: (PROBE_SOURCE, ()),
+    BANDWIDTH_NAME: (PROBE_SOURCE.with_name("edgebench-bandwidth.c"), ("-pthread",)),
+}
 
 
 def probe_sha256() -> str:
-    """The probe source's sha256: part of every runtime key, so a changed probe is a new runtime."""
-    if not PROBE_SOURCE.is_file():
-        raise BuildError(f"the probe source {PROBE_SOURCE} is missing (edgebench must run from its source tree)")
-    return sha256_file(PROBE_SOURCE)
+    """The native programs' sources as one sha256: part of every runtime key, so a changed
+    probe or bandwidth test is a new runtime."""
+    shas = []
+    for source, _ in NATIVE_PROGRAMS.values():
+        if not source.is_file():
+            raise BuildError(f"the native source {source} is missing (edgebench must run from its source tree)")
+        shas.append(sha256_file(source))
+    return hashlib.sha256(" ".join(shas).encode()).hexdigest()
 
 
 def probe_compiler(flags: Sequence[str]) -> str:
@@ -51,19 +63,21 @@ _ANDROID_TRIPLES = {"arm64-v8a": "aarch64-linux-android", "armeabi-v7a": "armv7a
                     "x86_64": "x86_64-linux-android", "x86": "i686-linux-android"}
 
 
-def compile_probe(compiler: str, dest: Path, log: IO[str] | None = None) -> str:
-    """Build the probe at `dest`; returns "static" or "dynamic" (the linking that worked)."""
+def compile_probe(compiler: str, dest: Path, log: IO[str] | None = None, name: str = PROBE_NAME) -> str:
+    """Build native program `name` (the probe unless told) at `dest`; returns "static" or
+    "dynamic" (the linking that worked)."""
+    source, flags = NATIVE_PROGRAMS[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for linking, extra in (("static", ("-static",)), ("dynamic", ())):
-        argv = [compiler, *CFLAGS, *extra, "-o", str(dest), str(PROBE_SOURCE)]
+        argv = [compiler, *CFLAGS, *flags, *extra, "-o", str(dest), str(source)]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BuildError(f"cannot run the C compiler {compiler!r} for the probe: {exc}") from exc
+            raise BuildError(f"cannot run the C compiler {compiler!r} for {name}: {exc}") from exc
         if log is not None:
             log.write(f"$ {shlex.join(argv)}\n{done.stdout}{done.stderr}")
         if done.returncode == 0:
             return linking
         errors.append(f"{linking}: {done.stderr.strip()[-800:]}")
-    raise BuildError(f"the probe did not compile with {compiler}:\n" + "\n".join(errors))
+    raise BuildError(f"{name} did not compile with {compiler}:\n" + "\n".join(errors))
