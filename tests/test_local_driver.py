@@ -74,3 +74,30 @@ def test_unknown_drivers_list_the_valid_ones():
 
     with pytest.raises(EdgebenchError, match="valid: .*local"):
         driver_class("telnet")
+
+
+def test_probe_runs_keep_the_gpu_figures_with_their_reason(tmp_path):
+    """With the probe in charge, NVML's GPU figures still come back (missing here, with why)."""
+    from harness.drivers.base import Completed
+
+    probe_dir = tmp_path / "rt"
+    (probe_dir / "bin").mkdir(parents=True)
+    (probe_dir / "bin" / "edgebench-probe").write_text("")
+    telemetry = LocalDriver(workdir=str(tmp_path / "dev")).telemetry(str(probe_dir))
+
+    class Inner:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def metrics(self, completed):
+            return []
+
+    telemetry.inner = Inner()
+    with telemetry:
+        pass
+    names = {m.name: m for m in telemetry.metrics(Completed(("x",), 0, "", "", 0.1))}
+    assert set(names) == {"gpu_power_w", "gpu_energy_j", "gpu_mem_peak_mb"}
+    assert all(m.value is None and "NVIDIA" in m.missing_reason for m in names.values())

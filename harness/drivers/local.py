@@ -167,7 +167,7 @@ class LocalDriver:
 
         probe = Path(runtime_dir or "") / "bin" / "edgebench-probe"
         if runtime_dir and probe.is_file():
-            return ProbeTelemetry(self, str(probe), self.workdir)
+            return GpuBeside(ProbeTelemetry(self, str(probe), self.workdir))
         return HostTelemetry()
 
     def push(self, local: Path, remote: str) -> None:
@@ -194,6 +194,43 @@ class LocalDriver:
     def sha256(self, remote: str) -> str | None:
         path = Path(remote)
         return sha256_file(path) if path.is_file() else None
+
+
+class GpuBeside:
+    """The probe's figures plus the host's NVIDIA GPU power, energy and memory (NVML), which
+    the probe does not read: a GPU's figures come from the driver's library, not from sysfs."""
+
+    def __init__(self, inner: Any) -> None:
+        from harness.telemetry.host import HostTelemetry
+
+        self.inner = inner
+        self.host = HostTelemetry()
+
+    def __enter__(self) -> "GpuBeside":
+        self.host.__enter__()
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.inner.__exit__(*exc)
+        finally:
+            self.host.__exit__(*exc)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return self.inner.wrap(argv)
+
+    def attach(self, pid: int) -> None:
+        self.inner.attach(pid)
+
+    def metrics(self, completed: Completed) -> list[Any]:
+        return self.inner.metrics(completed) + [m for m in self.host.metrics(completed) if m.name.startswith("gpu_")]
+
+    def write_csv(self, path: Path) -> None:
+        self.inner.write_csv(path)
+
+    def details(self) -> dict[str, Any]:
+        return self.inner.details()
 
 
 class LocalProcess:
