@@ -463,27 +463,37 @@ def devices_facts(name: str = typer.Argument("local"), inventory: Optional[Path]
 
 
 @devices_app.command("check")
-def devices_check(name: str = typer.Argument("local"), inventory: Optional[Path] = InventoryOpt,
-                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """The device's state now (governors, caps, heat, battery, load, memory) and its sensors."""
-    from harness.inventory import resolve_device
-    from harness.telemetry.probe import discover
-    from harness.telemetry.state import capture_state, format_state
+def devices_check(names: list[str] = typer.Argument(None, help="Devices (default: every device of the inventory, or local)."),
+                  inventory: Optional[Path] = InventoryOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Each device's state now: reachable, identity, OS, free storage, power source, heat,
+    governors and caps, and what is wrong (or which permission a missing metric needs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.devicecheck import check_device
+    from harness.inventory import LOCAL, default_inventory, load_inventory, resolve_device
 
     try:
-        driver = resolve_device(name, inventory).open()
-        state, sensors = capture_state(driver), discover(driver)
+        path = inventory or default_inventory()
+        specs = [resolve_device(n, path) for n in names] if names else list((load_inventory(path) if path else {"local": LOCAL}).values())
     except EdgebenchError as exc:
-        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
+        raise _fail(exc)
+    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+        reports = list(pool.map(check_device, specs))
     if as_json:
-        payload = {"state": state, "sensors": [s.name for s in sensors.sources], "unreadable": sensors.unreadable}
-        out.print_json(json.dumps(payload, default=str))
-        return
-    for line in format_state(state):
-        out.print(escape(line), highlight=False)
-    out.print(escape("probe sources: " + (", ".join(s.name for s in sensors.sources) or "none")), highlight=False)
-    for family, reason in sensors.unreadable.items():
-        out.print(escape(f"  {family}: {reason}"), highlight=False)
+        out.print_json(json.dumps([r.__dict__ for r in reports], default=str))
+    else:
+        table = Table()
+        for column in ("device", "reachable", "identity", "OS", "free MB", "power", "max °C", "problems"):
+            table.add_column(column)
+        for r in reports:
+            cells = (r.identity, r.os, r.free_mb, r.power_source, r.max_temp_c, "; ".join(r.problems))
+            table.add_row(escape(r.device), "yes" if r.reachable else "[red]no[/]", *(escape("—" if c is None else str(c)) for c in cells))
+        out.print(table)
+        for r in reports:
+            for line in r.details:
+                out.print(escape(f"{r.device}: {line}"), highlight=False)
+    if any(not r.reachable for r in reports):
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _is_driver_error(exc: Exception) -> bool:

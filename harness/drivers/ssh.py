@@ -290,6 +290,10 @@ class SshDriver:
 
     # --- what the device is -------------------------------------------------------------------
 
+    def permission_hints(self) -> dict[str, str]:
+        """Which group or sudoers line each metric this user cannot read would need."""
+        return ssh_permission_hints(self)
+
     def facts(self) -> DeviceFacts:
         if self._facts is None:
             done = self.run(["sh", "-c", FACTS_SCRIPT], timeout=120)
