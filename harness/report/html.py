@@ -73,7 +73,17 @@ def _run_card(store: Store, run_id: str) -> dict[str, Any]:
         "model": store.model_info(row["model_sha256"]),
         "runtime": store.runtime_manifest(row["runtime_key"]),
         "failures": failures_frame(store, row["id"]).to_dict("records"),
+        "backends": _backends(store, row["id"]),
     }
+
+
+def _backends(store: Store, run_id: str) -> list[str]:
+    """Which backend ran the model, as llama-bench reported it (CPU, CUDA + the GPU's name ...)."""
+    seen = {
+        f"{r['backends']}" + (f" ({r['gpu_info']})" if r.get("gpu_info") else "") + f", GPU layers {r.get('n_gpu_layers', '?')}"
+        for e in store.executions(run_id) for r in e.raw.get("records", []) if isinstance(r, dict) and "backends" in r
+    }
+    return sorted(seen)
 
 
 def render_report(store: Store, run_ids: list[str], output: Path, settings: CompareSettings = CompareSettings(),
