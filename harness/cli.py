@@ -80,6 +80,7 @@ def run(
     wait: bool = typer.Option(False, help="If another edgebench run holds the device, wait for it instead of exiting."),
     mode: Optional[str] = typer.Option(None, help="burst (cool down before each case), sustained (loop for --minutes) or none."),
     minutes: Optional[float] = typer.Option(None, min=0.1, help="Sustained mode: how long to keep running rounds."),
+    remeasure_bandwidth: bool = typer.Option(False, "--remeasure-bandwidth", help="Measure memory bandwidth again instead of using this device's cached figure."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
     from harness.config import parse_setting_overrides
@@ -89,7 +90,7 @@ def run(
     try:
         store = _store(results)
         options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
-                             str(inventory) if inventory else None, mode, minutes)
+                             str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth)
         if dry_run:
             prepared = prepare(options)
             _print_plan(prepared, estimate_seconds(store, prepared))
@@ -166,20 +167,49 @@ def _print_plan(prepared, estimate: float | None) -> None:
 
 def _show_run(store, run_id: str, as_json: bool) -> None:
     from harness.analysis import failures_frame, summary_frame, tidy_frame
+    from harness.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
     if as_json:
-        payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records"))}
+        payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
+                   "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records"))}
         out.print_json(json.dumps(payload, default=str))
         return
     out.print(_summary_table(row, summary))
+    _print_roofline(store, [row["id"]])
     _print_conditions(store, row["id"])
     failures = failures_frame(store, row["id"])
     for _, f in failures.iterrows():
         out.print(f"[red]{f['status']}[/] {escape(f['case'])} round {f['rep'] + 1}: {escape(str(f['error']))}", highlight=False)
     if row["note"]:
         out.print(f"[yellow]{escape(row['note'])}[/]")
+
+
+def _print_roofline(store, run_ids: list[str]) -> None:
+    """Decode cases against what the measured memory bandwidth allows (harness.roofline)."""
+    from harness.report.html import format_value
+    from harness.roofline import roofline_frame
+
+    frame = roofline_frame(store, run_ids)
+    if frame.empty:
+        return
+    table = Table(title="decode roofline: bandwidth / bytes read per token", caption="bandwidth: median of the triad repetitions (min–max); efficiency = measured / roofline",
+                  caption_justify="left")
+    several = len(run_ids) > 1
+    for column in ("run",) * several + ("case", "threads", "decode tok/s", "MB/token", "GB/s", "roofline tok/s", "efficiency", "note"):
+        table.add_column(column, justify="left" if column in ("run", "case", "note") else "right")
+    for r in frame.itertuples():
+        bandwidth = "—" if _missing(r.bandwidth_gbps) else f"{r.bandwidth_gbps:.1f} ({r.bandwidth_min:.1f}–{r.bandwidth_max:.1f})"
+        efficiency = "—" if _missing(r.efficiency) else f"{100 * r.efficiency:.1f}%"
+        mb = "—" if _missing(r.bytes_per_token) else format_value(r.bytes_per_token / 1e6)
+        table.add_row(*(escape(r.run_id),) * several, escape(r.case), str(r.n_threads), format_value(r.decode_tps), mb, bandwidth,
+                      format_value(None if _missing(r.roofline_tps) else r.roofline_tps), efficiency, escape(r.note))
+    out.print(table)
+
+
+def _missing(value) -> bool:
+    return value is None or value != value  # NaN is the only value unequal to itself
 
 
 def _print_conditions(store, run_id: str) -> None:
@@ -229,6 +259,39 @@ def _write_report(store, run_ids: list[str], output: Path) -> None:
     console.print(f"report: {path}")
 
 
+@app.command("claims")
+def claims_cmd(
+    run: Optional[str] = typer.Option(None, "--run", help="Check against this run only (default: the latest run of each device and model)."),
+    claims_dir: Optional[Path] = typer.Option(None, "--claims", help="Folder of claim TOML files (default: the repository's claims/)."),
+    results: Optional[Path] = ResultsOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Published figures against stored runs: measured / claimed, with every differing condition named."""
+    from harness.claims import CLAIMS_DIR, check_claims, load_claims
+
+    try:
+        store = _store(results)
+        checks = check_claims(store, load_claims(claims_dir or CLAIMS_DIR), [store.run(run)["id"]] if run else None)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    if as_json:
+        out.print_json(json.dumps([c.to_json() for c in checks]))
+        return
+    from harness.report.html import format_value
+
+    table = Table(title="published claims vs stored runs", caption="ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim",
+                  caption_justify="left", show_lines=True)
+    for column in ("claim", "metric", "claimed", "run", "measured", "ratio", "verdict", "conditions / needs"):
+        table.add_column(column, justify="right" if column in ("claimed", "measured", "ratio") else "left")
+    for c in checks:
+        where = c.needs or "\n".join(c.mismatches) or "same conditions"
+        ratio = "—" if c.ratio is None else f"{c.ratio:.2f}"
+        run_text = "—" if c.run_id is None else f"{c.run_id}\n{c.case or ''}"
+        table.add_row(escape(c.claim.id), c.claim.metric, format_value(c.claim.value), escape(run_text), format_value(c.measured),
+                      ratio, c.verdict, escape(where))
+    out.print(table)
+
+
 @app.command("report")
 def report_cmd(
     runs: list[str] = typer.Argument(None, help="Run ids or prefixes (default: the latest run)."),
@@ -276,6 +339,7 @@ def compare(
         out.print(table)
         for note in sorted({d for r in rows for d in r.differs}):
             out.print(f"[yellow]differs[/] {escape(note)}")
+        _print_roofline(store, [a, b])
     if any(r.regression for r in rows):
         raise typer.Exit(EXIT_FAILED)
 

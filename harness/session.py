@@ -12,14 +12,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from harness import __version__
+from harness.bandwidth import Bandwidth, device_bandwidth, requests_for
 from harness.config import Suite, load_suite, parse_suite
-from harness.drivers.base import Driver
+from harness.cores import read_clusters
+from harness.drivers.base import Driver, DriverError
 from harness.errors import EdgebenchError
 from harness.inventory import DeviceSpec, resolve_device
 from harness.models import ModelInfo, inspect_model, resolve_model
 from harness.plan import Plan, build_plan
+from harness.roofline import model_traffic
 from harness.runner import RunTargets, Step, StepResult, execute, pending_steps
 from harness.runtimes import BuildProgress, Runtime, build_runtime
+from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
 from harness.store import Store
 
@@ -38,6 +42,7 @@ class RunOptions:
     inventory: str | None = None
     mode: str | None = None
     minutes: float | None = None
+    remeasure_bandwidth: bool = False  # ignore the cached memory-bandwidth figure for this device
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -101,7 +106,8 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks) -> tuple[str, 
         timeout_s=prepared.plan.timeout_s,
         cases=list(prepared.plan.cases),
         model_sha256=prepared.model.sha256,
-        model_info=prepared.model.to_json(),
+        # the tensor-table counts the decode roofline needs, kept with the model's facts
+        model_info={**prepared.model.to_json(), "traffic": model_traffic(prepared.model_path, prepared.model.sha256).to_json()},
         runtime_key=runtime.manifest.key if runtime else None,
         runtime_manifest=runtime.manifest.to_json() if runtime else None,
         facts=facts,
@@ -128,12 +134,42 @@ def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[S
 
 def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> list[StepResult]:
     targets = _stage(prepared, runtime, callbacks)
+    _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
     steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
     callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
     return execute(
         store, run_id, prepared.driver, steps, targets, timeout_s=prepared.plan.timeout_s,
         on_start=callbacks.step_start, on_result=callbacks.step_result, policy=prepared.plan.policy,
     )
+
+
+def _measure_bandwidth(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, targets: RunTargets,
+                       callbacks: Callbacks) -> None:
+    """Memory bandwidth at the run's thread counts, once per run before its cases, kept in the
+    run's device facts (a resumed run keeps the figure it has); a failure is kept as its reason."""
+    facts = json.loads(store.run(run_id)["facts_json"])
+    if "bandwidth" in facts and not prepared.options.remeasure_bandwidth:
+        return
+    binary_sha = runtime.manifest.files.get(f"bin/{BANDWIDTH_NAME}") if runtime else None
+    if runtime is None or binary_sha is None or targets.runtime_dir is None:
+        facts["bandwidth"] = {"error": f"the runtime has no {BANDWIDTH_NAME} (no llama-bench case, or built on the device)"}
+    else:
+        callbacks.status(f"measuring memory bandwidth on {prepared.driver.name}")
+        try:
+            clusters = read_clusters(prepared.driver, cores=1)
+        except DriverError as exc:
+            clusters = []
+            callbacks.status(f"core clusters unreadable ({exc}): bandwidth at the default thread count")
+        requests = requests_for(prepared.plan.cases, clusters)
+        facts["bandwidth"] = device_bandwidth(prepared.driver, facts, targets.runtime_dir, binary_sha, requests,
+                                              refresh=prepared.options.remeasure_bandwidth)
+        cached = " (cached)" if facts["bandwidth"]["cached"] else ""
+        for result in facts["bandwidth"]["results"]:
+            callbacks.status(f"memory bandwidth: {Bandwidth.from_json(result).describe()}{cached}")
+        for error in facts["bandwidth"]["errors"]:
+            callbacks.status(f"memory bandwidth not measured: {error}")
+    store.set_facts(run_id, facts)
+    (store.artifacts_dir(run_id) / "facts.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:

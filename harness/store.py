@@ -237,6 +237,11 @@ class Store:
         with self.db:
             self.db.execute("UPDATE runs SET repetitions=? WHERE id=?", (repetitions, run_id))
 
+    def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
+        """Add to a run's device facts what is measured after the run is created (bandwidth)."""
+        with self.db:
+            self.db.execute("UPDATE runs SET facts_json=? WHERE id=?", (json.dumps(facts), run_id))
+
     def mark_running(self, run_id: str) -> None:
         with self.db:
             self.db.execute("UPDATE runs SET status='running', finished_at=NULL WHERE id=?", (run_id,))

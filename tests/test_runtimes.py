@@ -280,15 +280,18 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
     assert manifest.files == {
         "bin/llama-bench": hashlib.sha256(binary.read_bytes()).hexdigest(),
         "bin/edgebench-probe": hashlib.sha256(probe.read_bytes()).hexdigest(),
+        "bin/edgebench-bandwidth": hashlib.sha256(runtime.binary("edgebench-bandwidth").read_bytes()).hexdigest(),
     }
     assert subprocess.run([probe, "--version"], capture_output=True, text=True, check=True).stdout == "edgebench-probe 1\n"
+    bandwidth = subprocess.run([runtime.binary("edgebench-bandwidth"), "--version"], capture_output=True, text=True, check=True)
+    assert bandwidth.stdout == "edgebench-bandwidth 1\n"
     assert manifest.target == "host"
     assert manifest.llama_cpp_commit == "unknown"
     assert "-DLLAMA_BUILD_COMMIT=unknown" in manifest.cmake_flags
     assert "-DGGML_NATIVE=ON" in manifest.cmake_flags
     assert manifest.compiler and manifest.compiler != "unknown"
     assert Manifest.from_json(json.loads((runtime.root / "manifest.json").read_text())) == manifest
-    assert (runtime.root / "build.log").read_text().count("$ ") == 3  # configure, build, probe
+    assert (runtime.root / "build.log").read_text().count("$ ") == 4  # configure, build, probe, bandwidth test
     assert {"configure", "build", "done"} <= {event.stage for event in events}
     assert any(event.stage == "build" and event.percent is not None for event in events)
     assert events[-1] == BuildProgress(100.0, "done", events[-1].line)

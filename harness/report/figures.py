@@ -51,6 +51,28 @@ def _versus_context(summary: pd.DataFrame, panels: tuple[tuple[str, str], ...], 
     return _png(fig)
 
 
+def decode_roofline(roofline: pd.DataFrame) -> str | None:
+    """Decode tok/s and the bandwidth roofline against context depth, per run: the gap between
+    the two lines is what the runtime leaves on the table (cases without a roofline are omitted)."""
+    data = roofline.dropna(subset=["roofline_tps", "decode_tps"]) if not roofline.empty else roofline
+    if data.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    several = data["run_id"].nunique() > 1
+    for (run_id, device, model), line in data.groupby(["run_id", "device", "model"], sort=False):
+        line = line.sort_values("depth")
+        label = (f"{run_id} · " if several else "") + f"{device} · {model}"
+        measured = ax.plot(line["depth"], line["decode_tps"], marker="o", label=f"{label}: measured")[0]
+        ax.plot(line["depth"], line["roofline_tps"], ls="--", color=measured.get_color(), label=f"{label}: roofline (bandwidth / bytes per token)")
+    ax.set_xscale("symlog", base=2, linthresh=128)
+    ax.set_xlabel("context depth (tokens already in the KV cache)")
+    ax.set_ylabel("decode tokens/s")
+    ax.grid(True, alpha=0.3)
+    _legend_below(ax)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def power_over_time(series: pd.DataFrame) -> str | None:
     """Every power source over the run's clock, each process's window shaded.
 

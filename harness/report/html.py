@@ -23,15 +23,18 @@ from harness.analysis import (
     tidy_frame,
     wide_table,
 )
+from harness.claims import ClaimsError, check_claims, load_claims
 from harness.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
 from harness.report.figures import (
     bars,
+    decode_roofline,
     history_chart,
     memory_vs_context,
     power_over_time,
     ratio_chart,
     throughput_vs_context,
 )
+from harness.roofline import roofline_frame
 from harness.store import Store, now_iso
 
 
@@ -97,6 +100,7 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     summary = summary_frame(tidy)
     comparisons = comparisons_frame(compare_frames(tidy[tidy["run_id"] == ids[0]], tidy[tidy["run_id"] == ids[1]], settings)) if len(ids) == 2 else pd.DataFrame()
     power = pd.concat([power_series(store, i) for i in ids], ignore_index=True)
+    roofline = roofline_frame(store, ids)
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
         table=wide_table(summary),
@@ -106,8 +110,11 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
         scores=local_scores(summary) if not summary.empty else [],
         comparisons=_records(comparisons),
         regressions=regressions_since_previous(store, ids, settings) if lab else [],
+        roofline=_records(roofline),
+        claims=_claims(store, ids),
         figures={
             "Tokens/s vs context length": throughput_vs_context(summary) if not summary.empty else None,
+            "Decode vs its memory-bandwidth roofline": decode_roofline(roofline),
             "Memory vs context length": memory_vs_context(summary) if not summary.empty else None,
             "Power over time": power_over_time(power),
             "Energy per token": bars(summary, "energy_j_per_token", "J/token"),
@@ -120,6 +127,14 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     return output
+
+
+def _claims(store: Store, run_ids: list[str]) -> dict[str, Any]:
+    """The claims section's rows; a broken claims file is shown as its error, never stops the report."""
+    try:
+        return {"rows": [c.to_json() for c in check_claims(store, load_claims(), run_ids)], "error": None}
+    except ClaimsError as exc:
+        return {"rows": [], "error": str(exc)}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
