@@ -152,7 +152,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
     raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,
            # what the figures rest on (power scope, sources) where the sampler says so
-           "telemetry": telemetry.details() if hasattr(telemetry, "details") else {}}
+           "telemetry": telemetry.details()}
     store.record_execution(
         run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,

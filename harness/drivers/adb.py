@@ -420,6 +420,9 @@ class MissingTelemetry:
     def write_csv(self, path: Path) -> None:
         path.write_text(f"# no telemetry: {self.reason}\n", encoding="utf-8")
 
+    def details(self) -> dict[str, Any]:
+        return {"sampler": None, "reason": self.reason}
+
 
 def _describe(argv: Sequence[str]) -> str:
     """A command for an error line: a wrapper's own options (the probe's) are elided, so the

@@ -110,6 +110,8 @@ class Telemetry(Protocol):
 
     def write_csv(self, path: Path) -> None: ...
 
+    def details(self) -> dict[str, Any]: ...  # what the figures rest on: sources, power scope
+
 
 class RemoteProcess(Protocol):
     """A started command: stream it, wait for it, kill it."""

@@ -153,6 +153,10 @@ class CommandTelemetry:
             out.append(Metric("throttled", float(any(now)), "bool", samples=tuple(float(v) for v in now)))
         return out
 
+    def details(self) -> dict[str, Any]:
+        """Which command was sampled (its board-power scope comes with its metrics)."""
+        return {"sampler": f"{self.source} co-process" if self.source else None, "interval_ms": self.interval_ms, "error": self.error}
+
     def write_csv(self, path: Path) -> None:
         """Every sample on the device clock, plus the window's edges, in time order."""
         rows = [(s.t, s.source, s.value, s.unit) for s in self.samples]

@@ -95,6 +95,16 @@ class HostTelemetry:
             self._overhead(),
         ]
 
+    def details(self) -> dict[str, object]:
+        """The sources this window read, and why each family it could not read is missing."""
+        found = [f for f in (self._sources.thermal, self._sources.hwmon, self._sources.cpufreq)] if self._sources else []
+        return {
+            "sampler": "host (in-process)",
+            "interval_s": self.interval_s,
+            "sources": sorted(name for f in found for name in f.readable),
+            "unreadable": {name: reason for f in found for name, reason in f.unreadable.items()},
+        }
+
     def write_csv(self, path: Path) -> None:
         """Every raw sample, in time order, for the run's artifacts folder."""
         with path.open("w", newline="") as fh:
