@@ -23,6 +23,7 @@ from harness.runtimes.targets import (
     get_target,
 )
 from tests.adb_emulator.fixtures import PIXEL7, _free_port, adb_driver
+from tests.test_cli import edgebench
 
 from .conftest import REPO
 
@@ -214,14 +215,8 @@ tokens = 4
 """
 
 
-def _edgebench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "COLUMNS": "250", "PYTHONPATH": str(REPO)})
-
-
-@pytest.mark.slow
-def test_edgebench_run_on_the_emulated_phone(adb_server, phone, tmp_path, aarch64_binfmt, default_model):
-    """Cross-built static llama-bench + the real model, pushed through adb, run under qemu."""
+def _run_args(tmp_path: Path, adb_server, phone) -> tuple[str, ...]:
+    """`edgebench run` on the emulated phone: its inventory and the tiny suite written to tmp_path."""
     import shutil
 
     if shutil.which("aarch64-linux-gnu-g++") is None:
@@ -231,12 +226,18 @@ def test_edgebench_run_on_the_emulated_phone(adb_server, phone, tmp_path, aarch6
                          f'adb_server = "{adb_server.address}"\ntarget = "linux-aarch64"\n')
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)
+    return ("run", "--device", "pixel7", "--inventory", str(inventory), "--suite", str(suite), "--results", str(tmp_path / "results"))
+
+
+@pytest.mark.slow
+def test_edgebench_run_on_the_emulated_phone(adb_server, phone, tmp_path, aarch64_binfmt, default_model):
+    """Cross-built static llama-bench + the real model, pushed through adb, run under qemu."""
+    args = _run_args(tmp_path, adb_server, phone)
     results = tmp_path / "results"
-    args = ("run", "--device", "pixel7", "--inventory", str(inventory), "--suite", str(suite), "--results", str(results))
-    first = _edgebench(*args, cwd=tmp_path)
+    first = edgebench(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "staged on pixel7: 0 bytes" not in first.stderr
-    shown = json.loads(_edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
+    shown = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
     assert shown["run"]["status"] == "finished"
     values = {(r["case"], r["metric"]): r for r in shown["summary"]}
     assert values[("prefill p16", "prefill_tps")]["mean"] > 0 and values[("decode n4", "decode_tps")]["mean"] > 0
@@ -247,25 +248,17 @@ def test_edgebench_run_on_the_emulated_phone(adb_server, phone, tmp_path, aarch6
     assert manifest["target"] == "linux-aarch64" and "-DGGML_CPU_ARM_ARCH=armv8.2-a+fp16+dotprod" in manifest["cmake_flags"]
     argv = json.loads(next(run_dir.glob("*/rep0.argv.json")).read_text())
     assert any(a.startswith(f"{WORK}/runtimes/") for a in argv) and f"{WORK}/models/" in " ".join(argv)
-    second = _edgebench(*args, cwd=tmp_path)
+    second = edgebench(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "staged on pixel7: 0 bytes transferred" in second.stderr
 
 
 @pytest.mark.slow
 def test_phone_lost_mid_run_keeps_finished_cases(adb_server, phone, tmp_path, aarch64_binfmt, default_model):
-    import shutil
-
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh --test installs it)")
-    inventory = tmp_path / "lab.toml"
-    inventory.write_text(f'[[device]]\nname = "pixel7"\ndriver = "adb"\nserial = "{phone.serial}"\n'
-                         f'adb_server = "{adb_server.address}"\ntarget = "linux-aarch64"\n')
-    suite = tmp_path / "tiny.toml"
-    suite.write_text(TINY)
+    args = _run_args(tmp_path, adb_server, phone)
     results = tmp_path / "results"
     phone.drop_on_command, phone.drop_after_s = "-n 4", 0.5  # only the decode case's argv has it
-    run = _edgebench("run", "--device", "pixel7", "--inventory", str(inventory), "--suite", str(suite), "--results", str(results), cwd=tmp_path)
+    run = edgebench(*args, cwd=tmp_path)
     assert run.returncode == 3, run.stdout + run.stderr
     error = run.stderr.strip().splitlines()[-1]
     assert error.startswith("error: pixel7:") and phone.serial in error, run.stderr
