@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.config import parse_suite
+from harness.plan.suites import parse_suite
 from harness.engines.llamabench import LlamaBench
-from harness.models import resolve_model
-from harness.plan import build_plan
+from harness.runtimes.models import resolve_model
+from harness.plan.cases import build_plan
 from harness.runtimes import build_runtime
 
 SUITE = """

@@ -20,8 +20,8 @@ import tempfile
 
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.models import resolve_model
-from harness.plan import Case
+from harness.runtimes.models import resolve_model
+from harness.plan.cases import Case
 from harness.runtimes import build_runtime
 from harness.telemetry.probe import ProbeTelemetry
 

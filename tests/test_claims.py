@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from harness.claims import ClaimsError, check_claims, load_claims, parse_claims
-from harness.models import inspect_model
-from harness.plan import Case
-from harness.records import Metric
-from harness.store import Store, now_iso
+from harness.results.claims import ClaimsError, check_claims, load_claims, parse_claims
+from harness.runtimes.models import inspect_model
+from harness.plan.cases import Case
+from harness.results.records import Metric
+from harness.results.store import Store, now_iso
 
 from .conftest import REPO
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import builtin_suites, load_suite, parse_setting_overrides, parse_suite
+from harness.plan.suites import builtin_suites, load_suite, parse_setting_overrides, parse_suite
 from harness.errors import ConfigError
 
 MINIMAL = '[[prefill]]\nprompt = 16\n'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import ConfigError, EdgebenchError
-from harness.inventory import load_inventory, resolve_device
+from harness.plan.inventory import load_inventory, resolve_device
 
 from .conftest import REPO
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.lab import load_lab, new_lab, run_lab
-from harness.locks import DeviceBusy, device_lock
-from harness.schedule import cron_line
+from harness.lab.runs import load_lab, new_lab, run_lab
+from harness.lab.locks import DeviceBusy, device_lock
+from harness.lab.schedule import cron_line
 
 from .test_cli import edgebench
 

@@ -7,7 +7,7 @@ import pytest
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError
 from harness.engines.llamabench import LlamaBench, effective_settings, parse_jsonl
-from harness.plan import Case
+from harness.plan.cases import Case
 
 from .conftest import DATA
 

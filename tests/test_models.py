@@ -20,7 +20,7 @@ import pytest
 
 from harness import models
 from harness.errors import ModelError
-from harness.models import (
+from harness.runtimes.models import (
     CATALOG,
     DEFAULT_MODEL,
     CatalogEntry,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.config import load_suite, parse_suite
+from harness.plan.suites import load_suite, parse_suite
 from harness.engines.llamabench import LlamaBench
-from harness.plan import Case, build_plan
+from harness.plan.cases import Case, build_plan
 
 
 def test_quick_suite_plans_prefill_decode_and_latency_cases():

@@ -314,7 +314,7 @@ def test_missing_probe_file_makes_every_metric_missing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host_runtime, default_model) -> None:
     """`edgebench run` on this host: the runtime's probe samples every llama-bench process."""
-    from harness.store import Store
+    from harness.results.store import Store
 
     from .test_cli import edgebench
 

@@ -13,13 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness.analysis import summary_frame, tidy_frame, wide_table
-from harness.compare import compare_frames
-from harness.models import ModelInfo
-from harness.plan import Case
-from harness.records import Metric
+from harness.results.analysis import summary_frame, tidy_frame, wide_table
+from harness.results.compare import compare_frames
+from harness.runtimes.models import ModelInfo
+from harness.plan.cases import Case
+from harness.results.records import Metric
 from harness.report.html import render_report
-from harness.store import Store
+from harness.results.store import Store
 
 HOSTILE = '<script>alert("pwned")</script>'
 MODEL = ModelInfo(path=f"/m/{HOSTILE}.gguf", filename=f"{HOSTILE}.gguf", sha256="ab" * 32, file_size=1, architecture="llama",

@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from harness.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes, read_traffic
+from harness.results.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes, read_traffic
 
 from .conftest import REPO
 

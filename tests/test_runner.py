@@ -17,9 +17,9 @@ import pytest
 
 from harness.drivers.base import DeviceUnreachable
 from harness.drivers.local import LocalDriver
-from harness.plan import Case
-from harness.runner import RunTargets, execute, pending_steps
-from harness.store import SCHEMA_VERSION, Store
+from harness.plan.cases import Case
+from harness.run.runner import RunTargets, execute, pending_steps
+from harness.results.store import SCHEMA_VERSION, Store
 from harness.errors import StoreError
 
 FAKE = textwrap.dedent(
@@ -173,7 +173,7 @@ def test_stores_opened_at_once_migrate_once(tmp_path):
 
 
 def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime):
-    from harness.plan import RunPolicy
+    from harness.plan.cases import RunPolicy
 
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
@@ -185,8 +185,8 @@ def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime)
 
 def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtime, monkeypatch):
     """A hot device cannot exist here: its temperatures are replayed through the real pacing."""
-    import harness.runner as runner
-    from harness.plan import RunPolicy
+    import harness.run.runner as runner
+    from harness.plan.cases import RunPolicy
 
     readings = iter([50.0, 61.0, 57.0, 52.0] + [51.0] * 50)  # idle at start, then hot after each case
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
@@ -199,8 +199,8 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
 
 
 def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monkeypatch):
-    import harness.runner as runner
-    from harness.plan import RunPolicy
+    import harness.run.runner as runner
+    from harness.plan.cases import RunPolicy
 
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
     store = Store(tmp_path / "results")

@@ -235,7 +235,7 @@ def test_build_on_the_device_streams_progress_and_caches_by_key(sshd, tmp_path, 
 
 
 def test_inventory_accepts_ssh_keys(sshd, tmp_path):
-    from harness.inventory import load_inventory
+    from harness.plan.inventory import load_inventory
 
     path = tmp_path / "lab.toml"
     path.write_text(sshd.inventory("orin") + 'build_flags = ["-DGGML_CUDA=ON"]\n')

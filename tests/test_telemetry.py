@@ -20,7 +20,7 @@ import pynvml
 import pytest
 
 from harness.drivers.base import Completed, ResourceUsage
-from harness.records import Metric
+from harness.results.records import Metric
 from harness.drivers.local import LocalDriver
 from harness.telemetry import HostTelemetry, Sample, describe_host_sensors, nvml, procfs, rapl, sysfs
 

@@ -413,7 +413,7 @@ class MissingTelemetry:
         return None
 
     def metrics(self, completed: Completed) -> list[Any]:
-        from harness.records import Metric
+        from harness.results.records import Metric
 
         return [Metric.missing(name, unit, self.reason) for name, unit in self.METRICS]
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from harness.drivers.base import Completed
 from harness.errors import EdgebenchError
-from harness.plan import Case
-from harness.records import Metric
+
+if TYPE_CHECKING:  # the registry itself imports neither, so the plan can ask it without a circle
+    from harness.drivers.base import Completed
+    from harness.plan.cases import Case
+    from harness.results.records import Metric
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import jinja2
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import (
+from harness.results.analysis import (
     TITLES,
     failures_frame,
     history_frame,
@@ -23,8 +23,8 @@ from harness.analysis import (
     tidy_frame,
     wide_table,
 )
-from harness.claims import ClaimsError, check_claims, load_claims
-from harness.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
+from harness.results.claims import ClaimsError, check_claims, load_claims
+from harness.results.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
 from harness.report.figures import (
     bars,
     decode_roofline,
@@ -34,8 +34,8 @@ from harness.report.figures import (
     ratio_chart,
     throughput_vs_context,
 )
-from harness.roofline import roofline_frame
-from harness.store import Store, now_iso
+from harness.results.roofline import roofline_frame
+from harness.results.store import Store, now_iso
 
 
 def _environment() -> jinja2.Environment:

@@ -22,7 +22,7 @@ from harness.errors import BuildError
 from harness.hashing import sha256_file
 from harness.runtimes.targets import parse_defines
 
-PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probe" / "edgebench-probe.c"
+PROBE_SOURCE = Path(__file__).resolve().parents[1] / "probe" / "edgebench-probe.c"
 PROBE_NAME = "edgebench-probe"
 BANDWIDTH_NAME = "edgebench-bandwidth"
 CFLAGS = ("-O2", "-std=c11", "-Wall")

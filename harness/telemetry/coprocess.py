@@ -25,7 +25,7 @@ from statistics import fmean
 from typing import Any
 
 from harness.drivers.base import Completed, DeviceFacts, DriverError
-from harness.records import Metric
+from harness.results.records import Metric
 from harness.telemetry import Sample, tegrastats, vcgencmd
 from harness.telemetry.boards import jetson_module
 

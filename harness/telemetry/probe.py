@@ -25,9 +25,9 @@ from statistics import fmean
 from types import TracebackType
 from typing import Any
 
-from harness import cores
+from harness.plan import cores
 from harness.drivers.base import Completed, Driver, ResourceUsage
-from harness.records import Metric
+from harness.results.records import Metric
 from harness.telemetry import Sample, energy, procfs, sysfs
 from harness.telemetry.android import detect_power_convention
 from harness.telemetry.devicefs import FileRead, read_files

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.records import Metric
+from harness.results.records import Metric
 from harness.telemetry import Found, Sample, shown, unreadable_reason
 
 

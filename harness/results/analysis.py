@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan import Case
-from harness.stats import drift, percentile, pooled_cv, summarize
-from harness.store import Store
+from harness.plan.cases import Case
+from harness.results.stats import drift, percentile, pooled_cv, summarize
+from harness.results.store import Store
 
 # The metrics a summary table shows, in order, with their column titles.
 HEADLINE = {
@@ -196,7 +196,7 @@ def power_series(store: Store, run_id: str) -> pd.DataFrame:
 
 def local_scores(summary: pd.DataFrame) -> list[dict[str, Any]]:
     """The LocalScore-form score of every case that measured prefill, decode and TTFT together."""
-    from harness.stats import local_score
+    from harness.results.stats import local_score
 
     rows = []
     means = summary[summary["n"] > 0].pivot_table(index=["run_id", "case"], columns="metric", values="mean", aggfunc="first")

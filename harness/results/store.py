@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import StoreError
-from harness.plan import Case
-from harness.records import Metric
+from harness.plan.cases import Case
+from harness.results.records import Metric
 
 SCHEMA_VERSION = 1
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.config import Suite
+    from harness.plan.suites import Suite
 
 # llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
 LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {

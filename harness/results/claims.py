@@ -275,7 +275,7 @@ def _latest_runs(store: Any) -> list[str]:
 
 
 def _load_run(store: Any, run_id: str) -> _Run:
-    from harness.analysis import summary_frame, tidy_frame
+    from harness.results.analysis import summary_frame, tidy_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))

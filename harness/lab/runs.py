@@ -20,10 +20,10 @@ from typing import Callable
 
 from harness.drivers.base import DeviceUnreachable
 from harness.errors import EdgebenchError
-from harness.inventory import DeviceSpec, load_inventory
-from harness.locks import DeviceBusy, device_lock
-from harness.session import Callbacks, RunOptions, prepare, resume, start
-from harness.store import Store, now_iso
+from harness.plan.inventory import DeviceSpec, load_inventory
+from harness.lab.locks import DeviceBusy, device_lock
+from harness.run.session import Callbacks, RunOptions, prepare, resume, start
+from harness.results.store import Store, now_iso
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from typing import Any
 import gguf
 import pandas as pd
 
-from harness.bandwidth import bandwidth_for
+from harness.results.bandwidth import bandwidth_for
 from harness.paths import cache_dir
-from harness.store import Store
+from harness.results.store import Store
 
 # Tables read one row per token, never whole: not part of a token's traffic.
 _LOOKUP_TABLES = ("token_embd.weight", "position_embd.weight", "token_types.weight")

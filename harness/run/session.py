@@ -12,20 +12,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from harness import __version__
-from harness.bandwidth import Bandwidth, device_bandwidth, requests_for
-from harness.config import Suite, load_suite, parse_suite
-from harness.cores import read_clusters
+from harness.results.bandwidth import Bandwidth
+from harness.run.bandwidth import device_bandwidth, requests_for
+from harness.plan.suites import Suite, load_suite, parse_suite
+from harness.plan.cores import read_clusters
 from harness.drivers.base import Driver, DriverError
 from harness.errors import EdgebenchError
-from harness.inventory import DeviceSpec, resolve_device
-from harness.models import ModelInfo, inspect_model, resolve_model
-from harness.plan import Plan, build_plan
-from harness.roofline import model_traffic
-from harness.runner import RunTargets, Step, StepResult, execute, pending_steps
+from harness.plan.inventory import DeviceSpec, resolve_device
+from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
+from harness.plan.cases import Plan, build_plan
+from harness.results.roofline import model_traffic
+from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps
 from harness.runtimes import BuildProgress, Runtime, build_runtime
 from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
-from harness.store import Store
+from harness.results.store import Store
 
 
 @dataclass(frozen=True)

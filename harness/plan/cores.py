@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.drivers.base import Driver
-from harness.plan import Case
+from harness.plan.cases import Case
 from harness.telemetry.devicefs import FileRead, read_files
 
 CORE_GLOBS = (

@@ -42,7 +42,7 @@ InventoryOpt = typer.Option(None, "--inventory", help="Device inventory TOML (de
 
 def _store(results: Optional[Path]):
     from harness.paths import default_results_dir
-    from harness.store import Store
+    from harness.results.store import Store
 
     return Store(results or default_results_dir())
 
@@ -83,9 +83,9 @@ def run(
     remeasure_bandwidth: bool = typer.Option(False, "--remeasure-bandwidth", help="Measure memory bandwidth again instead of using this device's cached figure."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
-    from harness.config import parse_setting_overrides
-    from harness.locks import device_lock
-    from harness.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
+    from harness.plan.suites import parse_setting_overrides
+    from harness.lab.locks import device_lock
+    from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
 
     try:
         store = _store(results)
@@ -166,8 +166,8 @@ def _print_plan(prepared, estimate: float | None) -> None:
 
 
 def _show_run(store, run_id: str, as_json: bool) -> None:
-    from harness.analysis import failures_frame, summary_frame, tidy_frame
-    from harness.roofline import roofline_frame
+    from harness.results.analysis import failures_frame, summary_frame, tidy_frame
+    from harness.results.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
@@ -187,9 +187,9 @@ def _show_run(store, run_id: str, as_json: bool) -> None:
 
 
 def _print_roofline(store, run_ids: list[str]) -> None:
-    """Decode cases against what the measured memory bandwidth allows (harness.roofline)."""
+    """Decode cases against what the measured memory bandwidth allows (harness.results.roofline)."""
     from harness.report.html import format_value
-    from harness.roofline import roofline_frame
+    from harness.results.roofline import roofline_frame
 
     frame = roofline_frame(store, run_ids)
     if frame.empty:
@@ -228,7 +228,7 @@ def _print_conditions(store, run_id: str) -> None:
 
 
 def _summary_table(row, summary) -> Table:
-    from harness.analysis import HEADLINE, wide_table
+    from harness.results.analysis import HEADLINE, wide_table
 
     facts = json.loads(row["facts_json"])
     wide = wide_table(summary)
@@ -267,7 +267,7 @@ def claims_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Published figures against stored runs: measured / claimed, with every differing condition named."""
-    from harness.claims import CLAIMS_DIR, check_claims, load_claims
+    from harness.results.claims import CLAIMS_DIR, check_claims, load_claims
 
     try:
         store = _store(results)
@@ -316,8 +316,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
-    from harness.analysis import TITLES, tidy_frame
-    from harness.compare import CompareSettings, compare_frames
+    from harness.results.analysis import TITLES, tidy_frame
+    from harness.results.compare import CompareSettings, compare_frames
 
     try:
         store = _store(results)
@@ -356,7 +356,7 @@ def lab_run(
     results: Optional[Path] = ResultsOpt,
 ) -> None:
     """Run a suite on every device of the inventory in parallel; exit 0 only if all succeeded."""
-    from harness.lab import lab_dir, load_lab, new_lab, run_lab
+    from harness.lab.runs import lab_dir, load_lab, new_lab, run_lab
     from harness.paths import default_results_dir
 
     root = results or default_results_dir()
@@ -398,7 +398,7 @@ def lab_schedule(
     print_only: bool = typer.Option(False, "--print", help="Print the cron line instead of installing it."),
 ) -> None:
     """Install (or print) a daily cron entry that runs the lab and writes its report."""
-    from harness.schedule import cron_line, install_cron
+    from harness.lab.schedule import cron_line, install_cron
 
     try:
         line = cron_line(inventory, suite, at, tuple(tags), results)
@@ -468,7 +468,7 @@ def results_export(
     results: Optional[Path] = ResultsOpt,
 ) -> None:
     """Export the per-process tidy table of a run."""
-    from harness.analysis import tidy_frame
+    from harness.results.analysis import tidy_frame
 
     try:
         store = _store(results)
@@ -493,7 +493,7 @@ def results_export(
 @devices_app.command("list")
 def devices_list(inventory: Optional[Path] = InventoryOpt) -> None:
     """Devices that can be benchmarked: `local` and those in the inventory."""
-    from harness.inventory import LOCAL, default_inventory, load_inventory
+    from harness.plan.inventory import LOCAL, default_inventory, load_inventory
 
     path = inventory or default_inventory()
     try:
@@ -513,7 +513,7 @@ def devices_facts(name: str = typer.Argument("local"), inventory: Optional[Path]
     """What edgebench records about a device (identity, OS, memory, power source)."""
     from dataclasses import asdict
 
-    from harness.inventory import resolve_device
+    from harness.plan.inventory import resolve_device
 
     try:
         facts = asdict(resolve_device(name, inventory).open().facts())
@@ -533,8 +533,8 @@ def devices_check(names: list[str] = typer.Argument(None, help="Devices (default
     governors and caps, and what is wrong (or which permission a missing metric needs)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from harness.devicecheck import check_device
-    from harness.inventory import LOCAL, default_inventory, load_inventory, resolve_device
+    from harness.run.devicecheck import check_device
+    from harness.plan.inventory import LOCAL, default_inventory, load_inventory, resolve_device
 
     try:
         path = inventory or default_inventory()
@@ -569,7 +569,7 @@ def _is_driver_error(exc: Exception) -> bool:
 @models_app.command("info")
 def model_info(spec: str = typer.Argument("default", help="'default', a catalog name, or a GGUF path.")) -> None:
     """GGUF metadata and sha256 of a model (fetching the default one if needed)."""
-    from harness.models import inspect_model, resolve_model
+    from harness.runtimes.models import inspect_model, resolve_model
 
     try:
         info = inspect_model(resolve_model(spec))

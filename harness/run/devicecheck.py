@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import EdgebenchError
-from harness.inventory import DeviceSpec
+from harness.plan.inventory import DeviceSpec
 from harness.telemetry.probe import discover
 from harness.telemetry.state import capture_state, format_state
 

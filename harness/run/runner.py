@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator
 from harness.drivers.base import Completed, Driver, DriverError
 from harness.engines import EngineResult, get_engine
 from harness.errors import EdgebenchError
-from harness.plan import Case, RunPolicy
-from harness.records import Metric
-from harness.store import Store, now_iso
-from harness.cores import Cluster, read_clusters, resolve_threads
+from harness.plan.cases import Case, RunPolicy
+from harness.results.records import Metric
+from harness.results.store import Store, now_iso
+from harness.plan.cores import Cluster, read_clusters, resolve_threads
 from harness.telemetry.state import capture_state, wait_for_cool
 
 

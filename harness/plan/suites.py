@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import ConfigError
-from harness.plan import LLAMABENCH_SETTINGS
+from harness.plan.cases import LLAMABENCH_SETTINGS
 
 GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -36,7 +36,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
 
 # setting -> (check, what was expected). Booleans are accepted where llama-bench takes 0|1.
 SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    # "big": the performance cluster, "all": every core (resolved per device by harness.cores)
+    # "big": the performance cluster, "all": every core (resolved per device by harness.plan.cores)
     "threads": (lambda v: v in ("big", "all") or _int_in(1)(v), 'a positive integer, "big" or "all"'),
     "cpu_mask": (lambda v: isinstance(v, str) and re.fullmatch(r"0x[0-9a-fA-F]+", v) is not None, 'a hex mask like "0x3"'),
     "cpu_strict": (lambda v: isinstance(v, bool) or v in (0, 1), "true/false or 0/1"),

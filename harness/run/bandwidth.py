@@ -2,7 +2,7 @@
 run through the driver from the staged runtime, once per device per run.
 
 Why: decode reads every weight once per token, so bandwidth is the ceiling on decode tokens/s
-(see `harness.roofline`). The test runs with each thread count (and cores) the run's cases use,
+(see `harness.results.roofline`). The test runs with each thread count (and cores) the run's cases use,
 because one core cannot saturate the memory bus that four can. Raw per-repetition times are
 kept; GB/s and its spread are derived when read. A figure is reused from a cache keyed by the
 device's identity and state, the binary and the thread counts, unless a re-measure is asked for.
@@ -18,16 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from harness.cores import Cluster, resolve_threads
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
 from harness.paths import cache_dir
-from harness.plan import Case
+from harness.plan.cases import Case
+from harness.plan.cores import Cluster, resolve_threads
+from harness.results.bandwidth import parse_output
 from harness.runtimes.probe import BANDWIDTH_NAME
-from harness.stats import summarize
-from harness.store import now_iso
+from harness.results.store import now_iso
 
-FORMAT_VERSION = 1
 REPETITIONS = 7
 TIMEOUT_S = 300.0
 # What makes a bandwidth figure belong to a device as it is now (not its load or battery).
@@ -42,71 +41,6 @@ class Request:
 
     threads: int | None
     cpus: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Bandwidth:
-    """One parsed run of the program: raw nanoseconds per repetition, GB/s derived."""
-
-    threads: int
-    cpus: tuple[int, ...]
-    array_bytes: int
-    bytes_per_rep: int
-    rep_ns: tuple[int, ...]
-    capped: bool
-    cache_bytes: int | None
-
-    @property
-    def samples_gbps(self) -> tuple[float, ...]:
-        return tuple(self.bytes_per_rep / ns for ns in self.rep_ns)  # bytes per ns = GB/s (10^9)
-
-    @property
-    def gbps(self) -> float:
-        """The median: robust to a repetition disturbed by other work on a shared machine."""
-        return summarize(self.samples_gbps).median
-
-    def spread(self) -> dict[str, float | None]:
-        s = summarize(self.samples_gbps)
-        return {"median": s.median, "mean": s.mean, "stdev": s.stdev, "min": s.minimum, "max": s.maximum, "n": s.n}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "cpus": list(self.cpus), "rep_ns": list(self.rep_ns), "gbps": self.spread()}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Bandwidth":
-        return cls(int(d["threads"]), tuple(d["cpus"]), int(d["array_bytes"]), int(d["bytes_per_rep"]),
-                   tuple(int(v) for v in d["rep_ns"]), bool(d["capped"]), d["cache_bytes"])
-
-    def describe(self) -> str:
-        s = self.spread()
-        pinned = f" on cores {','.join(map(str, self.cpus))}" if self.cpus else ""
-        return (f"{s['median']:.1f} GB/s (median of {s['n']}; min {s['min']:.1f}, max {s['max']:.1f}) "
-                f"triad, {self.threads} thread(s){pinned}, 3 x {self.array_bytes / 2**20:.0f} MiB")
-
-
-def parse_output(text: str) -> Bandwidth:
-    """The program's stdout (format version 1) -> Bandwidth; malformed output -> EdgebenchError."""
-    fields: dict[str, str] = {}
-    reps: list[int] = []
-    for line in text.splitlines():
-        key, _, rest = line.strip().partition(" ")
-        if key == "rep":
-            reps.append(int(rest.split()[1]))
-        elif key:
-            fields[key] = rest
-    if fields.get("edgebench-bandwidth") != str(FORMAT_VERSION):
-        raise EdgebenchError(f"{BANDWIDTH_NAME}: expected output format {FORMAT_VERSION}, got: {text[:200]!r}")
-    if fields.get("check") != "ok":
-        raise EdgebenchError(f"{BANDWIDTH_NAME}: the triad's result check failed ({fields.get('check')}); the figure is not trusted")
-    if not reps or min(reps) <= 0:
-        raise EdgebenchError(f"{BANDWIDTH_NAME}: no timed repetitions in its output")
-    try:
-        cpus = () if fields["cpus"] == "-" else tuple(int(c) for c in fields["cpus"].split(","))
-        cache = None if fields["cache_bytes"] == "-" else int(fields["cache_bytes"])
-        return Bandwidth(int(fields["threads"]), cpus, int(fields["array_bytes"]), int(fields["bytes_per_rep"]),
-                         tuple(reps), fields["capped"] == "1", cache)
-    except (KeyError, ValueError) as exc:
-        raise EdgebenchError(f"{BANDWIDTH_NAME}: malformed output ({exc}): {text[:200]!r}") from None
 
 
 def requests_for(cases: Iterable[Case], clusters: list[Cluster]) -> list[Request]:
@@ -170,18 +104,3 @@ def device_bandwidth(driver: Driver, facts: Mapping[str, Any], runtime_dir: str,
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     return {**data, "cached": False}
-
-
-def bandwidth_for(stored: Mapping[str, Any] | None, n_threads: int | None) -> tuple[Bandwidth | None, str]:
-    """The stored measurement made with `n_threads` threads, or (None, why there is none)."""
-    if not stored:
-        return None, "no memory bandwidth was measured on this run"
-    if "error" in stored:
-        return None, f"memory bandwidth not measured: {stored['error']}"
-    results = [Bandwidth.from_json(r) for r in stored.get("results", [])]
-    for result in results:
-        if n_threads is None or result.threads == n_threads:
-            return result, ""
-    measured = ", ".join(str(r.threads) for r in results) or "none"
-    errors = "; ".join(stored.get("errors", []))
-    return None, f"bandwidth measured at {measured} thread(s), the case ran {n_threads}" + (f" ({errors})" if errors else "")

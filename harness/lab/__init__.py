@@ -1,0 +1,1 @@
+"""Lab: many devices, many runs."""

@@ -1,0 +1,1 @@
+"""Results: the store, its records, and everything derived from stored metrics only."""
