@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-from harness import models
+from harness.runtimes import models
 from harness.errors import ModelError
 from harness.runtimes.models import (
     CATALOG,
