@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.cli import views
 from harness.errors import EdgebenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-device LLM benchmarking: llama.cpp on hosts, phones and boards.")
@@ -32,12 +33,20 @@ lab_app = typer.Typer(no_args_is_help=True, help="Lab runs over an inventory: al
 app.add_typer(lab_app, name="lab")
 
 console = Console(stderr=True)
-out = Console()
+out = views.output_console()
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
 ResultsOpt = typer.Option(None, "--results", help="Results folder (default: ./results or $EDGEBENCH_RESULTS).")
 InventoryOpt = typer.Option(None, "--inventory", help="Device inventory TOML (default: $EDGEBENCH_INVENTORY, else devices/local.toml).")
+FormatOpt = typer.Option("table", "--format", help="table (folds to the terminal's width, never cutting a figure), plain (no box lines), "
+                         "csv or markdown (for pasting).")
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in views.FORMATS:
+        raise _fail(EdgebenchError(f"unknown format {fmt!r}; valid: {', '.join(views.FORMATS)}"))
+    return fmt
 
 
 def _store(results: Optional[Path]):
@@ -77,6 +86,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned cases and a time estimate; run nothing."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    fmt: str = FormatOpt,
     wait: bool = typer.Option(False, help="If another edgebench run holds the device, wait for it instead of exiting."),
     mode: Optional[str] = typer.Option(None, help="burst (cool down before each case), sustained (loop for --minutes) or none."),
     minutes: Optional[float] = typer.Option(None, min=0.1, help="Sustained mode: how long to keep running rounds."),
@@ -87,6 +97,7 @@ def run(
     from harness.lab.locks import device_lock
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
 
+    _check_format(fmt)
     try:
         store = _store(results)
         options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
@@ -131,7 +142,7 @@ def run(
         raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
     except EdgebenchError as exc:
         raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
-    _show_run(store, run_id, as_json)
+    _show_run(store, run_id, as_json, fmt)
     _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
     if any(r.status != "ok" for r in step_results):
         raise typer.Exit(EXIT_FAILED)
@@ -165,91 +176,18 @@ def _print_plan(prepared, estimate: float | None) -> None:
     out.print(f"{n} processes ({prepared.plan.repetitions} rounds of {len(prepared.plan.cases)} cases); {when}")
 
 
-def _show_run(store, run_id: str, as_json: bool) -> None:
-    from harness.results.analysis import failures_frame, summary_frame, tidy_frame
+def _show_run(store, run_id: str, as_json: bool, fmt: str = "table") -> None:
+    if not as_json:
+        views.show_run(out, store, run_id, fmt)
+        return
+    from harness.results.analysis import summary_frame, tidy_frame
     from harness.results.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
-    if as_json:
-        payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
-                   "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records"))}
-        out.print_json(json.dumps(payload, default=str))
-        return
-    out.print(_summary_table(row, summary))
-    _print_roofline(store, [row["id"]])
-    _print_conditions(store, row["id"])
-    failures = failures_frame(store, row["id"])
-    for _, f in failures.iterrows():
-        out.print(f"[red]{f['status']}[/] {escape(f['case'])} round {f['rep'] + 1}: {escape(str(f['error']))}", highlight=False)
-    if row["note"]:
-        out.print(f"[yellow]{escape(row['note'])}[/]")
-
-
-def _print_roofline(store, run_ids: list[str]) -> None:
-    """Decode cases against what the measured memory bandwidth allows (harness.results.roofline)."""
-    from harness.report.html import format_value
-    from harness.results.roofline import roofline_frame
-
-    frame = roofline_frame(store, run_ids)
-    if frame.empty:
-        return
-    table = Table(title="decode roofline: bandwidth / bytes read per token", caption="bandwidth: median of the triad repetitions (min–max); efficiency = measured / roofline",
-                  caption_justify="left")
-    several = len(run_ids) > 1
-    for column in ("run",) * several + ("case", "threads", "decode tok/s", "MB/token", "GB/s", "roofline tok/s", "efficiency", "note"):
-        table.add_column(column, justify="left" if column in ("run", "case", "note") else "right")
-    for r in frame.itertuples():
-        bandwidth = "—" if _missing(r.bandwidth_gbps) else f"{r.bandwidth_gbps:.1f} ({r.bandwidth_min:.1f}–{r.bandwidth_max:.1f})"
-        efficiency = "—" if _missing(r.efficiency) else f"{100 * r.efficiency:.1f}%"
-        mb = "—" if _missing(r.bytes_per_token) else format_value(r.bytes_per_token / 1e6)
-        table.add_row(*(escape(r.run_id),) * several, escape(r.case), str(r.n_threads), format_value(r.decode_tps), mb, bandwidth,
-                      format_value(None if _missing(r.roofline_tps) else r.roofline_tps), efficiency, escape(r.note))
-    out.print(table)
-
-
-def _missing(value) -> bool:
-    return value is None or value != value  # NaN is the only value unequal to itself
-
-
-def _print_conditions(store, run_id: str) -> None:
-    """Beside the figures: each case's power scope and the device state before its first process."""
-    from harness.telemetry.state import summary_line
-
-    labels = {case.key: case.label for case in store.cases(run_id)}
-    seen = set()
-    for execution in store.executions(run_id):
-        if execution.case_key in seen or "state" not in execution.raw:
-            continue
-        seen.add(execution.case_key)
-        scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
-        line = f"{labels.get(execution.case_key, execution.case_key)}: power scope {scope}; before: {summary_line(execution.raw['state'])}"
-        out.print(escape(line), highlight=False)
-
-
-def _summary_table(row, summary) -> Table:
-    from harness.results.analysis import HEADLINE, wide_table
-
-    facts = json.loads(row["facts_json"])
-    wide = wide_table(summary)
-    title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
-    caption = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
-    caption += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
-    table = Table(title=escape(title), caption=escape("\n".join(caption)), caption_justify="left")
-    table.add_column("case", no_wrap=True)
-    for metric in wide.columns:
-        table.add_column(HEADLINE[metric], justify="right")
-    for _, label, cells in wide.rows:
-        table.add_row(escape(label), *(_cell_text(cells.get(m)) for m in wide.columns))
-    return table
-
-
-def _cell_text(cell) -> str:
-    from harness.report.html import format_value
-
-    if cell is None or isinstance(cell, str):
-        return "—"
-    return format_value(cell.mean) + ("" if cell.half_width is None else f" ± {format_value(cell.half_width)}")
+    payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
+               "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records"))}
+    out.print_json(json.dumps(payload, default=str))
 
 
 def _write_report(store, run_ids: list[str], output: Path) -> None:
@@ -262,13 +200,16 @@ def _write_report(store, run_ids: list[str], output: Path) -> None:
 @app.command("claims")
 def claims_cmd(
     run: Optional[str] = typer.Option(None, "--run", help="Check against this run only (default: the latest run of each device and model)."),
-    claims_dir: Optional[Path] = typer.Option(None, "--claims", help="Folder of claim TOML files (default: the repository's claims/)."),
+    claims_dir: Optional[Path] = typer.Option(None, "--claims", help="Folder of claim TOML files (default: the ones edgebench ships)."),
     results: Optional[Path] = ResultsOpt,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Every claim, tested or not, as JSON."),
+    fmt: str = FormatOpt,
 ) -> None:
-    """Published figures against stored runs: measured / claimed, with every differing condition named."""
+    """Published figures against stored runs: measured / claimed, with every differing condition
+    named; the claims no stored run tests are one line saying which devices and models would."""
     from harness.results.claims import CLAIMS_DIR, check_claims, load_claims
 
+    _check_format(fmt)
     try:
         store = _store(results)
         checks = check_claims(store, load_claims(claims_dir or CLAIMS_DIR), [store.run(run)["id"]] if run else None)
@@ -277,19 +218,7 @@ def claims_cmd(
     if as_json:
         out.print_json(json.dumps([c.to_json() for c in checks]))
         return
-    from harness.report.html import format_value
-
-    table = Table(title="published claims vs stored runs", caption="ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim",
-                  caption_justify="left", show_lines=True)
-    for column in ("claim", "metric", "claimed", "run", "measured", "ratio", "verdict", "conditions / needs"):
-        table.add_column(column, justify="right" if column in ("claimed", "measured", "ratio") else "left")
-    for c in checks:
-        where = c.needs or "\n".join(c.mismatches) or "same conditions"
-        ratio = "—" if c.ratio is None else f"{c.ratio:.2f}"
-        run_text = "—" if c.run_id is None else f"{c.run_id}\n{c.case or ''}"
-        table.add_row(escape(c.claim.id), c.claim.metric, format_value(c.claim.value), escape(run_text), format_value(c.measured),
-                      ratio, c.verdict, escape(where))
-    out.print(table)
+    views.show(out, views.claims_grid(checks), fmt)
 
 
 @app.command("report")
@@ -314,11 +243,13 @@ def compare(
     min_effect: float = typer.Option(2.0, help="Smallest change in percent that earns a faster/slower verdict."),
     results: Optional[Path] = ResultsOpt,
     as_json: bool = typer.Option(False, "--json"),
+    fmt: str = FormatOpt,
 ) -> None:
     """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
-    from harness.results.analysis import TITLES, tidy_frame
+    from harness.results.analysis import tidy_frame
     from harness.results.compare import CompareSettings, compare_frames
 
+    _check_format(fmt)
     try:
         store = _store(results)
         a, b = store.run(run_a)["id"], store.run(run_b)["id"]
@@ -328,18 +259,9 @@ def compare(
     if as_json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
     else:
-        table = Table(title=escape(f"B = {b} vs A = {a}"), caption=f"interval: 95% bootstrap over processes; regression: interval wholly beyond {threshold:g}% worse")
-        for column in ("case", "metric", "A", "B", "B/A", "95% interval", "p", "verdict"):
-            table.add_column(column, justify="left" if column in ("case", "metric", "verdict") else "right")
-        for r in rows:
-            interval = "—" if r.ci_low is None else f"{r.ci_low:.3f} – {r.ci_high:.3f}"
-            verdict = ("[bold red]REGRESSION[/] " if r.regression else "") + r.verdict
-            p = "—" if r.p_value is None else f"{r.p_value:.3f}"
-            table.add_row(escape(r.case), TITLES.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict)
-        out.print(table)
-        for note in sorted({d for r in rows for d in r.differs}):
-            out.print(f"[yellow]differs[/] {escape(note)}")
-        _print_roofline(store, [a, b])
+        views.show(out, views.compare_grid(a, b, rows, threshold), fmt)
+        views.show_lines(out, [f"differs {note}" for note in sorted({d for r in rows for d in r.differs})], fmt, "yellow")
+        views.show_roofline(out, store, [a, b], fmt)
     if any(r.regression for r in rows):
         raise typer.Exit(EXIT_FAILED)
 
@@ -452,10 +374,12 @@ def results_list(results: Optional[Path] = ResultsOpt) -> None:
 
 
 @results_app.command("show")
-def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path] = ResultsOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path] = ResultsOpt, as_json: bool = typer.Option(False, "--json"),
+                 fmt: str = FormatOpt) -> None:
     """The summary table of one run (statistics recomputed from its raw values)."""
+    _check_format(fmt)
     try:
-        _show_run(_store(results), run_id, as_json)
+        _show_run(_store(results), run_id, as_json, fmt)
     except EdgebenchError as exc:
         raise _fail(exc)
 

@@ -5,7 +5,8 @@ made under, the metric and the value. Fields the source does not give are unknow
 guessed. A stored run is matched to a claim by model; every condition that differs (device,
 quantization, runtime, power mode, context) is named beside the ratio measured / claimed,
 so a ratio is never read as "the claim is wrong" when the conditions were not the same.
-A claim no stored run can test says what would test it.
+A claim no stored run can test says what would test it; `untested_line` folds all of those
+into one line, so a report lists only what its runs tested.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ class Claim:
 
 
 def load_claims(folder: Path = CLAIMS_DIR) -> list[Claim]:
-    """Every claim in `folder/*.toml`, validated; ids are unique across files."""
+    """Every claim in `folder/*.toml`, validated; ids are unique across files. A missing
+    folder is an error, not "no claims": an install without its data must not look clean."""
+    if not Path(folder).is_dir():
+        raise ClaimsError(f"no claims folder at {folder}")
     claims: list[Claim] = []
     for path in sorted(Path(folder).glob("*.toml")):
         claims.extend(parse_claims(path.read_text(encoding="utf-8"), path.name))
@@ -247,11 +251,29 @@ def check_claims(store: Any, claims: list[Claim], run_ids: list[str] | None = No
     for claim in claims:
         matched = [run for run in runs if _model_matches(claim, run)]
         if not matched:
-            model = claim.model if claim.model != UNKNOWN else f"any {claim.parameters} model"
-            checks.append(Check(claim, needs=f"needs: device {claim.device}, model {model}"))
+            checks.append(Check(claim, needs=f"needs: device {claim.device}, model {_wanted_model(claim)}"))
         for run in matched:
             checks.append(_check(claim, run))
     return checks
+
+
+def _wanted_model(claim: Claim) -> str:
+    return claim.model if claim.model != UNKNOWN else f"any {claim.parameters} model"
+
+
+def untested_line(checks: list[Check]) -> str | None:
+    """The claims no stored run tests, as one line: how many, and which devices with which
+    models would test them; None when every claim was tested."""
+    wanted: dict[str, list[str]] = {}
+    untested = [c for c in checks if c.run_id is None]
+    for check in untested:
+        models = wanted.setdefault(check.claim.device, [])
+        if _wanted_model(check.claim) not in models:
+            models.append(_wanted_model(check.claim))
+    if not untested:
+        return None
+    devices = "; ".join(f"{device} with {' or '.join(models)}" for device, models in wanted.items())
+    return f"{len(untested)} more claim{'s' * (len(untested) > 1)} no stored run tests; a run would test them on: {devices}"
 
 
 def _check(claim: Claim, run: _Run) -> Check:

@@ -1,0 +1,346 @@
+"""What the CLI prints: its tables as data (`Grid`), laid out so that every figure is printed whole.
+
+rich fits a table to the console by shrinking its columns evenly and cutting what still does
+not fit ("489…"), and it takes a console that is not a terminal to be 80 columns wide. So a
+grid's columns are measured here first and a layout the console can hold is chosen: one table;
+the figure columns spread over stacked tables with the row names repeated in each; or, where
+not even one figure fits beside the names, one line per figure. Figure cells never wrap; only
+names and words do. Formats: `table` (rich, box lines), `plain` (aligned text, no box
+characters), `csv` and `markdown` (for pasting; they ignore the width).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+FORMATS = ("table", "plain", "csv", "markdown")
+# Columns never taken narrower than this, unless their longest word is shorter.
+_LEAST_WRAP = 10
+# Width each column adds beyond its cells, and what the table adds once (rich's defaults:
+# padding of 1 on both sides; with box lines, a separator per column and one more edge).
+_OVERHEAD = {"table": (3, 1), "plain": (2, -2)}
+# A piped console gets this much room: nothing to fold for, the log holds every line whole.
+UNBOUNDED = 100_000
+
+
+def output_console() -> Console:
+    """stdout's console. Piped and with no COLUMNS, rich would assume 80 columns; a file or a
+    CI log has no such limit, so it gets room for any table (COLUMNS still sets a width)."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=UNBOUNDED)
+    return console
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table before layout. The first `keys` columns name a row and are repeated in every
+    fold; columns named in `text` hold words and may wrap; every other column is figures."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    keys: int = 1
+    text: frozenset[str] = frozenset()
+    caption: tuple[str, ...] = ()
+    styles: tuple[str, ...] = ()  # a rich style per row ("" for none); table and plain only
+    row_lines: bool = False  # rules between rows, where cells span several lines
+
+    def wraps(self, index: int) -> bool:
+        return index < self.keys or self.header[index] in self.text
+
+
+@dataclass(frozen=True)
+class _Width:
+    full: int   # the widest cell line, header included
+    least: int  # the narrowest this column may be laid out
+
+
+def _measure(grid: Grid, index: int) -> _Width:
+    header = grid.header[index]
+    lines = [line for row in grid.rows for line in row[index].splitlines()]
+    full = max([cell_len(header), *map(cell_len, lines)])
+    if grid.wraps(index):
+        longest_word = max([cell_len(w) for t in (header, *lines) for w in t.split()] or [1])
+        return _Width(full, min(full, max(longest_word, _LEAST_WRAP)))
+    figure = max(map(cell_len, lines), default=1)
+    return _Width(full, max(figure, max((cell_len(w) for w in header.split()), default=1)))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One of the stacked tables a grid is laid out as: its columns (the keys first) and the
+    width each gets."""
+
+    columns: tuple[int, ...]
+    widths: tuple[int, ...]
+
+
+def plan(grid: Grid, width: int, fmt: str = "table") -> list[Fold] | None:
+    """The stacked tables that hold `grid` within `width`, or None where not even one column
+    fits beside the keys. Packed with every column at its full width, else at its least (the
+    fewest tables win, full widths on a tie); then each table's words get the room it has left."""
+    per_column, edge = _OVERHEAD[fmt]
+    measured = [_measure(grid, i) for i in range(len(grid.header))]
+    best = None
+    for choose in (lambda w: w.full, lambda w: w.least):
+        widths = [choose(w) for w in measured]
+        packed = _pack(widths, grid.keys, width, per_column, edge)
+        if packed is not None and (best is None or len(packed) < len(best[0])):
+            best = (packed, widths)
+    if best is None:
+        return None
+    folds = []
+    for columns in best[0]:
+        widths = [best[1][i] for i in columns]
+        slack = width - edge - sum(widths) - per_column * len(columns)
+        for n, i in sorted(enumerate(columns), key=lambda item: item[1] < grid.keys):  # words beyond the keys first
+            if grid.wraps(i) and slack > 0:
+                grow = min(slack, measured[i].full - widths[n])
+                widths[n] += grow
+                slack -= grow
+        folds.append(Fold(tuple(columns), tuple(widths)))
+    return folds
+
+
+def _pack(widths: list[int], keys: int, width: int, per_column: int, edge: int) -> list[list[int]] | None:
+    base = edge + sum(widths[:keys]) + per_column * keys
+    folds: list[list[int]] = [list(range(keys))]
+    used = base
+    for index in range(keys, len(widths)):
+        need = widths[index] + per_column
+        if base + need > width:
+            return None
+        if used + need > width:
+            folds.append(list(range(keys)))
+            used = base
+        folds[-1].append(index)
+        used += need
+    return folds
+
+
+def show(console: Console, grid: Grid, fmt: str = "table") -> None:
+    """Print `grid` in `fmt` at the console's width (see the module's docstring)."""
+    if fmt == "csv":
+        console.out(to_csv(grid), highlight=False, end="")
+        return
+    if fmt == "markdown":
+        console.out(to_markdown(grid), highlight=False)
+        return
+    if grid.title:
+        console.print(Text(grid.title, style="bold"))
+    folds = plan(grid, console.width, fmt)
+    if folds is None:
+        console.out(vertical(grid), highlight=False)
+    else:
+        for fold in folds:
+            console.print(_table(grid, fold, fmt))
+    for line in grid.caption:
+        console.print(Text(line, style="dim"))
+
+
+def _table(grid: Grid, fold: Fold, fmt: str) -> Table:
+    boxed = fmt == "table"
+    table = Table(show_lines=grid.row_lines and boxed, pad_edge=boxed, **({} if boxed else {"box": None, "header_style": ""}))
+    for i, width in zip(fold.columns, fold.widths):
+        if grid.wraps(i):
+            table.add_column(grid.header[i], max_width=width, overflow="fold")
+        else:  # figures: never wrapped; the header wraps between its words instead
+            table.add_column("\n".join(textwrap.wrap(grid.header[i], width)), justify="right", no_wrap=True, min_width=width)
+    for n, row in enumerate(grid.rows):
+        style = grid.styles[n] if n < len(grid.styles) else ""
+        table.add_row(*(Text(row[i]) for i in fold.columns), style=style or None)
+    return table
+
+
+def vertical(grid: Grid) -> str:
+    """One line per figure under its row's names: for consoles too narrow for any table."""
+    names = grid.header[grid.keys:]
+    pad = max(map(cell_len, names), default=0)
+    lines = []
+    for row in grid.rows:
+        lines.append(" · ".join(_one_line(c) for c in row[:grid.keys]))
+        lines += [f"  {name}{' ' * (pad - cell_len(name))}  {_one_line(value)}" for name, value in zip(names, row[grid.keys:])]
+    return "\n".join(lines)
+
+
+def _one_line(cell: str) -> str:
+    return "; ".join(cell.splitlines())
+
+
+def to_csv(grid: Grid) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(grid.header)
+    writer.writerows(grid.rows)
+    return buffer.getvalue()
+
+
+def to_markdown(grid: Grid) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = [f"**{cell(grid.title)}**", ""] if grid.title else []
+    lines.append("| " + " | ".join(map(cell, grid.header)) + " |")
+    lines.append("| " + " | ".join("---" if grid.wraps(i) else "---:" for i in range(len(grid.header))) + " |")
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in grid.rows]
+    lines += ([""] + [f"- {line}" for line in grid.caption]) if grid.caption else []
+    return "\n".join(lines) + "\n"
+
+
+def show_lines(console: Console, lines: Sequence[str], fmt: str = "table", style: str = "") -> None:
+    """Notes beside the tables (conditions, failures): a list in markdown, none in csv."""
+    if fmt == "csv":
+        return
+    for line in lines:
+        if fmt == "markdown":
+            console.out(f"- {line}", highlight=False)
+        else:
+            console.print(Text(line, style=style))
+
+
+# The grids the commands print.
+
+def format_value(value: Any) -> str:
+    """The report's number format, imported when first needed (the report module brings
+    pandas and matplotlib, which a command that prints no figure should not wait for)."""
+    from harness.report.html import format_value as report_format
+
+    return report_format(value)
+
+
+def cell_text(cell: Any) -> str:
+    """A summary cell: mean ± half the 95% interval, or — where the case has no figure."""
+    if cell is None or isinstance(cell, str):
+        return "—"
+    return format_value(cell.mean) + ("" if cell.half_width is None else f" ± {format_value(cell.half_width)}")
+
+
+def summary_caption(row: Any, wide: Any) -> tuple[str, ...]:
+    from harness.results.analysis import HEADLINE
+
+    lines = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
+    lines += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
+    return tuple(lines)
+
+
+def summary_grid(row: Any, summary: Any) -> Grid:
+    """One row per case, one column per headline metric the run measured."""
+    from harness.results.analysis import HEADLINE, wide_table
+
+    facts = json.loads(row["facts_json"])
+    wide = wide_table(summary)
+    title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
+    rows = tuple((label, *(cell_text(cells.get(m)) for m in wide.columns)) for _, label, cells in wide.rows)
+    return Grid(title, ("case", *(HEADLINE[m] for m in wide.columns)), rows, caption=summary_caption(row, wide))
+
+
+def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
+    """Decode cases against what the measured memory bandwidth allows (harness.results.roofline)."""
+    from harness.results.roofline import roofline_frame
+
+    frame = roofline_frame(store, run_ids)
+    if frame.empty:
+        return None
+    several = len(run_ids) > 1
+    rows = []
+    for r in frame.itertuples():
+        bandwidth = "—" if _missing(r.bandwidth_gbps) else f"{r.bandwidth_gbps:.1f} ({r.bandwidth_min:.1f}–{r.bandwidth_max:.1f})"
+        efficiency = "—" if _missing(r.efficiency) else f"{100 * r.efficiency:.1f}%"
+        mb = "—" if _missing(r.bytes_per_token) else format_value(r.bytes_per_token / 1e6)
+        roofline = format_value(None if _missing(r.roofline_tps) else r.roofline_tps)
+        threads = "—" if _missing(r.n_threads) else str(int(r.n_threads))
+        rows.append((*(r.run_id,) * several, r.case, threads, format_value(r.decode_tps), mb, bandwidth, roofline, efficiency, r.note))
+    header = ("run",) * several + ("case", "threads", "decode tok/s", "MB/token", "GB/s", "roofline tok/s", "efficiency", "note")
+    return Grid("decode roofline: bandwidth / bytes read per token", header, tuple(rows), keys=1 + several, text=frozenset({"note"}),
+                caption=("bandwidth: median of the triad repetitions (min–max); efficiency = measured / roofline",))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value != value  # NaN is the only value unequal to itself
+
+
+def condition_lines(store: Any, run_id: str) -> list[str]:
+    """Beside the figures: the power scope and the device state before each case's first
+    process. Cases that saw the same are one line naming them all."""
+    from harness.telemetry.state import summary_line
+
+    labels = {case.key: case.label for case in store.cases(run_id)}
+    seen: set[str] = set()
+    cases_by_line: dict[str, list[str]] = {}
+    for execution in store.executions(run_id):
+        if execution.case_key in seen or "state" not in execution.raw:
+            continue
+        seen.add(execution.case_key)
+        scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
+        line = f"power scope {scope}; before: {summary_line(execution.raw['state'])}"
+        cases_by_line.setdefault(line, []).append(labels.get(execution.case_key, execution.case_key))
+    return [f"{', '.join(cases)}: {line}" for line, cases in cases_by_line.items()]
+
+
+def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> None:
+    """A run's summary, its roofline, the conditions it ran under, its failures and note."""
+    from harness.results.analysis import failures_frame, summary_frame, tidy_frame
+
+    row = store.run(run_id)
+    show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]]))), fmt)
+    show_roofline(console, store, [row["id"]], fmt)
+    show_lines(console, condition_lines(store, row["id"]), fmt)
+    failures = failures_frame(store, row["id"])
+    show_lines(console, [f"{f['status']} {f['case']} round {f['rep'] + 1}: {f['error']}" for _, f in failures.iterrows()], fmt, "red")
+    if row["note"]:
+        show_lines(console, [row["note"]], fmt, "yellow")
+
+
+def show_roofline(console: Console, store: Any, run_ids: list[str], fmt: str = "table") -> None:
+    grid = roofline_grid(store, run_ids)
+    if grid is not None:
+        show(console, grid, fmt)
+
+
+def compare_grid(a: str, b: str, rows: Sequence[Any], threshold: float) -> Grid:
+    """B/A per case and metric with its interval and verdict; a regression row is flagged."""
+    from harness.results.analysis import TITLES
+
+    cells, styles = [], []
+    for r in rows:
+        interval = "—" if r.ci_low is None else f"{r.ci_low:.3f} – {r.ci_high:.3f}"
+        p = "—" if r.p_value is None else f"{r.p_value:.3f}"
+        verdict = ("REGRESSION " if r.regression else "") + r.verdict
+        cells.append((r.case, TITLES.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict))
+        styles.append("bold red" if r.regression else "")
+    return Grid(f"B = {b} vs A = {a}", ("case", "metric", "A", "B", "B/A", "95% interval", "p", "verdict"), tuple(cells), keys=2,
+                text=frozenset({"verdict"}), styles=tuple(styles),
+                caption=(f"interval: 95% bootstrap over processes; regression: interval wholly beyond {threshold:g}% worse",))
+
+
+def claims_grid(checks: Sequence[Any]) -> Grid:
+    """The claims some stored run tests, measured against claimed; the claims none can test
+    are one caption line naming the devices and models that would (as in the report)."""
+    from harness.results.claims import untested_line
+
+    rows = []
+    for c in (c for c in checks if c.run_id is not None):
+        ratio = "—" if c.ratio is None else f"{c.ratio:.2f}"
+        where = "\n".join(c.mismatches) or "same conditions"
+        rows.append((c.claim.id, c.claim.source, c.claim.metric, format_value(c.claim.value), f"{c.run_id}\n{c.case or ''}".strip(),
+                     format_value(c.measured), ratio, c.verdict, where))
+    header = ("claim", "source", "metric", "claimed", "run", "measured", "ratio", "verdict", "conditions that differ")
+    caption = ["ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim"]
+    untested = untested_line(checks)
+    caption += [untested] if untested else []
+    return Grid("published claims vs stored runs", header, tuple(rows), text=frozenset({"source", "metric", "run", "verdict", "conditions that differ"}),
+                caption=tuple(caption), row_lines=True)
+
