@@ -21,6 +21,8 @@ from harness.results.records import Metric
 from harness.report.html import render_report
 from harness.results.store import Store
 
+from .test_claims import store_with_default_run  # noqa: F401 (a fixture)
+
 HOSTILE = '<script>alert("pwned")</script>'
 MODEL = ModelInfo(path=f"/m/{HOSTILE}.gguf", filename=f"{HOSTILE}.gguf", sha256="ab" * 32, file_size=1, architecture="llama",
                   name=HOSTILE, parameter_count=1, quantization="Q4_1", context_length=8192, n_layers=1, n_embd=1,
@@ -113,6 +115,22 @@ def test_cli_compare_exits_non_zero_on_a_regression(two_runs, tmp_path):
     assert len(pd.read_parquet(export)) == 6 * 4 * 4
 
 
+def test_report_claims_only_what_a_run_tests(store_with_default_run, two_runs, tmp_path):
+    """What was seen: every report listed ten untested claims, each "quoted in edgebench issue 9
+    (document not named there)". Now: tested claims with their published source, the rest one line."""
+    store, run_id = store_with_default_run
+    html = render_report(store, [run_id], tmp_path / "report.html").read_text()
+    section = html[html.index("<h2>Published claims</h2>"):]
+    section = section[:section.index("<h2", 10)] if "<h2" in section[10:] else section
+    assert "smollm2-orin-nano-super-mlc-int4" in section and "NVIDIA Jetson AI Lab benchmark tables" in section
+    assert "issue 9" not in html and "not named" not in html and "untested" not in section
+    assert "qwen3-8b-rtx4090-140k-decode" not in section and "needs: device" not in section
+    assert section.count("RTX 4090 with MiniCPM4-8B or Qwen3-8B") == 1 and section.count("Snapdragon 865 with any 1B model") == 1
+    other, a, _ = two_runs  # a model no claim names
+    html = render_report(other, [a], tmp_path / "other.html").read_text()
+    assert "None of these runs tests a published claim" in html and html.count("Jetson AGX Orin with MiniCPM4-8B or Qwen3-8B") == 1
+
+
 def test_report_in_a_real_headless_browser(two_runs, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -124,8 +142,8 @@ def test_report_in_a_real_headless_browser(two_runs, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    # tables: results, decode roofline, published claims, stability, comparison
-    assert dom.stdout.count("<table") == 5 and dom.stdout.count("<img") == 5
+    # tables: results, decode roofline, stability, comparison (no claim names this model: one line, no table)
+    assert dom.stdout.count("<table") == 4 and dom.stdout.count("<img") == 5
     assert "alert(" not in dom.stdout.replace("&lt;script&gt;alert(", "")
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)]
     assert console_errors == []

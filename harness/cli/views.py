@@ -329,13 +329,14 @@ def compare_grid(a: str, b: str, rows: Sequence[Any], threshold: float) -> Grid:
 def claims_grid(checks: Sequence[Any]) -> Grid:
     """The claims some stored run tests, measured against claimed; the claims none can test
     are one caption line naming the devices and models that would (as in the report)."""
+    from harness.results.analysis import TITLES
     from harness.results.claims import untested_line
 
     rows = []
     for c in (c for c in checks if c.run_id is not None):
         ratio = "—" if c.ratio is None else f"{c.ratio:.2f}"
         where = "\n".join(c.mismatches) or "same conditions"
-        rows.append((c.claim.id, c.claim.source, c.claim.metric, format_value(c.claim.value), f"{c.run_id}\n{c.case or ''}".strip(),
+        rows.append((c.claim.id, c.claim.source, TITLES.get(c.claim.metric, c.claim.metric), format_value(c.claim.value), f"{c.run_id}\n{c.case or ''}".strip(),
                      format_value(c.measured), ratio, c.verdict, where))
     header = ("claim", "source", "metric", "claimed", "run", "measured", "ratio", "verdict", "conditions that differ")
     caption = ["ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim"]

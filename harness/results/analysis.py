@@ -166,7 +166,8 @@ def wide_table(summary: pd.DataFrame) -> WideTable:
             if r["metric"] not in columns:
                 continue
             if r["n"] > 0:
-                cells[r["metric"]] = Cell(r["mean"], _none(r["ci_high"] - r["mean"]), int(r["n"]), _none(r["cv"]), _none(r.get("inprocess_cv")))
+                high = _none(r["ci_high"])  # None with one process (--repeat 1)
+                cells[r["metric"]] = Cell(r["mean"], None if high is None else high - r["mean"], int(r["n"]), _none(r["cv"]), _none(r.get("inprocess_cv")))
             else:
                 cells[r["metric"]] = str(r["missing_reason"])
         rows.append((run_id, label, cells))
