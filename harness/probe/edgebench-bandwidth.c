@@ -28,6 +28,11 @@
  *   rep <index> <ns>            (one per timed repetition, after one untimed warm-up)
  *   check <ok|bad>              (the arrays hold what the triad must have computed)
  * Exit status: 0, or 2 on bad arguments, 1 when memory or threads cannot be had.
+ *
+ * Portability: POSIX threads and a barrier of our own (pthread barriers are optional in POSIX
+ * and macOS has none). Pinning and the sysfs/procfs figures are Linux's: elsewhere --cpus
+ * still sets the thread count but pins nothing ("cpus -"), and the cache size and
+ * MemAvailable read as unknown.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,6 +49,41 @@
 #define MAX_THREADS 1024
 #define MIN_ARRAY_BYTES (64UL << 20)
 #define SCALAR 3.0
+#ifdef __linux__
+#define MAX_CPU CPU_SETSIZE
+#else
+#define MAX_CPU MAX_THREADS
+#endif
+
+struct barrier {
+    pthread_mutex_t lock;
+    pthread_cond_t turn;
+    int count, waiting;
+    unsigned long generation;
+};
+
+static void barrier_init(struct barrier *b, int count) {
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->turn, NULL);
+    b->count = count;
+    b->waiting = 0;
+    b->generation = 0;
+}
+
+/* Returns once `count` threads have called it; the generation tells a wake-up from a spurious one. */
+static void barrier_wait(struct barrier *b) {
+    pthread_mutex_lock(&b->lock);
+    unsigned long generation = b->generation;
+    if (++b->waiting == b->count) {
+        b->waiting = 0;
+        b->generation++;
+        pthread_cond_broadcast(&b->turn);
+    } else {
+        while (generation == b->generation)
+            pthread_cond_wait(&b->turn, &b->lock);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
 
 struct shared {
     double *a, *b, *c;
@@ -51,7 +91,7 @@ struct shared {
     int threads, reps;
     int cpus[MAX_THREADS];
     int n_cpus;
-    pthread_barrier_t start, done;
+    struct barrier start, done;
     int64_t *rep_ns; /* reps + 1 entries: index 0 is the warm-up */
 };
 
@@ -139,12 +179,14 @@ static void triad(double *restrict a, const double *restrict b, const double *re
 static void *work(void *arg) {
     struct worker *w = arg;
     struct shared *sh = w->sh;
+#ifdef __linux__
     if (sh->n_cpus > 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(sh->cpus[w->index], &set);
         sched_setaffinity(0, sizeof set, &set); /* best effort: a refused pin still measures */
     }
+#endif
     size_t lo, hi;
     chunk(sh, w->index, &lo, &hi);
     /* First touch by the thread that will use the pages: they land on its memory node. */
@@ -154,10 +196,10 @@ static void *work(void *arg) {
         sh->c[i] = 2.0;
     }
     for (int rep = 0; rep <= sh->reps; rep++) {
-        pthread_barrier_wait(&sh->start);
+        barrier_wait(&sh->start);
         int64_t t0 = w->index == 0 ? now_ns() : 0;
         triad(sh->a, sh->b, sh->c, lo, hi);
-        pthread_barrier_wait(&sh->done);
+        barrier_wait(&sh->done);
         if (w->index == 0) sh->rep_ns[rep] = now_ns() - t0;
     }
     return NULL;
@@ -168,7 +210,7 @@ static int parse_cpus(const char *text, struct shared *sh) {
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *end;
         long cpu = strtol(tok, &end, 10);
-        if (*end || cpu < 0 || cpu >= CPU_SETSIZE || sh->n_cpus >= MAX_THREADS) {
+        if (*end || cpu < 0 || cpu >= MAX_CPU || sh->n_cpus >= MAX_THREADS) {
             free(copy);
             return -1;
         }
@@ -229,8 +271,8 @@ int main(int argc, char **argv) {
     }
     sh.a = a, sh.b = b, sh.c = c;
     sh.rep_ns = calloc((size_t)reps + 1, sizeof *sh.rep_ns);
-    pthread_barrier_init(&sh.start, NULL, (unsigned)threads);
-    pthread_barrier_init(&sh.done, NULL, (unsigned)threads);
+    barrier_init(&sh.start, (int)threads);
+    barrier_init(&sh.done, (int)threads);
     pthread_t tids[MAX_THREADS];
     struct worker workers[MAX_THREADS];
     for (int t = 0; t < threads; t++) {
@@ -248,8 +290,12 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sh.n; i += 4093) ok &= sh.a[i] == 1.0 + SCALAR * 2.0;
 
     printf("edgebench-bandwidth %d\nkernel triad\nthreads %ld\ncpus ", FORMAT_VERSION, threads);
+#ifdef __linux__
     if (sh.n_cpus == 0) printf("-");
     for (int i = 0; i < sh.n_cpus; i++) printf("%s%d", i ? "," : "", sh.cpus[i]);
+#else
+    printf("-"); /* nothing was pinned */
+#endif
     printf("\n");
     if (cache > 0) printf("cache_bytes %ld\n", cache);
     else printf("cache_bytes -\n");

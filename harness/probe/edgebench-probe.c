@@ -34,6 +34,11 @@
  *
  * Exit status: the child's; a child killed by a signal kills the probe with the same signal
  * (no core dump), so callers see exactly what they would without the probe.
+ *
+ * Portability: POSIX, plus two Linux-only calls under `#ifdef __linux__`: pinning (--cpu;
+ * elsewhere a mark says it was not done) and the parent-death signal that takes the benchmark
+ * down with a killed probe. Only Linux has /proc/<pid>/status: elsewhere its columns read '-'
+ * and peak memory comes from wait4's rusage alone (macOS gives it in bytes: converted to kB).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,7 +50,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
 #include <sys/prctl.h>
+#endif
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -290,9 +297,10 @@ int main(int argc, char **argv) {
     for (int j = 0; j < n_specs; j++)
         add_source(specs[j], root);
 
-    out = fopen(out_path, "we");
+    out = fopen(out_path, "w");
     if (!out)
         die(out_path);
+    fcntl(fileno(out), F_SETFD, FD_CLOEXEC); /* not the benchmark's to inherit */
     static char outbuf[1 << 16];
     setvbuf(out, outbuf, _IOFBF, sizeof outbuf);
     fprintf(out, "edgebench-probe %d\nclock CLOCK_MONOTONIC\ninterval_ms %lld\ncpu %ld\n", PROBE_FORMAT,
@@ -353,9 +361,13 @@ int main(int argc, char **argv) {
             dup2(err_pipe[1], STDERR_FILENO);
             close(err_pipe[1]);
         }
+#ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* a killed probe takes the benchmark with it */
         if (getppid() != parent)
             _exit(125);
+#else
+        (void)parent;
+#endif
         signal(SIGCHLD, SIG_DFL);
         execvp(command[0], command);
         fprintf(stderr, "edgebench-probe: cannot start %s: %s\n", command[0], strerror(errno));
@@ -369,11 +381,15 @@ int main(int argc, char **argv) {
         marks.fd = err_pipe[0];
     }
     if (cpu >= 0) { /* after fork: the child keeps the affinity it was given */
+#ifdef __linux__
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET((int)cpu, &set);
         if (sched_setaffinity(0, sizeof set, &set) != 0)
             fprintf(out, "m %lld edgebench-probe: cannot pin to cpu %ld: %s\n", (long long)now_ns(), cpu, strerror(errno));
+#else
+        fprintf(out, "m %lld edgebench-probe: cannot pin to cpu %ld: no CPU affinity call on this OS\n", (long long)now_ns(), cpu);
+#endif
     }
     char proc_path[64];
     snprintf(proc_path, sizeof proc_path, "/proc/%d/status", (int)pid);
@@ -428,6 +444,9 @@ int main(int argc, char **argv) {
 
     struct rusage self;
     getrusage(RUSAGE_SELF, &self);
+#ifdef __APPLE__
+    ru.ru_maxrss /= 1024; /* bytes there, kB on Linux and the BSDs */
+#endif
     int signaled = WIFSIGNALED(status);
     fprintf(out,
             "exit %lld status=%s code=%d signal=%d maxrss_kb=%ld utime_us=%lld stime_us=%lld "
