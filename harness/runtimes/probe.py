@@ -39,7 +39,7 @@ def probe_sha256() -> str:
     shas = []
     for source, _ in NATIVE_PROGRAMS.values():
         if not source.is_file():
-            raise BuildError(f"the native source {source} is missing (edgebench must run from its source tree)")
+            raise BuildError(f"the native source {source} is missing: this edgebench install is incomplete (reinstall the package)")
         shas.append(sha256_file(source))
     return hashlib.sha256(" ".join(shas).encode()).hexdigest()
 
