@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -71,6 +73,27 @@ def test_tiny_run_end_to_end(tmp_path, host_runtime, default_model):
     assert "data:image/png;base64," in html and "0c1e570" in html and "SmolLM2" in html
     plan = edgebench("run", "--suite", str(suite), "--results", str(results), "--dry-run", cwd=tmp_path)
     assert plan.returncode == 0 and "from earlier runs on this device" in plan.stdout
+    _every_figure_whole(run_id, results)
+
+
+def _every_figure_whole(run_id: str, results: Path) -> None:
+    """The real run's table at 80 and 60 columns and piped with no width: every figure the csv
+    format holds (it is never laid out, so never cut) is printed whole on one line."""
+    from .test_views import edgebench_piped
+
+    rows = list(csv.reader(io.StringIO(edgebench_piped("results", "show", run_id, "--format", "csv", "--results", str(results),
+                                                        columns=None).stdout)))
+    header = rows[0]
+    figures = [cell for row in rows[1:] if len(row) == len(header) and row[0] != header[0] for cell in row[1:]]
+    assert header[:2] == ["case", "prefill tok/s"] and len(figures) >= 3 * len(header) - 3
+    for columns in ("80", "60", None):
+        for fmt in ("table", "plain"):
+            shown = edgebench_piped("results", "show", run_id, "--format", fmt, "--results", str(results), columns=columns)
+            assert shown.returncode == 0 and "…" not in shown.stdout, shown.stderr
+            lines = shown.stdout.splitlines()
+            assert [f for f in figures if not any(f in line for line in lines)] == [], (columns, fmt)
+    markdown = edgebench_piped("results", "show", run_id, "--format", "markdown", "--results", str(results), columns="60").stdout
+    assert "| case | prefill tok/s |" in markdown and all(f in markdown for f in figures)
 
 
 FAILING_MIDDLE = """

@@ -264,6 +264,8 @@ def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
         threads = "—" if _missing(r.n_threads) else str(int(r.n_threads))
         rows.append((*(r.run_id,) * several, r.case, threads, format_value(r.decode_tps), mb, bandwidth, roofline, efficiency, r.note))
     header = ("run",) * several + ("case", "threads", "decode tok/s", "MB/token", "GB/s", "roofline tok/s", "efficiency", "note")
+    if not any(row[-1] for row in rows):  # no case needs a note: no empty column
+        header, rows = header[:-1], [row[:-1] for row in rows]
     return Grid("decode roofline: bandwidth / bytes read per token", header, tuple(rows), keys=1 + several, text=frozenset({"note"}),
                 caption=("bandwidth: median of the triad repetitions (min–max); efficiency = measured / roofline",))
 
