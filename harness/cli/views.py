@@ -141,12 +141,11 @@ def show(console: Console, grid: Grid, fmt: str = "table") -> None:
         return
     if grid.title:
         console.print(Text(grid.title, style="bold"))
-    folds = plan(grid, console.width, fmt)
+    folds = plan(grid, console.width, fmt) if grid.rows else []
     if folds is None:
         console.out(vertical(grid), highlight=False)
-    else:
-        for fold in folds:
-            console.print(_table(grid, fold, fmt))
+    for fold in folds or ():
+        console.print(_table(grid, fold, fmt))
     for line in grid.caption:
         console.print(Text(line, style="dim"))
 
@@ -213,19 +212,19 @@ def show_lines(console: Console, lines: Sequence[str], fmt: str = "table", style
 
 # The grids the commands print.
 
-def format_value(value: Any) -> str:
+def _fmt(value: Any) -> str:
     """The report's number format, imported when first needed (the report module brings
     pandas and matplotlib, which a command that prints no figure should not wait for)."""
-    from harness.report.html import format_value as report_format
+    from harness.report.html import format_value
 
-    return report_format(value)
+    return format_value(value)
 
 
 def cell_text(cell: Any) -> str:
     """A summary cell: mean ± half the 95% interval, or — where the case has no figure."""
     if cell is None or isinstance(cell, str):
         return "—"
-    return format_value(cell.mean) + ("" if cell.half_width is None else f" ± {format_value(cell.half_width)}")
+    return _fmt(cell.mean) + ("" if cell.half_width is None else f" ± {_fmt(cell.half_width)}")
 
 
 def summary_caption(row: Any, wide: Any) -> tuple[str, ...]:
@@ -259,10 +258,10 @@ def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
     for r in frame.itertuples():
         bandwidth = "—" if _missing(r.bandwidth_gbps) else f"{r.bandwidth_gbps:.1f} ({r.bandwidth_min:.1f}–{r.bandwidth_max:.1f})"
         efficiency = "—" if _missing(r.efficiency) else f"{100 * r.efficiency:.1f}%"
-        mb = "—" if _missing(r.bytes_per_token) else format_value(r.bytes_per_token / 1e6)
-        roofline = format_value(None if _missing(r.roofline_tps) else r.roofline_tps)
+        mb = "—" if _missing(r.bytes_per_token) else _fmt(r.bytes_per_token / 1e6)
+        roofline = _fmt(None if _missing(r.roofline_tps) else r.roofline_tps)
         threads = "—" if _missing(r.n_threads) else str(int(r.n_threads))
-        rows.append((*(r.run_id,) * several, r.case, threads, format_value(r.decode_tps), mb, bandwidth, roofline, efficiency, r.note))
+        rows.append((*(r.run_id,) * several, r.case, threads, _fmt(r.decode_tps), mb, bandwidth, roofline, efficiency, r.note))
     header = ("run",) * several + ("case", "threads", "decode tok/s", "MB/token", "GB/s", "roofline tok/s", "efficiency", "note")
     if not any(row[-1] for row in rows):  # no case needs a note: no empty column
         header, rows = header[:-1], [row[:-1] for row in rows]
@@ -338,10 +337,11 @@ def claims_grid(checks: Sequence[Any]) -> Grid:
     for c in (c for c in checks if c.run_id is not None):
         ratio = "—" if c.ratio is None else f"{c.ratio:.2f}"
         where = "\n".join(c.mismatches) or "same conditions"
-        rows.append((c.claim.id, c.claim.source, TITLES.get(c.claim.metric, c.claim.metric), format_value(c.claim.value), f"{c.run_id}\n{c.case or ''}".strip(),
-                     format_value(c.measured), ratio, c.verdict, where))
+        rows.append((c.claim.id, c.claim.source, TITLES.get(c.claim.metric, c.claim.metric), _fmt(c.claim.value), f"{c.run_id}\n{c.case or ''}".strip(),
+                     _fmt(c.measured), ratio, c.verdict, where))
     header = ("claim", "source", "metric", "claimed", "run", "measured", "ratio", "verdict", "conditions that differ")
-    caption = ["ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim"]
+    caption = ["ratio = measured / claimed; a ratio under differing conditions is not a verdict on the claim" if rows
+               else "no stored run tests a published claim"]
     untested = untested_line(checks)
     caption += [untested] if untested else []
     return Grid("published claims vs stored runs", header, tuple(rows), text=frozenset({"source", "metric", "run", "verdict", "conditions that differ"}),

@@ -273,7 +273,8 @@ def untested_line(checks: list[Check]) -> str | None:
     if not untested:
         return None
     devices = "; ".join(f"{device} with {' or '.join(models)}" for device, models in wanted.items())
-    return f"{len(untested)} more claim{'s' * (len(untested) > 1)} no stored run tests; a run would test them on: {devices}"
+    more = " more" if len(untested) < len(checks) else ""
+    return f"{len(untested)}{more} claim{'s' * (len(untested) > 1)} no stored run tests; a run would test them on: {devices}"
 
 
 def _check(claim: Claim, run: _Run) -> Check:
