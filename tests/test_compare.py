@@ -72,3 +72,21 @@ def test_percentile_matches_numpy_and_local_score_form():
     data = _noisy(50.0, n=33)
     assert percentile(data, 99) == pytest.approx(np.percentile(data, 99))
     assert local_score(400.0, 100.0, 250.0) == pytest.approx(10 * (400 * 100 * 1000 / 250) ** (1 / 3))
+
+
+def test_a_contended_side_is_not_called_faster_or_slower():
+    def run(values: list[float], contended: list[float], foreign: list[float]) -> pd.DataFrame:
+        figures = _frame("decode n64", values)
+        flags = _frame("decode n64", contended, metric="contended")
+        others = _frame("decode n64", foreign, metric="foreign_cpu_pct")
+        return pd.concat([figures, flags, others], ignore_index=True)
+
+    quiet = run(_noisy(100.0), [0.0] * 10, [2.0] * 10)
+    busy = run(_noisy(60.0), [0.0] * 8 + [1.0] * 2, [3.0] * 8 + [150.0, 120.0])
+    (row,) = compare_frames(quiet, busy)
+    assert row.verdict == "contended: not compared" and not row.regression
+    assert row.contended == ("B: contended: others used up to 150% of a core in 2 of 10 processes",)
+    (again,) = compare_frames(busy, quiet)
+    assert again.contended[0].startswith("A: ") and again.verdict == "contended: not compared"
+    (plain,) = compare_frames(quiet, run(_noisy(60.0), [0.0] * 10, [2.0] * 10))
+    assert plain.verdict == "slower" and plain.regression and plain.contended == ()

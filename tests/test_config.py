@@ -42,6 +42,8 @@ def test_top_level_suites_folder_is_the_packaged_one():
         (MINIMAL + "[settings]\ncache_type_k = 'q3'\n", "settings.cache_type_k", "q8_0"),
         (MINIMAL + "[settings]\nbogus = 1\n", "settings.bogus", "setting among"),
         ("colour = 'red'\n" + MINIMAL, "colour", "one of"),
+        ("contention_threshold_pct = 0\n" + MINIMAL, "contention_threshold_pct", "positive number"),
+        ("quiet_max_s = -1\n" + MINIMAL, "quiet_max_s", "seconds >= 0"),
         ("name = 'x'\n", "(tests)", "at least one of"),
         ("[[prefill]\nprompt = 1", "(syntax)", "valid TOML"),
     ],
@@ -81,3 +83,15 @@ def test_command_line_overrides_are_typed_and_validated():
         parse_setting_overrides(["threads=0"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_setting_overrides(["threads"])
+
+
+def test_contention_keys_reach_the_plan_and_the_option_overrides_them():
+    from harness.plan.cases import build_plan
+
+    suite = parse_suite("contention_threshold_pct = 25\nquiet_max_s = 5\n" + MINIMAL, "s.toml")
+    policy = build_plan(suite, context_length=None, host=True).policy
+    assert (policy.contention_threshold_pct, policy.quiet_max_s) == (25, 5)
+    assert build_plan(parse_suite(MINIMAL, "s.toml"), context_length=None, host=True).policy.contention_threshold_pct == 10
+    assert suite.with_overrides(contention_threshold_pct=40.0).contention_threshold_pct == 40.0
+    with pytest.raises(ConfigError, match="--contention-threshold"):
+        suite.with_overrides(contention_threshold_pct=0.0)

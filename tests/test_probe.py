@@ -260,7 +260,7 @@ def test_probe_telemetry_measures_energy_over_the_marked_windows(tmp_path: Path)
     csv_path = tmp_path / "rep0.telemetry.csv"
     telemetry.write_csv(csv_path)
     assert "rapl/intel-rapl:0/package-0" in csv_path.read_text()
-    assert (tmp_path / "rep0.telemetry.probe.txt").read_text().startswith("edgebench-probe 1\n")
+    assert (tmp_path / "rep0.telemetry.probe.txt").read_text().startswith("edgebench-probe 2\n")
     assert not list((tmp_path / "work" / "probe").iterdir())  # the device file is cleaned up
 
 
@@ -288,17 +288,22 @@ def test_measured_windows_start_at_the_timed_marks() -> None:
 
 
 def test_a_probe_file_cut_short_parses_without_exit() -> None:
-    text = "edgebench-probe 1\nclock CLOCK_MONOTONIC\ninterval_ms 50\ncpu 3\nsource 0 a /a\nproc VmRSS VmHWM RssAnon RssFile\n" \
-           "start 1000000000 42\ns 1050000000 2000 7 100 100 60 40\ns 1100000"
+    text = "edgebench-probe 2\nclock CLOCK_MONOTONIC\ninterval_ms 50\ncpu 3\nclk_tck 100\nsource 0 a /a\n" \
+           "proc VmRSS VmHWM RssAnon RssFile\ncputime stat child self_us\nstart 1000000000 42\n" \
+           "s 1050000000 2000 7 100 100 60 40 10,1,5,900,3,2,1,0,0,0 4,1,0,0 1500\ns 1100000"
     trace = parse_probe(text)
-    assert trace.exit is None and trace.cpu == 3 and trace.child_pid == 42
+    assert trace.exit is None and trace.cpu == 3 and trace.child_pid == 42 and trace.clk_tck == 100
     assert [(s.source, s.value) for s in trace.samples if s.source != "probe/cost"] == [
-        ("a", 7.0), ("proc/VmRSS", 100.0), ("proc/VmHWM", 100.0), ("proc/RssAnon", 60.0), ("proc/RssFile", 40.0)]
+        ("a", 7.0), ("proc/VmRSS", 100.0), ("proc/VmHWM", 100.0), ("proc/RssAnon", 60.0), ("proc/RssFile", 40.0),
+        ("cpu/busy", 19.0), ("cpu/total", 922.0), ("child/cpu", 5.0), ("probe/cpu", 0.0015)]
 
 
-def test_a_newer_probe_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="format 2"):
-        parse_probe("edgebench-probe 2\n")
+def test_other_probe_formats_are_refused() -> None:
+    with pytest.raises(ValueError, match="format 3"):
+        parse_probe("edgebench-probe 3\n")
+    # format 1 lines lack the CPU counters: read as such they would lose contention silently
+    with pytest.raises(ValueError, match="format 1; this edgebench reads 2"):
+        parse_probe("edgebench-probe 1\nclock CLOCK_MONOTONIC\ninterval_ms 50\n")
 
 
 def test_missing_probe_file_makes_every_metric_missing(tmp_path: Path) -> None:

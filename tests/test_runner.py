@@ -192,7 +192,8 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
-    _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01))
+    _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01,
+                                                  quiet_max_s=0))
     first, second = (e.raw["cooldown"] for e in store.executions(run_id))
     assert first["start_c"] == 61.0 and first["end_c"] == 52.0 and first["reached"] and first["target_c"] == 53.0
     assert second["reached"]
@@ -205,5 +206,5 @@ def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monk
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
-    _run(store, run_id, runtime, policy=RunPolicy(mode="burst"))
+    _run(store, run_id, runtime, policy=RunPolicy(mode="burst", quiet_max_s=0))
     assert {e.raw["cooldown"]["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}

@@ -91,6 +91,8 @@ def run(
     mode: Optional[str] = typer.Option(None, help="burst (cool down before each case), sustained (loop for --minutes) or none."),
     minutes: Optional[float] = typer.Option(None, min=0.1, help="Sustained mode: how long to keep running rounds."),
     remeasure_bandwidth: bool = typer.Option(False, "--remeasure-bandwidth", help="Measure memory bandwidth again instead of using this device's cached figure."),
+    contention_threshold: Optional[float] = typer.Option(
+        None, "--contention-threshold", help="Others' CPU (% of one core) above which a figure is marked contended (default: the suite's, 10)."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
     from harness.plan.suites import parse_setting_overrides
@@ -101,7 +103,7 @@ def run(
     try:
         store = _store(results)
         options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
-                             str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth)
+                             str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold)
         if dry_run:
             prepared = prepare(options)
             _print_plan(prepared, estimate_seconds(store, prepared))
@@ -180,12 +182,13 @@ def _show_run(store, run_id: str, as_json: bool, fmt: str = "table") -> None:
     if not as_json:
         views.show_run(out, store, run_id, fmt)
         return
-    from harness.results.analysis import summary_frame, tidy_frame
+    from harness.results.analysis import contended_processes, summary_frame, tidy_frame
     from harness.results.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
     payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
+               "contended": contended_processes(store, row["id"]),
                "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records"))}
     out.print_json(json.dumps(payload, default=str))
 
@@ -261,6 +264,7 @@ def compare(
     else:
         views.show(out, views.compare_grid(a, b, rows, threshold), fmt)
         views.show_lines(out, [f"differs {note}" for note in sorted({d for r in rows for d in r.differs})], fmt, "yellow")
+        views.show_lines(out, [f"{case}: {note}" for case, note in dict.fromkeys((r.case, n) for r in rows for n in r.contended)], fmt, "yellow")
         views.show_roofline(out, store, [a, b], fmt)
     if any(r.regression for r in rows):
         raise typer.Exit(EXIT_FAILED)

@@ -232,6 +232,7 @@ def summary_caption(row: Any, wide: Any) -> tuple[str, ...]:
 
     lines = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
     lines += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
+    lines += [f"* {label}: {c.note()}" for (_, label), c in wide.contended.items()]
     return tuple(lines)
 
 
@@ -242,8 +243,28 @@ def summary_grid(row: Any, summary: Any) -> Grid:
     facts = json.loads(row["facts_json"])
     wide = wide_table(summary)
     title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
-    rows = tuple((label, *(cell_text(cells.get(m)) for m in wide.columns)) for _, label, cells in wide.rows)
+    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended) for m in wide.columns))
+                 for run_id, label, cells in wide.rows)
     return Grid(title, ("case", *(HEADLINE[m] for m in wide.columns)), rows, caption=summary_caption(row, wide))
+
+
+def _marked(cell: Any, contended: bool) -> str:
+    """A figure measured while others used the device gets a "*" (the caption says how much)."""
+    text = cell_text(cell)
+    return f"{text} *" if contended and text != "—" else text
+
+
+def contended_lines(store: Any, run_id: str) -> list[str]:
+    """Each contended process: what others used, the load before it, and who was busiest."""
+    from harness.results.analysis import contended_processes
+
+    lines = []
+    for p in contended_processes(store, run_id):
+        busiest = ", ".join(f"{b['name']} ({b['pid']}) {b['cpu_pct']:.0f}%" for b in p["busiest"]) or "not recorded"
+        load = "unknown" if p["load_avg_1m"] is None else f"{p['load_avg_1m']:.2f}"
+        lines.append(f"contended: {p['case']} round {p['rep'] + 1}: others used {p['foreign_cpu_pct']:.0f}% of a core, "
+                     f"load {load}; busiest: {busiest}")
+    return lines
 
 
 def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
@@ -292,11 +313,13 @@ def condition_lines(store: Any, run_id: str) -> list[str]:
 
 
 def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> None:
-    """A run's summary, its roofline, the conditions it ran under, its failures and note."""
+    """A run's summary, its contended processes, its roofline, the conditions it ran under, its
+    failures and note."""
     from harness.results.analysis import failures_frame, summary_frame, tidy_frame
 
     row = store.run(run_id)
     show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]]))), fmt)
+    show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
     show_roofline(console, store, [row["id"]], fmt)
     show_lines(console, condition_lines(store, row["id"]), fmt)
     failures = failures_frame(store, row["id"])

@@ -120,6 +120,8 @@ class RunPolicy:
     cooldown_max_s: float = 120.0
     sustained_minutes: float = 10.0
     cooldown_poll_s: float = 2.0
+    contention_threshold_pct: float = 10.0  # others' CPU (% of one core) above which a figure is contended
+    quiet_max_s: float = 30.0  # burst mode: longest wait for others' CPU to drop under that threshold
 
 
 _ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama"}
@@ -149,7 +151,8 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Pla
                     skipped.append((case.label, reason))
                 elif case not in cases:
                     cases.append(case)
-    policy = RunPolicy(suite.mode, suite.cooldown_tolerance_c, suite.cooldown_max_s, suite.sustained_minutes)
+    policy = RunPolicy(suite.mode, suite.cooldown_tolerance_c, suite.cooldown_max_s, suite.sustained_minutes,
+                       contention_threshold_pct=suite.contention_threshold_pct, quiet_max_s=suite.quiet_max_s)
     return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s, policy=policy)
 
 

@@ -72,7 +72,14 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cooldown_tolerance_c": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of °C"),
     "cooldown_max_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number of seconds >= 0"),
     "sustained_minutes": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number of minutes"),
+    # others' CPU (% of one core) above which a figure is marked contended; burst mode waits for less
+    "contention_threshold_pct": (lambda v: _is_number(v) and v > 0, "a positive number (% of one core)"),
+    "quiet_max_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
 }
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -97,19 +104,26 @@ class Suite:
     cooldown_tolerance_c: float = 3.0
     cooldown_max_s: float = 120.0
     sustained_minutes: float = 10.0
+    contention_threshold_pct: float = 10.0
+    quiet_max_s: float = 30.0
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run
 
     def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None,
-                       mode: str | None = None, minutes: float | None = None) -> "Suite":
+                       mode: str | None = None, minutes: float | None = None,
+                       contention_threshold_pct: float | None = None) -> "Suite":
         from dataclasses import replace
 
         if mode is not None and mode not in MODES:
             raise ConfigError("--mode", "mode", "one of " + ", ".join(MODES), mode)
+        if contention_threshold_pct is not None and not contention_threshold_pct > 0:
+            raise ConfigError("--contention-threshold", "contention_threshold_pct", "a positive number (% of one core)",
+                              contention_threshold_pct)
         return replace(
             self,
             mode=mode or self.mode,
+            contention_threshold_pct=contention_threshold_pct or self.contention_threshold_pct,
             sustained_minutes=minutes or self.sustained_minutes,
             repetitions=repetitions or self.repetitions,
             settings={**self.settings, **(settings or {})},

@@ -16,18 +16,26 @@
  * pipe: every byte is forwarded unchanged to our stderr, and each line starting with PREFIX is
  * also written to FILE with the time it arrived (phase marks, e.g. llama-bench --progress).
  * With --idle-ms, the sources are sampled for that long before the child starts (idle baseline).
+ * Each tick also copies the CPU counters that tell how much of the device others used beside
+ * the benchmark (harness/telemetry/contention.py computes that): the aggregate `cpu` line of
+ * /proc/stat, the child's own CPU from /proc/<pid>/stat, and the probe's own (getrusage).
  *
- * FILE, format version 1 (one record per line, space separated; '-' = could not read):
- *   edgebench-probe 1
+ * FILE, format version 2 (one record per line, space separated; '-' = could not read):
+ *   edgebench-probe 2
  *   clock CLOCK_MONOTONIC
  *   interval_ms <ms>
  *   cpu <n or -1>
+ *   clk_tck <n>                              (sysconf(_SC_CLK_TCK): /proc's jiffies per second)
  *   source <index> <name> <path>             (path as given, before --root)
  *   source_error <index> <errno> <message>   (could not open: its column is always '-')
  *   proc VmRSS VmHWM RssAnon RssFile         (the child's /proc/<pid>/status columns, kB)
+ *   cputime stat child self_us               (the names of the last three columns of `s`)
  *   idle <t_ns>                              (idle sampling begins)
  *   start <t_ns> <pid>                       (the child exists)
- *   s <t_ns> <cost_ns> <source values...> <proc values...>
+ *   s <t_ns> <cost_ns> <source values...> <proc values...> <stat> <child> <self_us>
+ *        stat: the numbers of /proc/stat's aggregate `cpu` line, comma-joined, as read (jiffies);
+ *        child: utime,stime,cutime,cstime of /proc/<pid>/stat (jiffies; '-' before the child
+ *        exists and after it is reaped); self_us: the probe's own user+system CPU so far (us)
  *   m <t_ns> <stderr line>
  *   exit <t_ns> status=exited|signaled code=<n> signal=<n> maxrss_kb=<n> utime_us=<n>
  *        stime_us=<n> probe_utime_us=<n> probe_stime_us=<n> samples=<n>     (one line)
@@ -60,7 +68,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROBE_FORMAT 1
+#define PROBE_FORMAT 2
 #define MAX_SOURCES 256
 #define MAX_VALUE 32
 #define LINE_MAX_MARK 4096
@@ -169,9 +177,55 @@ static void read_proc(int fd, char values[N_PROC_KEYS][MAX_VALUE]) {
     }
 }
 
-static void sample(int proc_fd) {
+/* The numbers of /proc/stat's first (aggregate `cpu`) line, comma-joined, or '-'. */
+static void read_cpu_stat(int fd, char *value, size_t size) {
+    char buf[512];
+    strcpy(value, "-");
+    ssize_t n = fd >= 0 ? pread(fd, buf, sizeof buf - 1, 0) : -1;
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    if (strncmp(buf, "cpu ", 4) != 0)
+        return;
+    size_t used = 0;
+    for (char *p = buf + 4; *p && *p != '\n';) {
+        while (*p == ' ')
+            p++;
+        size_t len = strspn(p, "0123456789");
+        if (len == 0 || used + len + 2 > size)
+            break;
+        if (used)
+            value[used++] = ',';
+        memcpy(value + used, p, len);
+        used += len;
+        value[used] = '\0';
+        p += len;
+    }
+}
+
+/* utime,stime,cutime,cstime (fields 14-17) of one /proc/<pid>/stat read, or '-'. The command
+ * name (field 2) may hold spaces and parentheses: fields are counted from its last ')'. */
+static void read_child_cpu(int fd, char *value, size_t size) {
+    char buf[1024];
+    strcpy(value, "-");
+    ssize_t n = fd >= 0 ? pread(fd, buf, sizeof buf - 1, 0) : -1;
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return;
+    unsigned long long f[4];
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &f[0], &f[1], &f[2], &f[3]) == 4)
+        snprintf(value, size, "%llu,%llu,%llu,%llu", f[0], f[1], f[2], f[3]);
+}
+
+static int stat_fd = -1; /* /proc/stat, open for the whole run */
+
+/* One tick; proc_fd and child_fd are the child's /proc/<pid>/status and stat, -1 when there is none. */
+static void sample(int proc_fd, int child_fd) {
     int64_t t = now_ns();
-    char line[MAX_SOURCES * (MAX_VALUE + 1) + N_PROC_KEYS * (MAX_VALUE + 1) + 64];
+    char line[MAX_SOURCES * (MAX_VALUE + 1) + N_PROC_KEYS * (MAX_VALUE + 1) + 512];
     char value[MAX_VALUE];
     char proc[N_PROC_KEYS][MAX_VALUE];
     size_t used = 0;
@@ -183,6 +237,13 @@ static void sample(int proc_fd) {
     read_proc(proc_fd, proc);
     for (size_t k = 0; k < N_PROC_KEYS; k++)
         used += (size_t)snprintf(line + used, sizeof line - used, " %s", proc[k]);
+    char stat[256], child[128];
+    read_cpu_stat(stat_fd, stat, sizeof stat);
+    read_child_cpu(child_fd, child, sizeof child);
+    struct rusage self;
+    getrusage(RUSAGE_SELF, &self);
+    long long self_us = (long long)(self.ru_utime.tv_sec + self.ru_stime.tv_sec) * 1000000 + self.ru_utime.tv_usec + self.ru_stime.tv_usec;
+    used += (size_t)snprintf(line + used, sizeof line - used, " %s %s %lld", stat, child, self_us);
     fprintf(out, "s %lld %lld%s\n", (long long)t, (long long)(now_ns() - t), line);
     samples_written++;
 }
@@ -303,8 +364,8 @@ int main(int argc, char **argv) {
     fcntl(fileno(out), F_SETFD, FD_CLOEXEC); /* not the benchmark's to inherit */
     static char outbuf[1 << 16];
     setvbuf(out, outbuf, _IOFBF, sizeof outbuf);
-    fprintf(out, "edgebench-probe %d\nclock CLOCK_MONOTONIC\ninterval_ms %lld\ncpu %ld\n", PROBE_FORMAT,
-            (long long)interval_ms, cpu);
+    fprintf(out, "edgebench-probe %d\nclock CLOCK_MONOTONIC\ninterval_ms %lld\ncpu %ld\nclk_tck %ld\n", PROBE_FORMAT,
+            (long long)interval_ms, cpu, sysconf(_SC_CLK_TCK));
     for (int s = 0; s < n_sources; s++) {
         fprintf(out, "source %d %s %s\n", s, sources[s].name, sources[s].path);
         if (sources[s].fd < 0)
@@ -313,7 +374,8 @@ int main(int argc, char **argv) {
     fputs("proc", out);
     for (size_t k = 0; k < N_PROC_KEYS; k++)
         fprintf(out, " %s", PROC_KEYS[k]);
-    fputc('\n', out);
+    fputs("\ncputime stat child self_us\n", out);
+    stat_fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
 
     if (pipe(signal_pipe) != 0)
         die("pipe");
@@ -339,7 +401,7 @@ int main(int argc, char **argv) {
                 while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
                 }
             }
-            sample(-1);
+            sample(-1, -1);
         }
     }
 
@@ -394,6 +456,8 @@ int main(int argc, char **argv) {
     char proc_path[64];
     snprintf(proc_path, sizeof proc_path, "/proc/%d/status", (int)pid);
     int proc_fd = open(proc_path, O_RDONLY | O_CLOEXEC);
+    snprintf(proc_path, sizeof proc_path, "/proc/%d/stat", (int)pid);
+    int child_fd = open(proc_path, O_RDONLY | O_CLOEXEC);
 
     int status = 0;
     struct rusage ru;
@@ -403,7 +467,7 @@ int main(int argc, char **argv) {
     while (!exited) {
         int64_t now = now_ns();
         if (now >= next) {
-            sample(proc_fd);
+            sample(proc_fd, child_fd);
             if (samples_written % flush_every == 0)
                 fflush(out);
             next += interval_ns;
@@ -433,6 +497,8 @@ int main(int argc, char **argv) {
     int64_t ended = now_ns();
     if (proc_fd >= 0)
         close(proc_fd);
+    if (child_fd >= 0)
+        close(child_fd);
     while (marks.fd >= 0 && pump_marks(&marks) == 0) { /* what the child wrote just before exiting */
         struct pollfd pfd = {marks.fd, POLLIN, 0};
         if (poll(&pfd, 1, 0) <= 0)
@@ -440,7 +506,7 @@ int main(int argc, char **argv) {
     }
     if (marks.len)
         mark_line(&marks, ended, marks.buf, marks.len);
-    sample(-1); /* the closing reading: the window ends at the child's exit, not the last tick */
+    sample(-1, -1); /* the closing reading: the window ends at the child's exit, not the last tick */
 
     struct rusage self;
     getrusage(RUSAGE_SELF, &self);

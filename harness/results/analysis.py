@@ -6,7 +6,7 @@ Statistics are computed here, at load time, from the raw per-process values.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -34,7 +34,8 @@ HEADLINE = {
 
 # Every metric's title: the headline ones plus those shown only in comparisons and details.
 TITLES = {**HEADLINE, "itl_ms_p90": "ITL p90 ms", "load_s": "load s", "cpu_freq_mhz": "CPU MHz",
-          "energy_j_per_token": "J/token", "gpu_power_w": "GPU W", "gpu_energy_j": "GPU J", "gpu_mem_peak_mb": "GPU MB"}
+          "energy_j_per_token": "J/token", "gpu_power_w": "GPU W", "gpu_energy_j": "GPU J", "gpu_mem_peak_mb": "GPU MB",
+          "foreign_cpu_pct": "others' CPU %", "load_avg_1m": "load 1 min", "contended": "contended"}
 
 KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3}
 
@@ -135,16 +136,60 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Contention:
+    """A case some of whose processes ran while others used more CPU than the run's threshold."""
+
+    contended: int  # processes marked contended
+    n: int  # processes with a contention figure
+    foreign_max_pct: float | None  # the most others used in one of them, % of one core
+
+    def note(self) -> str:
+        most = "an unknown share" if self.foreign_max_pct is None else f"up to {self.foreign_max_pct:.0f}%"
+        return f"contended: others used {most} of a core in {self.contended} of {self.n} processes"
+
+
+def contention_by_case(summary: pd.DataFrame) -> dict[tuple[str, str], Contention]:
+    """(run_id, case label) -> Contention, for the cases with at least one contended process."""
+    if summary.empty:
+        return {}
+    out = {}
+    flags = summary[(summary["metric"] == "contended") & (summary["n"] > 0)]
+    for r in flags.itertuples():
+        marked = round(r.mean * r.n)
+        if marked:
+            foreign = summary[(summary["run_id"] == r.run_id) & (summary["case"] == r.case) & (summary["metric"] == "foreign_cpu_pct")
+                              & (summary["n"] > 0)]
+            out[(r.run_id, r.case)] = Contention(marked, int(r.n), float(foreign["max"].iloc[0]) if not foreign.empty else None)
+    return out
+
+
+def contended_processes(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Every process of the run marked contended: its case and round, what others used, the
+    load before it, and the busiest other processes (from its raw record)."""
+    labels = {c.key: c.label for c in store.cases(run_id)}
+    wanted = ("contended", "foreign_cpu_pct", "load_avg_1m")
+    values = {(m["case_key"], m["rep"], m["metric"]): m["value"] for m in store.measurements([run_id]) if m["metric"] in wanted}
+    return [
+        {"case": labels.get(e.case_key, e.case_key), "rep": e.rep, "foreign_cpu_pct": values.get((e.case_key, e.rep, "foreign_cpu_pct")),
+         "load_avg_1m": values.get((e.case_key, e.rep, "load_avg_1m")), "busiest": e.raw.get("contention", {}).get("busiest", [])}
+        for e in store.executions(run_id)
+        if e.status == "ok" and values.get((e.case_key, e.rep, "contended")) == 1.0
+    ]
+
+
+@dataclass(frozen=True)
 class WideTable:
     """One row per (run, case), one column per headline metric measured somewhere in it.
 
     Metrics measured nowhere are not columns: they are listed once in `missing` with the
-    reason, so a sensor the device lacks is said once rather than per row.
+    reason, so a sensor the device lacks is said once rather than per row. A row whose
+    figures were measured while others used the device is in `contended`.
     """
 
     columns: list[str]  # metric names, HEADLINE order
     rows: list[tuple[str, str, dict[str, Cell | str]]]  # (run_id, case label, metric -> cell or missing reason)
     missing: dict[str, str]
+    contended: dict[tuple[str, str], Contention] = field(default_factory=dict)
 
 
 def wide_table(summary: pd.DataFrame) -> WideTable:
@@ -171,7 +216,7 @@ def wide_table(summary: pd.DataFrame) -> WideTable:
             else:
                 cells[r["metric"]] = str(r["missing_reason"])
         rows.append((run_id, label, cells))
-    return WideTable(columns, rows, missing)
+    return WideTable(columns, rows, missing, contention_by_case(summary))
 
 
 def _none(value: Any) -> float | None:

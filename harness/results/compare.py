@@ -5,19 +5,21 @@ per-process values (samples inside one process are correlated: they never count 
 independent repetitions), Welch's t-test for significance, and a verdict that needs both
 significance and a minimum effect size. A regression is flagged only when the whole interval
 lies beyond the threshold in the worse direction, so noise alone does not fail a CI job.
+A case with a process measured while others used the device (`contended`) on either side is
+not judged: its verdict says so, since the difference may be the other job's.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness.results.analysis import KIND_ORDER
+from harness.results.analysis import KIND_ORDER, Contention
 
 if TYPE_CHECKING:
     from harness.results.store import Store
@@ -50,9 +52,10 @@ class Comparison:
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
-    verdict: str  # faster | slower | no significant change | too few repetitions
+    verdict: str  # faster | slower | no significant change | too few repetitions | contended: not compared
     regression: bool
     differs: tuple[str, ...] = field(default=())  # settings that are not the same in A and B
+    contended: tuple[str, ...] = field(default=())  # "A: ..." / "B: ..." where others used the device
 
 
 def ratio_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, confidence: float = 0.95) -> tuple[float, float]:
@@ -100,6 +103,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, settings: CompareSettings =
     and compare every metric both have; differing settings are named on each row."""
     out = []
     a_ok, b_ok = _usable(a), _usable(b)
+    busy = {"A": _contended(a), "B": _contended(b)}
     coarse = ["kind", "n_prompt", "n_gen", "depth", "metric"]
     for key, group_b in b_ok.groupby([*coarse, "case"], sort=False):
         same_shape = a_ok[(a_ok[coarse] == pd.Series(key[:-1], index=coarse)).all(axis=1)]
@@ -111,12 +115,29 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, settings: CompareSettings =
         differs = _differences(group_a.iloc[0], group_b.iloc[0])
         label = group_b.iloc[0]["case"]
         order = (KIND_ORDER.get(key[0], 9), *key[1:4], label, key[-2])
-        out.append((order, compare_values(label, key[-2], list(group_a["value"]), list(group_b["value"]), settings, differs)))
+        row = compare_values(label, key[-2], list(group_a["value"]), list(group_b["value"]), settings, differs)
+        contended = tuple(f"{side}: {busy[side][k]}" for side, group in (("A", group_a), ("B", group_b))
+                          for k in dict.fromkeys(group["case"]) if k in busy[side])
+        if contended:
+            row = replace(row, verdict="contended: not compared", regression=False, contended=contended)
+        out.append((order, row))
     return [row for _, row in sorted(out, key=lambda pair: pair[0])]
 
 
 def _usable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["status"] == "ok") & frame["value"].notna() & frame["metric"].isin(HIGHER_IS_BETTER)]
+
+
+def _contended(frame: pd.DataFrame) -> dict[str, str]:
+    """case label -> what others used, for the cases with a process marked contended."""
+    ok = frame[(frame["status"] == "ok") & frame["value"].notna()]
+    out = {}
+    for case, group in ok.groupby("case", sort=False):
+        flags = group[group["metric"] == "contended"]["value"]
+        foreign = group[group["metric"] == "foreign_cpu_pct"]["value"]
+        if (flags == 1.0).any():
+            out[case] = Contention(int((flags == 1.0).sum()), len(flags), float(foreign.max()) if not foreign.empty else None).note()
+    return out
 
 
 def _differences(a: pd.Series, b: pd.Series) -> tuple[str, ...]:

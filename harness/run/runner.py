@@ -21,6 +21,8 @@ from harness.plan.cases import Case, RunPolicy
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
 from harness.plan.cores import Cluster, read_clusters, resolve_threads
+from harness.run.contention import Watch, quiet_sample
+from harness.telemetry.contention import wait_for_quiet
 from harness.telemetry.state import capture_state, wait_for_cool
 
 
@@ -83,7 +85,7 @@ def execute(
         for step in _paced(steps, policy, store, run_id):
             if on_start:
                 on_start(step)
-            result = _run_step(store, run_id, driver, step, targets, timeout_s, pace.before_case())
+            result = _run_step(store, run_id, driver, step, targets, timeout_s, pace.before_case(), policy.contention_threshold_pct)
             results.append(result)
             if on_result:
                 on_result(result)
@@ -97,7 +99,8 @@ def execute(
 
 
 class _Pacer:
-    """Burst mode's cooldown: the idle temperature is read once, when the run starts."""
+    """Burst mode's waits before each case: to cool down to the idle temperature (read once,
+    when the run starts), then for others' CPU to drop under the contention threshold."""
 
     def __init__(self, driver: Driver, policy: RunPolicy) -> None:
         self.driver, self.policy = driver, policy
@@ -115,7 +118,8 @@ class _Pacer:
             return None
         cooldown = wait_for_cool(self._hottest, self.idle_c, tolerance_c=self.policy.cooldown_tolerance_c,
                                  max_wait_s=self.policy.cooldown_max_s, poll_s=self.policy.cooldown_poll_s)
-        return asdict(cooldown)
+        quiet = wait_for_quiet(lambda: quiet_sample(self.driver), self.policy.contention_threshold_pct, self.policy.quiet_max_s)
+        return {**asdict(cooldown), "quiet": asdict(quiet)}
 
 
 def _paced(steps: list[Step], policy: RunPolicy, store: Store, run_id: str) -> Iterator[Step]:
@@ -134,7 +138,7 @@ def _paced(steps: list[Step], policy: RunPolicy, store: Store, run_id: str) -> I
 
 
 def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: RunTargets, timeout_s: float,
-              cooldown: dict[str, Any] | None = None) -> StepResult:
+              cooldown: dict[str, Any] | None = None, contention_threshold_pct: float = RunPolicy.contention_threshold_pct) -> StepResult:
     case = step.case
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
@@ -142,7 +146,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     run_case, chosen_cores = resolve_threads(case, clusters)
     argv = engine.argv(run_case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
     started = now_iso()
-    with driver.telemetry(targets.runtime_dir) as telemetry:
+    with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
         completed = driver.run(telemetry.wrap(argv), timeout=timeout_s, on_start=telemetry.attach)
     artifacts = store.artifacts_dir(run_id) / case.key
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -150,9 +154,10 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
     status, error, parsed = _outcome(engine.parse, run_case, completed, timeout_s)
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
+    metrics += watch.metrics(metrics, contention_threshold_pct)
     raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,
            # what the figures rest on (power scope, sources) where the sampler says so
-           "telemetry": telemetry.details()}
+           "telemetry": telemetry.details(), "contention": watch.details()}
     store.record_execution(
         run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,

@@ -44,6 +44,7 @@ class RunOptions:
     mode: str | None = None
     minutes: float | None = None
     remeasure_bandwidth: bool = False  # ignore the cached memory-bandwidth figure for this device
+    contention_threshold: float | None = None  # % of one core; None: the suite's
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -76,7 +77,8 @@ class Prepared:
 
 def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
     """Validate everything the run needs (suite, device, model) without running anything."""
-    suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings, options.mode, options.minutes)
+    suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings, options.mode, options.minutes,
+                                                                options.contention_threshold)
     device = resolve_device(options.device, Path(options.inventory) if options.inventory else None)
     driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)

@@ -10,6 +10,8 @@ benchmark as its child on the device and writes a sample file there, which is re
 - peak_rss_anon_mb / peak_rss_file_mb, temp_max_c, cpu_freq_mhz from the samples;
 - energy over llama-bench's measured windows (see harness.telemetry.energy), gross and net of
   the idle baseline sampled just before, per token, for the widest power scope found;
+- foreign_cpu_pct: what everything but the benchmark and the probe used of the device's CPUs
+  (see harness.telemetry.contention), from the per-tick /proc/stat and child CPU counters;
 - probe_cpu_s: what the probe itself cost, so its overhead is on record with every figure.
 """
 
@@ -28,11 +30,11 @@ from typing import Any
 from harness.plan import cores
 from harness.drivers.base import Completed, Driver, ResourceUsage
 from harness.results.records import Metric
-from harness.telemetry import Sample, energy, procfs, sysfs
+from harness.telemetry import Sample, contention, energy, procfs, sysfs
 from harness.telemetry.android import detect_power_convention
 from harness.telemetry.devicefs import FileRead, read_files
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PROC_COLUMNS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 LLAMA_BENCH_MARK = "llama-bench: "  # the prefix of llama-bench's --progress lines
 # hwmon chips that are power monitors on a board's rails (Jetson INA3221, many INA2xx boards);
@@ -69,12 +71,15 @@ class ProbeTrace:
     cpu: int | None
     sources: tuple[str, ...]  # column order of the source values
     source_errors: dict[str, str]
-    samples: tuple[Sample, ...]  # raw values: unit "raw" for sources, "kB" for proc/*, "ms" for probe/cost
+    # raw values: unit "raw" for sources, "kB" for proc/*, "ms" for probe/cost, "jiffies" for
+    # cpu/busy, cpu/total (all CPUs) and child/cpu, "s" for probe/cpu (the probe's own CPU)
+    samples: tuple[Sample, ...]
     marks: tuple[tuple[float, str], ...]
     idle_t: float | None
     start_t: float | None
     child_pid: int | None
     exit: ProbeExit | None
+    clk_tck: int | None = None  # jiffies per second of the /proc counters
 
 
 class ProbeFormatError(ValueError):
@@ -82,7 +87,7 @@ class ProbeFormatError(ValueError):
 
 
 def parse_probe(text: str) -> ProbeTrace:
-    """A probe file (format version 1, described in probe/edgebench-probe.c) -> ProbeTrace.
+    """A probe file (format version 2, described in probe/edgebench-probe.c) -> ProbeTrace.
 
     A file cut short (probe killed) parses up to its last whole line with `exit` None.
     """
@@ -98,12 +103,12 @@ def parse_probe(text: str) -> ProbeTrace:
     samples: list[Sample] = []
     marks: list[tuple[float, str]] = []
     idle_t = start_t = None
-    pid = None
+    pid = clk_tck = None
     exit_ = None
     for line in lines[1:]:
         kind, _, rest = line.partition(" ")
         fields = rest.split()
-        if kind == "s" and len(fields) == 2 + len(sources) + len(PROC_COLUMNS):
+        if kind == "s" and len(fields) == 2 + len(sources) + len(PROC_COLUMNS) + 3:
             t = int(fields[0]) / 1e9
             samples.append(Sample(t, "probe/cost", int(fields[1]) / 1e6, "ms"))
             for name, value in zip(sources, fields[2:]):
@@ -112,12 +117,15 @@ def parse_probe(text: str) -> ProbeTrace:
             for key, value in zip(PROC_COLUMNS, fields[2 + len(sources):]):
                 if value != "-":
                     samples.append(Sample(t, f"proc/{key}", float(value), "kB"))
+            samples += _cpu_samples(t, *fields[-3:])
         elif kind == "m" and fields:
             marks.append((int(fields[0]) / 1e9, rest.partition(" ")[2]))
         elif kind == "interval_ms":
             interval_s = int(fields[0]) / 1000
         elif kind == "cpu":
             cpu = int(fields[0]) if int(fields[0]) >= 0 else None
+        elif kind == "clk_tck":
+            clk_tck = int(fields[0])
         elif kind == "source":
             sources.append(fields[1])
         elif kind == "source_error":
@@ -128,7 +136,18 @@ def parse_probe(text: str) -> ProbeTrace:
             start_t, pid = int(fields[0]) / 1e9, int(fields[1])
         elif kind == "exit":
             exit_ = _parse_exit(fields)
-    return ProbeTrace(interval_s, cpu, tuple(sources), errors, tuple(samples), tuple(marks), idle_t, start_t, pid, exit_)
+    return ProbeTrace(interval_s, cpu, tuple(sources), errors, tuple(samples), tuple(marks), idle_t, start_t, pid, exit_, clk_tck)
+
+
+def _cpu_samples(t: float, stat: str, child: str, self_us: str) -> list[Sample]:
+    """A tick's CPU counters: all CPUs busy and in all, the child's own, the probe's own."""
+    out = []
+    if stat != "-":
+        times = contention.cpu_times([int(x) for x in stat.split(",")])
+        out += [Sample(t, "cpu/busy", float(times.busy), "jiffies"), Sample(t, "cpu/total", float(times.total), "jiffies")]
+    if child != "-":
+        out.append(Sample(t, "child/cpu", float(sum(int(x) for x in child.split(","))), "jiffies"))
+    return [*out, Sample(t, "probe/cpu", int(self_us) / 1e6, "s")]
 
 
 def _parse_exit(fields: list[str]) -> ProbeExit:
@@ -450,6 +469,7 @@ class ProbeTelemetry:
             sysfs.temp_max_metric(samples, _reasons(found, "thermal", "hwmon") or "every temperature read failed"),
             sysfs.cpu_freq_metric(samples, found.reason("cpufreq") or "every cpufreq read failed"),
             *self._energy_metrics(trace, found, completed),
+            contention_metric(trace),
             Metric("probe_cpu_s", trace.exit.probe_cpu_s, "s"),
             Metric("probe_tick_ms", fmean(s.value for s in samples if s.source == "probe/cost"), "ms")
             if any(s.source == "probe/cost" for s in samples) else Metric.missing("probe_tick_ms", "ms", "no sample"),
@@ -540,7 +560,34 @@ def _reasons(found: Discovery, *prefixes: str) -> str:
 _ENERGY_METRICS = (("energy_j", "J"), ("avg_power_w", "W"), ("idle_power_w", "W"), ("energy_j_net", "J"),
                    ("energy_j_per_token", "J/token"), ("energy_j_per_token_net", "J/token"))
 _ALL_METRICS = (("peak_rss_mb", "MB"), ("peak_rss_anon_mb", "MB"), ("peak_rss_file_mb", "MB"), ("temp_max_c", "C"),
-                ("cpu_freq_mhz", "MHz"), *_ENERGY_METRICS, ("probe_cpu_s", "s"))
+                ("cpu_freq_mhz", "MHz"), *_ENERGY_METRICS, ("foreign_cpu_pct", contention.FOREIGN_UNIT), ("probe_cpu_s", "s"))
+
+
+def contention_metric(trace: ProbeTrace, windows: Sequence[tuple[float, float]] | None = None) -> Metric:
+    """foreign_cpu_pct over `windows` (the process's whole life when None), from the ticks
+    of the benchmark's life: its own CPU is its /proc/<pid>/stat times, and at the closing
+    tick (it is reaped by then) its wait4 rusage."""
+    exit_, tick = trace.exit, trace.clk_tck
+    if exit_ is None or tick is None or trace.start_t is None:
+        return Metric.missing("foreign_cpu_pct", contention.FOREIGN_UNIT, "the probe file has no clock tick rate or no child")
+    ticks: dict[float, dict[str, float]] = {}
+    for s in trace.samples:
+        if s.source in ("cpu/busy", "child/cpu", "probe/cpu") and s.t >= trace.start_t:
+            ticks.setdefault(s.t, {})[s.source] = s.value
+    rows = []
+    for t, v in sorted(ticks.items()):
+        if "child/cpu" in v:
+            child_s = v["child/cpu"] / tick
+        elif t >= exit_.t:  # the closing tick: the child is reaped and its rusage is final
+            child_s = exit_.rusage.user_s + exit_.rusage.system_s
+        else:
+            continue
+        if "cpu/busy" in v:
+            rows.append((t, v["cpu/busy"] / tick, child_s + v["probe/cpu"]))
+    if not rows and not any(s.source == "cpu/busy" for s in trace.samples):
+        return Metric.missing("foreign_cpu_pct", contention.FOREIGN_UNIT, "/proc/stat could not be read on the device")
+    t, busy, own = zip(*rows) if rows else ((), (), ())
+    return contention.foreign_metric(contention.foreign_cpu(contention.CpuSeries(t, busy, own), windows))
 
 
 def energy_metrics(result: energy.CaseEnergy, battery_status: dict[str, str]) -> list[Metric]:

@@ -2,16 +2,24 @@
  *
  *   child alloc MIB MS   touch MIB MiB of anonymous memory, hold it MS ms, exit 0
  *   child sleep MS       sleep MS ms, exit 0
+ *   child spin MS        keep one core busy for MS ms (wall clock), exit 0
  *   child kill SIG       kill itself with signal SIG
  *   child marks          write two "phase" lines to stderr around a pause, exit 3
  */
 #define _GNU_SOURCE
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static void pause_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -33,6 +41,14 @@ int main(int argc, char **argv) {
         pause_ms(atol(argv[2]));
         return 0;
     }
+    if (argc == 3 && strcmp(argv[1], "spin") == 0) {
+        int64_t end = now_ns() + (int64_t)atol(argv[2]) * 1000000;
+        volatile unsigned long spins = 0;
+        while (now_ns() < end)
+            for (int i = 0; i < 100000; i++)
+                spins++;
+        return 0;
+    }
     if (argc == 3 && strcmp(argv[1], "kill") == 0) {
         kill(getpid(), atoi(argv[2]));
         pause_ms(10000);
@@ -46,6 +62,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "phase: two\n");
         return 3;
     }
-    fprintf(stderr, "usage: child alloc MIB MS | sleep MS | kill SIG | marks\n");
+    fprintf(stderr, "usage: child alloc MIB MS | sleep MS | spin MS | kill SIG | marks\n");
     return 64;
 }
