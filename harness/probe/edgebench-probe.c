@@ -177,7 +177,8 @@ static void read_proc(int fd, char values[N_PROC_KEYS][MAX_VALUE]) {
     }
 }
 
-/* The numbers of /proc/stat's first (aggregate `cpu`) line, comma-joined, or '-'. */
+/* The numbers of /proc/stat's first (aggregate `cpu`) line, comma-joined, or '-' (also when
+ * the line does not fit: a cut line would lose counters silently). */
 static void read_cpu_stat(int fd, char *value, size_t size) {
     char buf[512];
     strcpy(value, "-");
@@ -185,15 +186,20 @@ static void read_cpu_stat(int fd, char *value, size_t size) {
     if (n <= 0)
         return;
     buf[n] = '\0';
-    if (strncmp(buf, "cpu ", 4) != 0)
+    char *end = strchr(buf, '\n');
+    if (strncmp(buf, "cpu ", 4) != 0 || !end)
         return;
     size_t used = 0;
-    for (char *p = buf + 4; *p && *p != '\n';) {
+    for (char *p = buf + 4; p < end;) {
         while (*p == ' ')
             p++;
         size_t len = strspn(p, "0123456789");
-        if (len == 0 || used + len + 2 > size)
+        if (len == 0)
             break;
+        if (used + len + 2 > size) {
+            strcpy(value, "-");
+            return;
+        }
         if (used)
             value[used++] = ',';
         memcpy(value + used, p, len);
