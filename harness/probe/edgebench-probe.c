@@ -45,8 +45,9 @@
  *
  * Portability: POSIX, plus two Linux-only calls under `#ifdef __linux__`: pinning (--cpu;
  * elsewhere a mark says it was not done) and the parent-death signal that takes the benchmark
- * down with a killed probe. Only Linux has /proc/<pid>/status: elsewhere its columns read '-'
- * and peak memory comes from wait4's rusage alone (macOS gives it in bytes: converted to kB).
+ * down with a killed probe. Only Linux has /proc/<pid>/status, /proc/<pid>/stat and /proc/stat:
+ * elsewhere their columns read '-' and peak memory comes from wait4's rusage alone (macOS gives
+ * it in bytes: converted to kB).
  */
 #define _GNU_SOURCE
 #include <errno.h>
