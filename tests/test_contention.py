@@ -249,11 +249,11 @@ def test_a_hog_beside_a_real_llama_bench_run_is_shown_contended_and_not_compared
     suite.write_text('name = "c"\nrepetitions = 2\ninprocess_repetitions = 2\nmode = "none"\ncontention_threshold_pct = 10\n'
                      "[[prefill]]\nprompt = 64\n")
     results = tmp_path / "results"
-    a = edgebench("run", "--suite", str(suite), "--results", str(results),
+    a = edgebench("run", "--suite", str(suite), "--results", str(results), "--wait",
                   "--contention-threshold", str(100 * (os.cpu_count() or 1) + 1), cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     with _Hogs():
-        b = edgebench("run", "--suite", str(suite), "--results", str(results), cwd=tmp_path)
+        b = edgebench("run", "--suite", str(suite), "--results", str(results), "--wait", cwd=tmp_path)
     assert b.returncode == 0, b.stderr
     assert "contended" not in a.stdout
     assert "* prefill p64: contended: others used up to" in b.stdout and "contended: prefill p64 round 1: others used" in b.stdout
