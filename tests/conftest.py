@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-# The emulated Android phone and its private adb server (adb_server, make_phone, phone).
-pytest_plugins = ["tests.adb_emulator.fixtures"]
+# The emulated Android phone and its private adb server (adb_server, make_phone, phone);
+# a throwaway PostgreSQL (pg_cluster, pg_url, store_url: both engines).
+pytest_plugins = ["tests.adb_emulator.fixtures", "tests.pg_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -19,6 +19,7 @@ from harness.drivers.base import DeviceUnreachable
 from harness.drivers.local import LocalDriver
 from harness.plan.cases import Case
 from harness.run.runner import RunTargets, execute, pending_steps
+from harness.results.schema import schema_version
 from harness.results.store import SCHEMA_VERSION, Store
 from harness.errors import StoreError
 
@@ -145,8 +146,8 @@ def test_store_refuses_a_newer_schema_and_finds_runs_by_prefix(tmp_path):
     assert store.run("latest")["id"] == run_id
     with pytest.raises(StoreError, match="not in the store"):
         store.run("nope")
-    store.db.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION + 1,))
-    store.db.commit()
+    with store.engine.begin() as conn:
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION + 1))
     store.close()
     with pytest.raises(StoreError, match="newer than this edgebench"):
         Store(tmp_path)
@@ -169,7 +170,8 @@ def test_stores_opened_at_once_migrate_once(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert Store(tmp_path / "shared").db.execute("SELECT version FROM schema_version").fetchall()[0][0] == SCHEMA_VERSION
+    with Store(tmp_path / "shared").engine.connect() as conn:
+        assert conn.execute(schema_version.select()).scalars().all() == [SCHEMA_VERSION]
 
 
 def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime):

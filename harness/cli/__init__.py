@@ -38,6 +38,8 @@ out = views.output_console()
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
 ResultsOpt = typer.Option(None, "--results", help="Results folder (default: ./results or $EDGEBENCH_RESULTS).")
+StoreOpt = typer.Option(None, "--store", help="Results database URL, e.g. postgresql://user@host/db?sslmode=require for a lab "
+                        "(default: $EDGEBENCH_STORE, else the SQLite file in the results folder).")
 InventoryOpt = typer.Option(None, "--inventory", help="Device inventory TOML (default: $EDGEBENCH_INVENTORY, else devices/local.toml).")
 FormatOpt = typer.Option("table", "--format", help="table (folds to the terminal's width, never cutting a figure), plain (no box lines), "
                          "csv or markdown (for pasting).")
@@ -49,11 +51,11 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def _store(results: Optional[Path]):
+def _store(results: Optional[Path], url: Optional[str] = None):
     from harness.paths import default_results_dir
     from harness.results.store import Store
 
-    return Store(results or default_results_dir())
+    return Store(results or default_results_dir(), url)
 
 
 def _fail(exc: Exception, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -82,6 +84,7 @@ def run(
     build_flag: list[str] = typer.Option([], "--build-flag", help="Extra cmake -D flag for the runtime build (repeatable)."),
     inventory: Optional[Path] = InventoryOpt,
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
     report: Optional[Path] = typer.Option(None, help="HTML report path (default: <results>/runs/<id>/report.html)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned cases and a time estimate; run nothing."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
@@ -101,7 +104,7 @@ def run(
 
     _check_format(fmt)
     try:
-        store = _store(results)
+        store = _store(results, store_url)
         options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
                              str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold)
         if dry_run:
@@ -205,6 +208,7 @@ def claims_cmd(
     run: Optional[str] = typer.Option(None, "--run", help="Check against this run only (default: the latest run of each device and model)."),
     claims_dir: Optional[Path] = typer.Option(None, "--claims", help="Folder of claim TOML files (default: the ones edgebench ships)."),
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
     as_json: bool = typer.Option(False, "--json", help="Every claim, tested or not, as JSON."),
     fmt: str = FormatOpt,
 ) -> None:
@@ -214,7 +218,7 @@ def claims_cmd(
 
     _check_format(fmt)
     try:
-        store = _store(results)
+        store = _store(results, store_url)
         checks = check_claims(store, load_claims(claims_dir or CLAIMS_DIR), [store.run(run)["id"]] if run else None)
     except EdgebenchError as exc:
         raise _fail(exc)
@@ -229,10 +233,11 @@ def report_cmd(
     runs: list[str] = typer.Argument(None, help="Run ids or prefixes (default: the latest run)."),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write."),
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Write one self-contained HTML report of stored runs."""
     try:
-        store = _store(results)
+        store = _store(results, store_url)
         _write_report(store, [store.run(r)["id"] for r in (runs or ["latest"])], output)
     except EdgebenchError as exc:
         raise _fail(exc)
@@ -245,6 +250,7 @@ def compare(
     threshold: float = typer.Option(5.0, help="Regression threshold in percent: flagged when the whole 95% interval is beyond it."),
     min_effect: float = typer.Option(2.0, help="Smallest change in percent that earns a faster/slower verdict."),
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
     as_json: bool = typer.Option(False, "--json"),
     fmt: str = FormatOpt,
 ) -> None:
@@ -254,7 +260,7 @@ def compare(
 
     _check_format(fmt)
     try:
-        store = _store(results)
+        store = _store(results, store_url)
         a, b = store.run(run_a)["id"], store.run(run_b)["id"]
         rows = compare_frames(tidy_frame(store, [a]), tidy_frame(store, [b]), CompareSettings(threshold / 100, min_effect / 100))
     except EdgebenchError as exc:
@@ -280,6 +286,7 @@ def lab_run(
     wait: bool = typer.Option(False, help="Wait for busy devices instead of skipping them."),
     resume: Optional[str] = typer.Option(None, help="Finish an earlier lab run: its id."),
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Run a suite on every device of the inventory in parallel; exit 0 only if all succeeded."""
     from harness.lab.runs import lab_dir, load_lab, new_lab, run_lab
@@ -293,7 +300,7 @@ def lab_run(
             plan = new_lab(root, inventory, suite, tuple(tags))
             outcomes = load_lab(root, plan.lab_id)[1]
         console.print(escape(f"lab {plan.lab_id}: {len(plan.devices)} device(s), suite {plan.suite}; logs in {lab_dir(root, plan.lab_id)}"))
-        outcomes = run_lab(root, plan, outcomes, jobs=jobs, retries=retries, wait_for_busy=wait,
+        outcomes = run_lab(root, plan, outcomes, store_url=store_url, jobs=jobs, retries=retries, wait_for_busy=wait,
                            on_update=lambda o: console.print(escape(f"{o.device}: {o.status}" + (f" ({o.error})" if o.error else ""))))
     except EdgebenchError as exc:
         raise _fail(exc)
@@ -308,7 +315,7 @@ def lab_run(
     if run_ids:
         from harness.report.html import render_report
 
-        path = render_report(_store(root), run_ids, lab_dir(root, plan.lab_id) / "report.html", lab=True)
+        path = render_report(_store(root, store_url), run_ids, lab_dir(root, plan.lab_id) / "report.html", lab=True)
         console.print(f"report: {path}")
     if any(o.status != "ok" for o in outcomes.values()):
         raise typer.Exit(EXIT_FAILED)
@@ -365,9 +372,9 @@ def runtime_build(
 
 
 @results_app.command("list")
-def results_list(results: Optional[Path] = ResultsOpt) -> None:
+def results_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
     """Stored runs, newest first."""
-    store = _store(results)
+    store = _store(results, store_url)
     table = Table()
     for column in ("run", "created", "status", "device", "suite", "model"):
         table.add_column(column)
@@ -378,12 +385,12 @@ def results_list(results: Optional[Path] = ResultsOpt) -> None:
 
 
 @results_app.command("show")
-def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path] = ResultsOpt, as_json: bool = typer.Option(False, "--json"),
+def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "--json"),
                  fmt: str = FormatOpt) -> None:
     """The summary table of one run (statistics recomputed from its raw values)."""
     _check_format(fmt)
     try:
-        _show_run(_store(results), run_id, as_json, fmt)
+        _show_run(_store(results, store_url), run_id, as_json, fmt)
     except EdgebenchError as exc:
         raise _fail(exc)
 
@@ -394,12 +401,13 @@ def results_export(
     fmt: str = typer.Option("csv", "--format", help="csv, json or parquet."),
     output: Optional[Path] = typer.Option(None, "-o", help="File to write (default: stdout)."),
     results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Export the per-process tidy table of a run."""
     from harness.results.analysis import tidy_frame
 
     try:
-        store = _store(results)
+        store = _store(results, store_url)
         frame = tidy_frame(store, [store.run(run_id)["id"]])
         if fmt == "parquet":
             if output is None:

@@ -87,17 +87,19 @@ def run_lab(
     plan: LabPlan,
     outcomes: dict[str, DeviceOutcome],
     *,
+    store_url: str | None = None,
     jobs: int | None = None,
     retries: int = 2,
     backoff_s: float = 2.0,
     wait_for_busy: bool = False,
     on_update: Callable[[DeviceOutcome], None] | None = None,
 ) -> dict[str, DeviceOutcome]:
-    """Run every device whose outcome is not `ok` (all of them in a new lab), in parallel."""
+    """Run every device whose outcome is not `ok` (all of them in a new lab), in parallel, into
+    the store at `store_url` (default: the one under `results`)."""
     todo = [d for d in plan.devices if outcomes[d].status != "ok"]
 
     def work(device: str) -> DeviceOutcome:
-        outcome = _run_device(results, plan, outcomes[device], retries, backoff_s, wait_for_busy)
+        outcome = _run_device(results, store_url, plan, outcomes[device], retries, backoff_s, wait_for_busy)
         outcomes[device] = outcome
         _save(results, plan, outcomes)
         if on_update:
@@ -109,7 +111,7 @@ def run_lab(
     return outcomes
 
 
-def _run_device(results: Path, plan: LabPlan, previous: DeviceOutcome, retries: int, backoff_s: float, wait: bool) -> DeviceOutcome:
+def _run_device(results: Path, store_url: str | None, plan: LabPlan, previous: DeviceOutcome, retries: int, backoff_s: float, wait: bool) -> DeviceOutcome:
     started, since = time.perf_counter(), now_iso()
     log_path = lab_dir(results, plan.lab_id) / f"{previous.device}.log"
     outcome = replace(previous, status="pending", error=None)
@@ -121,7 +123,7 @@ def _run_device(results: Path, plan: LabPlan, previous: DeviceOutcome, retries: 
         callbacks = Callbacks(status=say, step_result=lambda r: say(f"{r.step.case.label} round {r.step.rep + 1}: {r.status}"))
         try:
             with device_lock(previous.device, wait=wait):
-                outcome = _attempts(results, plan, outcome, retries, backoff_s, callbacks, say, since)
+                outcome = _attempts(results, store_url, plan, outcome, retries, backoff_s, callbacks, say, since)
         except DeviceBusy as exc:
             say(str(exc))
             outcome = replace(outcome, status="busy", error=str(exc))
@@ -131,9 +133,9 @@ def _run_device(results: Path, plan: LabPlan, previous: DeviceOutcome, retries: 
     return replace(outcome, seconds=outcome.seconds + time.perf_counter() - started)
 
 
-def _attempts(results: Path, plan: LabPlan, outcome: DeviceOutcome, retries: int, backoff_s: float,
+def _attempts(results: Path, store_url: str | None, plan: LabPlan, outcome: DeviceOutcome, retries: int, backoff_s: float,
               callbacks: Callbacks, say: Callable[[str], None], since: str) -> DeviceOutcome:
-    store = Store(results)  # one connection per worker thread
+    store = Store(results, store_url)  # one connection pool per worker thread
     try:
         for attempt in range(1, retries + 2):
             outcome = replace(outcome, attempts=outcome.attempts + 1)

@@ -1,81 +1,36 @@
-"""The results store: SQLite (WAL) plus an artifacts folder per run.
+"""The results store: one interface over SQLite (the default, a file under `--results`) and
+PostgreSQL (a store a lab shares), on SQLAlchemy Core; plus an artifacts folder per run.
 
 Raw values are stored; statistics are derived when reading. Each finished process run of a
-case is committed in its own transaction, so a crash loses at most the one in flight.
-The schema is versioned; migrations run forward, and a store newer than the code is refused.
+case is committed in its own transaction, so a crash loses at most the one in flight, and an
+execution is known by (run, case, rep): writing it again replaces it, never duplicates it.
+The schema is versioned (`migrations`); a store newer than the code is refused.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import sqlite3
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from sqlalchemy import Connection, Engine, RowMapping, create_engine, delete, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
 from harness.errors import StoreError
 from harness.plan.cases import Case
+from harness.results import schema
+from harness.results.location import masked, store_url
+from harness.results.migrations import migrate
 from harness.results.records import Metric
+from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
+from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
-SCHEMA_VERSION = 1
-
-_SCHEMA_V1 = """
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    finished_at TEXT,
-    status TEXT NOT NULL,            -- running | finished | failed | interrupted
-    device TEXT NOT NULL,
-    suite_name TEXT NOT NULL,
-    suite_text TEXT NOT NULL,
-    repetitions INTEGER NOT NULL,
-    timeout_s REAL NOT NULL,
-    model_sha256 TEXT NOT NULL,
-    runtime_key TEXT,
-    facts_json TEXT NOT NULL,
-    command_json TEXT NOT NULL,
-    edgebench_version TEXT NOT NULL,
-    note TEXT
-);
-CREATE TABLE models (sha256 TEXT PRIMARY KEY, info_json TEXT NOT NULL);
-CREATE TABLE runtimes (key TEXT PRIMARY KEY, manifest_json TEXT NOT NULL);
-CREATE TABLE cases (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    case_key TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    case_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, case_key)
-);
-CREATE TABLE executions (
-    id INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    case_key TEXT NOT NULL,
-    rep INTEGER NOT NULL,            -- which process repetition (round) of the case
-    status TEXT NOT NULL,            -- ok | failed | timeout | oom
-    exit_code INTEGER,
-    wall_s REAL,
-    started_at TEXT NOT NULL,
-    error TEXT,
-    build TEXT,
-    raw_json TEXT NOT NULL,
-    UNIQUE (run_id, case_key, rep)
-);
-CREATE TABLE measurements (
-    execution_id INTEGER NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
-    metric TEXT NOT NULL,
-    value REAL,                      -- NULL: missing, with the reason beside it
-    unit TEXT NOT NULL,
-    missing_reason TEXT,
-    samples_json TEXT NOT NULL,
-    PRIMARY KEY (execution_id, metric)
-);
-"""
-
-# version N -> SQL that brings a version N-1 store to N.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+__all__ = ["SCHEMA_VERSION", "Execution", "Store", "now_iso"]
 
 
 def now_iso() -> str:
@@ -97,24 +52,48 @@ class Execution:
     raw: dict[str, Any]
 
 
-class Store:
-    """Open (creating or migrating) `<root>/edgebench.sqlite`; artifacts under `<root>/runs/`."""
+def _engine(url) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
-    def __init__(self, root: Path) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        # pysqlite would begin transactions itself, and not before DDL; we begin them (below).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writer takes the lock up front: a deferred transaction that reads, then writes, fails
+        # at once when another writer got in between, instead of waiting its turn.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """Open (creating or migrating) the store at `url` (default: `<root>/edgebench.sqlite`,
+    or `$EDGEBENCH_STORE`); run artifacts go under `<root>/runs/`."""
+
+    def __init__(self, root: Path, url: str | None = None) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / "edgebench.sqlite"
+        self.url = store_url(self.root, url)
+        self.where = masked(self.url)
+        if self.url.get_backend_name() == "sqlite":
+            self.root.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
+            self.engine = _engine(self.url)
+            with self._write() as conn:
+                migrate(conn, self.where)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open results store {self.where}: {exc.orig if getattr(exc, 'orig', None) else exc}") from exc
 
     def close(self) -> None:
-        self.db.close()
+        self.engine.dispose()
 
     def __enter__(self) -> "Store":
         return self
@@ -122,27 +101,20 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _migrate(self) -> None:
-        """Bring the schema up to date; a lock file serialises stores opened at the same moment
-        (lab workers, two lab runs), which would otherwise both create the tables."""
-        with (self.root / ".edgebench.sqlite.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self._migrate_locked()
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
+            yield conn
 
-    def _migrate_locked(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self.db.execute("SELECT version FROM schema_version").fetchone()
-        current = row["version"] if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"results store {self.path} has schema version {current}, newer than this edgebench "
-                f"({SCHEMA_VERSION}); upgrade edgebench or use another --results folder"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self.db:
-                self.db.executescript(MIGRATIONS[version])
-                self.db.execute("DELETE FROM schema_version")
-                self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    def _read(self, statement) -> list[RowMapping]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(statement).mappings().all())
+
+    def _upsert(self, conn: Connection, table, key: str, values: dict[str, Any]) -> None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table).values(**values)
+        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_={k: v for k, v in values.items() if k != key}))
 
     # --- writing -------------------------------------------------------------------------
 
@@ -169,27 +141,20 @@ class Store:
         version: str,
     ) -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO models VALUES (?, ?)", (model_sha256, json.dumps(model_info))
-            )
+        with self._write() as conn:
+            self._upsert(conn, models, "sha256", {"sha256": model_sha256, "info_json": json.dumps(model_info)})
             if runtime_key and runtime_manifest:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO runtimes VALUES (?, ?)", (runtime_key, json.dumps(runtime_manifest))
-                )
-            self.db.execute(
-                "INSERT INTO runs (id, created_at, status, device, suite_name, suite_text, repetitions, timeout_s,"
-                " model_sha256, runtime_key, facts_json, command_json, edgebench_version)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id, now_iso(), device, suite_name, suite_text, repetitions, timeout_s, model_sha256,
-                    runtime_key, json.dumps(facts), json.dumps(command), version,
-                ),
-            )
-            self.db.executemany(
-                "INSERT INTO cases VALUES (?, ?, ?, ?)",
-                [(run_id, c.key, i, json.dumps(c.to_json())) for i, c in enumerate(cases)],
-            )
+                self._upsert(conn, runtimes, "key", {"key": runtime_key, "manifest_json": json.dumps(runtime_manifest)})
+            conn.execute(runs_t.insert().values(
+                id=run_id, created_at=now_iso(), status="running", device=device, suite_name=suite_name,
+                suite_text=suite_text, repetitions=repetitions, timeout_s=timeout_s, model_sha256=model_sha256,
+                runtime_key=runtime_key, facts_json=json.dumps(facts), command_json=json.dumps(command),
+                edgebench_version=version,
+            ))
+            conn.execute(cases_t.insert(), [
+                {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json())}
+                for i, c in enumerate(cases)
+            ])
         self.artifacts_dir(run_id)
         return run_id
 
@@ -208,73 +173,68 @@ class Store:
         raw: dict[str, Any],
         metrics: list[Metric],
     ) -> int:
-        """Store one process run and its metrics atomically (replacing an earlier failed try)."""
-        with self.db:
-            self.db.execute("DELETE FROM executions WHERE run_id=? AND case_key=? AND rep=?", (run_id, case.key, rep))
-            cur = self.db.execute(
-                "INSERT INTO executions (run_id, case_key, rep, status, exit_code, wall_s, started_at, error, build,"
-                " raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, case.key, rep, status, exit_code, wall_s, started_at, error, build, json.dumps(raw)),
-            )
-            execution_id = int(cur.lastrowid or 0)
-            self.db.executemany(
-                "INSERT INTO measurements VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (execution_id, m.name, m.value, m.unit, m.missing_reason, json.dumps(list(m.samples)))
+        """Store one process run and its metrics atomically (replacing an earlier try)."""
+        with self._write() as conn:
+            conn.execute(delete(executions_t).where(
+                executions_t.c.run_id == run_id, executions_t.c.case_key == case.key, executions_t.c.rep == rep))
+            inserted = conn.execute(executions_t.insert().values(
+                run_id=run_id, case_key=case.key, rep=rep, status=status, exit_code=exit_code, wall_s=wall_s,
+                started_at=started_at, error=error, build=build, raw_json=json.dumps(raw),
+            ))
+            execution_id = int(inserted.inserted_primary_key[0])
+            if metrics:
+                conn.execute(measurements_t.insert(), [
+                    {"execution_id": execution_id, "metric": m.name, "value": m.value, "unit": m.unit,
+                     "missing_reason": m.missing_reason, "samples_json": json.dumps(list(m.samples))}
                     for m in metrics
-                ],
-            )
+                ])
         return execution_id
 
+    def _update_run(self, run_id: str, **values: Any) -> None:
+        with self._write() as conn:
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+
     def finish_run(self, run_id: str, status: str, note: str | None = None) -> None:
-        with self.db:
-            self.db.execute(
-                "UPDATE runs SET status=?, finished_at=?, note=? WHERE id=?", (status, now_iso(), note, run_id)
-            )
+        self._update_run(run_id, status=status, finished_at=now_iso(), note=note)
 
     def set_repetitions(self, run_id: str, repetitions: int) -> None:
         """Sustained mode decides the number of rounds as it goes."""
-        with self.db:
-            self.db.execute("UPDATE runs SET repetitions=? WHERE id=?", (repetitions, run_id))
+        self._update_run(run_id, repetitions=repetitions)
 
     def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         """Add to a run's device facts what is measured after the run is created (bandwidth)."""
-        with self.db:
-            self.db.execute("UPDATE runs SET facts_json=? WHERE id=?", (json.dumps(facts), run_id))
+        self._update_run(run_id, facts_json=json.dumps(facts))
 
     def mark_running(self, run_id: str) -> None:
-        with self.db:
-            self.db.execute("UPDATE runs SET status='running', finished_at=NULL WHERE id=?", (run_id,))
+        self._update_run(run_id, status="running", finished_at=None)
 
     # --- reading -------------------------------------------------------------------------
 
-    def run(self, run_id: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        if row is None:
-            row = self._by_prefix(run_id)
-        return row
+    def run(self, run_id: str) -> RowMapping:
+        rows = self._read(select(runs_t).where(runs_t.c.id == run_id))
+        return rows[0] if rows else self._by_prefix(run_id)
 
-    def _by_prefix(self, prefix: str) -> sqlite3.Row:
-        rows = self.db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY id", (prefix + "%",)).fetchall()
+    def _by_prefix(self, prefix: str) -> RowMapping:
+        rows = self._read(select(runs_t).where(runs_t.c.id.startswith(prefix, autoescape=True)).order_by(runs_t.c.id))
         if len(rows) == 1:
             return rows[0]
         if prefix == "latest":
-            latest = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
-            if latest is not None:
-                return latest
+            latest = self._read(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()).limit(1))
+            if latest:
+                return latest[0]
         known = ", ".join(r["id"] for r in self.runs()[:5]) or "none yet"
         what = "matches several runs" if rows else "is not in the store"
-        raise StoreError(f"run {prefix!r} {what} ({self.path}); recent runs: {known}")
+        raise StoreError(f"run {prefix!r} {what} ({self.where}); recent runs: {known}")
 
-    def runs(self) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC").fetchall()
+    def runs(self) -> list[RowMapping]:
+        return self._read(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()))
 
     def cases(self, run_id: str) -> list[Case]:
-        rows = self.db.execute("SELECT case_json FROM cases WHERE run_id=? ORDER BY position", (run_id,)).fetchall()
+        rows = self._read(select(cases_t.c.case_json).where(cases_t.c.run_id == run_id).order_by(cases_t.c.position))
         return [Case.from_json(json.loads(r["case_json"])) for r in rows]
 
     def executions(self, run_id: str) -> list[Execution]:
-        rows = self.db.execute("SELECT * FROM executions WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
+        rows = self._read(select(executions_t).where(executions_t.c.run_id == run_id).order_by(executions_t.c.id))
         return [
             Execution(
                 id=r["id"], case_key=r["case_key"], rep=r["rep"], status=r["status"], exit_code=r["exit_code"],
@@ -283,28 +243,33 @@ class Store:
             for r in rows
         ]
 
-    def measurements(self, run_ids: list[str]) -> Iterator[sqlite3.Row]:
-        marks = ",".join("?" * len(run_ids))
-        yield from self.db.execute(
-            "SELECT e.run_id, e.case_key, e.rep, e.status, e.build, m.metric, m.value, m.unit, m.missing_reason,"
-            f" m.samples_json FROM measurements m JOIN executions e ON e.id = m.execution_id WHERE e.run_id IN ({marks})"
-            " ORDER BY e.run_id, e.case_key, e.rep",
-            run_ids,
+    def measurements(self, run_ids: list[str]) -> Iterator[RowMapping]:
+        e, m = executions_t.c, measurements_t.c
+        yield from self._read(
+            select(e.run_id, e.case_key, e.rep, e.status, e.build, m.metric, m.value, m.unit, m.missing_reason, m.samples_json)
+            .join_from(measurements_t, executions_t, e.id == m.execution_id)
+            .where(e.run_id.in_(run_ids))
+            .order_by(e.run_id, e.case_key, e.rep)
         )
 
     def model_info(self, sha256: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT info_json FROM models WHERE sha256=?", (sha256,)).fetchone()
-        return json.loads(row["info_json"]) if row else {}
+        rows = self._read(select(models.c.info_json).where(models.c.sha256 == sha256))
+        return json.loads(rows[0]["info_json"]) if rows else {}
 
     def runtime_manifest(self, key: str | None) -> dict[str, Any]:
-        row = self.db.execute("SELECT manifest_json FROM runtimes WHERE key=?", (key,)).fetchone()
-        return json.loads(row["manifest_json"]) if row else {}
+        rows = self._read(select(runtimes.c.manifest_json).where(runtimes.c.key == key))
+        return json.loads(rows[0]["manifest_json"]) if rows else {}
 
     def wall_times(self, device: str) -> dict[str, float]:
         """Mean wall seconds per case key on this device, over every stored run (for --dry-run)."""
-        rows = self.db.execute(
-            "SELECT e.case_key, AVG(e.wall_s) AS wall FROM executions e JOIN runs r ON r.id = e.run_id"
-            " WHERE r.device=? AND e.wall_s IS NOT NULL GROUP BY e.case_key",
-            (device,),
-        ).fetchall()
-        return {r["case_key"]: r["wall"] for r in rows}
+        e = executions_t.c
+        rows = self._read(
+            select(e.case_key, func.avg(e.wall_s).label("wall"))
+            .join_from(executions_t, runs_t, runs_t.c.id == e.run_id)
+            .where(runs_t.c.device == device, e.wall_s.is_not(None))
+            .group_by(e.case_key)
+        )
+        return {r["case_key"]: float(r["wall"]) for r in rows}
+
+    def schema_version(self) -> int:
+        return int(self._read(select(schema.schema_version.c.version))[0]["version"])

@@ -1,0 +1,76 @@
+"""The store's tables as the current code reads and writes them (SQLAlchemy Core).
+
+A new store is created from these definitions in one step and stamped with SCHEMA_VERSION;
+an older one is brought here by `migrations`. `tests/test_store.py` checks that both roads
+end in the same schema, so a change here needs its migration beside it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, Table, Text, UniqueConstraint
+
+SCHEMA_VERSION = 2
+
+metadata = MetaData()
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Text, primary_key=True),
+    Column("created_at", Text, nullable=False),
+    Column("finished_at", Text),
+    Column("status", Text, nullable=False),  # running | finished | failed | interrupted
+    Column("device", Text, nullable=False),
+    Column("suite_name", Text, nullable=False),
+    Column("suite_text", Text, nullable=False),
+    Column("repetitions", Integer, nullable=False),
+    Column("timeout_s", Float, nullable=False),
+    Column("model_sha256", Text, nullable=False),
+    Column("runtime_key", Text),
+    Column("facts_json", Text, nullable=False),
+    Column("command_json", Text, nullable=False),
+    Column("edgebench_version", Text, nullable=False),
+    Column("note", Text),
+    Index("runs_by_device_suite", "device", "suite_name", "created_at"),
+    Index("runs_by_created", "created_at"),
+)
+
+models = Table("models", metadata, Column("sha256", Text, primary_key=True), Column("info_json", Text, nullable=False))
+
+runtimes = Table("runtimes", metadata, Column("key", Text, primary_key=True), Column("manifest_json", Text, nullable=False))
+
+cases = Table(
+    "cases", metadata,
+    Column("run_id", Text, ForeignKey("runs.id"), primary_key=True),
+    Column("case_key", Text, primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("case_json", Text, nullable=False),
+)
+
+executions = Table(
+    "executions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.id"), nullable=False),
+    Column("case_key", Text, nullable=False),
+    Column("rep", Integer, nullable=False),  # which process repetition (round) of the case
+    Column("status", Text, nullable=False),  # ok | failed | timeout | oom
+    Column("exit_code", Integer),
+    Column("wall_s", Float),
+    Column("started_at", Text, nullable=False),
+    Column("error", Text),
+    Column("build", Text),
+    Column("raw_json", Text, nullable=False),
+    # The execution's identity: writing it again (a retry, a push) replaces, never duplicates.
+    UniqueConstraint("run_id", "case_key", "rep"),
+)
+
+measurements = Table(
+    "measurements", metadata,
+    Column("execution_id", Integer, ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True),
+    Column("metric", Text, primary_key=True),
+    Column("value", Float),  # NULL: missing, with the reason beside it
+    Column("unit", Text, nullable=False),
+    Column("missing_reason", Text),
+    Column("samples_json", Text, nullable=False),
+)
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))

@@ -1,0 +1,196 @@
+"""The results store on both engines (SQLite file, real PostgreSQL): the same suite for each.
+
+Writes and reads through the public interface, replacing a process run without duplicating
+it, refusing a newer schema, migrating at most once when opened at the same moment, the
+migration of a store written by the first release (tests/data/store/v1.sqlite, made with the
+schema-1 code), and credentials that never appear in what the tool prints.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from harness.errors import StoreError
+from harness.plan.cases import Case
+from harness.results.location import store_url as resolve_url
+from harness.results.records import Metric
+from harness.results.schema import SCHEMA_VERSION, schema_version
+from harness.results.store import Store
+
+from .conftest import DATA, REPO
+from .pg_fixture import PASSWORD
+
+CASES = [Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2), Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)]
+
+
+def new_run(store: Store, device: str = "local", facts: dict | None = None) -> str:
+    return store.create_run(
+        device=device, suite_name="t", suite_text="", repetitions=2, timeout_s=30, cases=CASES,
+        model_sha256="0" * 64, model_info={"filename": "m.gguf"}, runtime_key="rt", runtime_manifest={"target": "host"},
+        facts=facts or {"name": device}, command=["edgebench"], version="test",
+    )
+
+
+def record(store: Store, run_id: str, case: Case, rep: int, value: float, status: str = "ok") -> int:
+    return store.record_execution(
+        run_id, case, rep, status=status, exit_code=0, wall_s=1.0 + rep, started_at="2026-01-01T00:00:00+00:00",
+        error=None, build="b", raw={"rep": rep},
+        metrics=[Metric("decode_tps", value, "tok/s", samples=(value, value)), Metric.missing("avg_power_w", "W", "no sensor")],
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, store_url: str | None):
+    with Store(tmp_path / "results", store_url) as opened:
+        yield opened
+
+
+def test_a_run_round_trips(store):
+    run_id = new_run(store)
+    for rep in range(2):
+        for case in CASES:
+            record(store, run_id, case, rep, 100.0 + rep)
+    store.set_facts(run_id, {"name": "local", "bandwidth_gbs": 12.5})
+    store.finish_run(run_id, "finished", "all good")
+    row = store.run(run_id)
+    assert (row["status"], row["note"], row["device"]) == ("finished", "all good", "local")
+    assert store.run(run_id[:10])["id"] == run_id and store.run("latest")["id"] == run_id
+    assert [c.key for c in store.cases(run_id)] == [c.key for c in CASES]
+    assert [(e.case_key, e.rep, e.raw) for e in store.executions(run_id)] == [
+        (c.key, rep, {"rep": rep}) for rep in range(2) for c in CASES
+    ]
+    rows = list(store.measurements([run_id]))
+    assert len(rows) == 8
+    missing = [m for m in rows if m["metric"] == "avg_power_w"]
+    assert all(m["value"] is None and m["missing_reason"] == "no sensor" for m in missing)
+    assert store.model_info("0" * 64) == {"filename": "m.gguf"} and store.runtime_manifest("rt") == {"target": "host"}
+    assert store.wall_times("local") == {CASES[0].key: 1.5, CASES[1].key: 1.5}
+    store.mark_running(run_id)
+    assert store.run(run_id)["status"] == "running" and store.run(run_id)["finished_at"] is None
+
+
+def test_writing_a_process_run_again_replaces_it(store):
+    run_id = new_run(store)
+    record(store, run_id, CASES[0], 0, 1.0, status="failed")
+    record(store, run_id, CASES[0], 0, 2.0)
+    (execution,) = store.executions(run_id)
+    assert execution.status == "ok"
+    assert sorted(m["value"] or 0 for m in store.measurements([run_id]) if m["metric"] == "decode_tps") == [2.0]
+    new_run(store)  # the same model and runtime again: upserted, not a conflict
+    assert len(store.runs()) == 2
+
+
+def test_unknown_and_ambiguous_runs_are_errors(store):
+    with pytest.raises(StoreError, match="not in the store"):
+        store.run("nope")
+    new_run(store), new_run(store)
+    with pytest.raises(StoreError, match="matches several runs"):
+        store.run("2")
+
+
+def test_a_newer_schema_is_refused(tmp_path, store_url):
+    with Store(tmp_path, store_url) as store, store.engine.begin() as conn:
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(StoreError, match="newer than this edgebench"):
+        Store(tmp_path, store_url)
+
+
+def test_stores_opened_at_once_migrate_once(tmp_path, store_url):
+    errors: list[Exception] = []
+
+    def open_store() -> None:
+        try:
+            Store(tmp_path / "shared", store_url).close()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Store(tmp_path / "shared", store_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        with store.engine.connect() as conn:
+            assert conn.execute(schema_version.select()).scalars().all() == [SCHEMA_VERSION]
+
+
+def _shape(url) -> dict:
+    """Tables, columns, unique keys and indexes of a store, as the database reports them.
+
+    Types are compared by the Python type they hold (SQLite's REAL and FLOAT are one type), and
+    NULL-ability only off the primary key (SQLite lets a TEXT PRIMARY KEY hold NULL unless told).
+    """
+    engine = create_engine(url)
+    try:
+        found = inspect(engine)
+
+        def column(c: dict, key: list[str]) -> tuple:
+            return c["name"], c["type"].python_type, c["nullable"] and c["name"] not in key
+
+        return {
+            t: (
+                [column(c, found.get_pk_constraint(t)["constrained_columns"]) for c in found.get_columns(t)],
+                sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(t)),
+                sorted((i["name"], tuple(i["column_names"])) for i in found.get_indexes(t)),
+            )
+            for t in sorted(found.get_table_names())
+        }
+    finally:
+        engine.dispose()
+
+
+def test_a_store_from_the_first_release_is_migrated_with_its_data(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(DATA / "store" / "v1.sqlite", old / "edgebench.sqlite")
+    with Store(old) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        (row,) = store.runs()
+        assert (row["status"], row["suite_name"], row["runtime_key"]) == ("finished", "quick", "host-abc")
+        assert [(e.rep, e.status) for e in store.executions(row["id"])] == [(0, "ok"), (0, "ok"), (1, "ok"), (1, "ok")]
+        values = sorted((m["metric"], m["value"]) for m in store.measurements([row["id"]]) if m["value"] is not None)
+        assert values == [("decode_tps", 101.0), ("decode_tps", 102.0), ("prefill_tps", 100.0), ("prefill_tps", 101.0)]
+        record(store, row["id"], CASES[0], 2, 5.0)  # and it takes new runs
+    Store(tmp_path / "fresh").close()
+    assert _shape(resolve_url(old)) == _shape(resolve_url(tmp_path / "fresh"))
+
+
+def test_postgres_credentials_are_never_printed_and_sslmode_passes_through(tmp_path, pg_url):
+    with Store(tmp_path, pg_url + "?sslmode=disable") as store:
+        assert PASSWORD not in store.where and "***" in store.where
+        new_run(store)
+    wrong = pg_url.replace(PASSWORD, "not-" + PASSWORD)
+    with pytest.raises(StoreError) as failed:
+        Store(tmp_path, wrong)
+    assert "not-" + PASSWORD not in str(failed.value) and "password authentication failed" in str(failed.value)
+    with pytest.raises(StoreError, match="SSL"):  # this server has no TLS: require must reach the driver
+        Store(tmp_path, pg_url + "?sslmode=require")
+
+
+def test_the_cli_reads_a_postgres_store_from_option_or_environment(tmp_path, pg_url):
+    with Store(tmp_path, pg_url) as store:
+        run_id = new_run(store)
+
+    def edgebench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env or {})})
+
+    listed = edgebench("results", "list", "--store", pg_url)
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in listed.stdout
+    from_env = edgebench("results", "list", env={"EDGEBENCH_STORE": pg_url})
+    assert run_id in from_env.stdout
+    unknown = edgebench("results", "show", "nope", "--store", pg_url)
+    assert unknown.returncode == 2 and "not in the store" in unknown.stderr and PASSWORD not in unknown.stderr
+    assert not (tmp_path / "results").exists()  # nothing written locally for a remote store
