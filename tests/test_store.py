@@ -194,3 +194,54 @@ def test_the_cli_reads_a_postgres_store_from_option_or_environment(tmp_path, pg_
     unknown = edgebench("results", "show", "nope", "--store", pg_url)
     assert unknown.returncode == 2 and "not in the store" in unknown.stderr and PASSWORD not in unknown.stderr
     assert not (tmp_path / "results").exists()  # nothing written locally for a remote store
+
+
+def test_many_writer_processes_lose_and_duplicate_nothing_when_one_is_killed(tmp_path, store_url):
+    """4 processes x 50 process runs into one store; one is SIGKILLed midway (often inside a
+    transaction). The others' runs are complete, nothing is there twice, every execution the
+    killed writer committed is there with all its metrics, and resuming it fills in the rest."""
+    import os
+    import signal
+
+    from .store_writer import METRICS
+
+    url, count = store_url or "-", 50
+    Store(tmp_path, store_url).close()  # migrated once, before the writers race
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def writer(*extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "tests.store_writer", str(tmp_path), url, str(count), *extra],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+
+    procs = [writer() for _ in range(4)]
+    victim_lines: list[str] = []
+    for line in procs[0].stdout:  # the victim: killed after 20 commits, while it writes the next
+        victim_lines.append(line.split(maxsplit=1)[1].strip())
+        if len(victim_lines) == 21:
+            os.kill(procs[0].pid, signal.SIGKILL)
+            break
+    victim_lines += [line.split(maxsplit=1)[1].strip() for line in procs[0].stdout]
+    procs[0].wait()
+    assert procs[0].returncode == -signal.SIGKILL
+    others = [p.communicate(timeout=300)[0] for p in procs[1:]]
+    assert all(p.returncode == 0 for p in procs[1:])
+
+    with Store(tmp_path, store_url) as store:
+        for out in others:
+            run_id = out.split()[1]
+            keys = [(e.case_key, e.rep) for e in store.executions(run_id)]
+            assert len(keys) == count and len(set(keys)) == count
+        victim = victim_lines[0]
+        committed = {tuple(line.rsplit(" ", 1)) for line in victim_lines[1:]}
+        stored = [(e.case_key, str(e.rep)) for e in store.executions(victim)]
+        assert len(stored) == len(set(stored)) and committed <= set(stored) and len(stored) <= len(committed) + 1
+        per_execution: dict[tuple, set] = {}
+        for m in store.measurements([victim]):
+            per_execution.setdefault((m["case_key"], m["rep"]), set()).add(m["metric"])
+        assert all(metrics == set(METRICS) for metrics in per_execution.values()) and len(per_execution) == len(stored)
+
+    resumed = writer("--resume", victim)
+    assert resumed.wait(timeout=300) == 0
+    with Store(tmp_path, store_url) as store:
+        keys = [(e.case_key, e.rep) for e in store.executions(victim)]
+        assert len(keys) == count and len(set(keys)) == count
