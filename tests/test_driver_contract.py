@@ -163,3 +163,16 @@ def test_push_replaces_a_changed_file(driver_factories, tmp_path):
     local.write_bytes(b"version 2, longer")
     driver.push(local, remote)
     assert driver.sha256(remote) == hashlib.sha256(b"version 2, longer").hexdigest()
+
+
+def test_identity_is_stable_and_names_its_source(driver_factories):
+    """Asked twice, the same; labelled with where it came from. The loopback board is this
+    machine, so over SSH it is the same device as `local` (one device, two names)."""
+    driver = driver_factories.driver
+    first = driver.identity()
+    assert first == driver.identity()
+    assert first.split(":", 1)[0] in ("dmi", "board", "machine-id", "hostname", "android") and first.split(":", 1)[1]
+    if driver_factories.driver.__class__.__name__ == "SshDriver":
+        assert first == LocalDriver().identity()
+    if driver_factories.driver.__class__.__name__ == "AdbDriver":
+        assert first.startswith("android:")

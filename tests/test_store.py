@@ -245,3 +245,44 @@ def test_many_writer_processes_lose_and_duplicate_nothing_when_one_is_killed(tmp
     with Store(tmp_path, store_url) as store:
         keys = [(e.case_key, e.rep) for e in store.executions(victim)]
         assert len(keys) == count and len(set(keys)) == count
+
+
+# Identity files recorded on two hosts whose inventories both call them "local", and a phone.
+PC = {"product_name": "OptiPlex 7090\n", "product_serial": "4XKQ2M3\n", "machine_id": "0f8e...\n"}
+BOARD = {"product_serial": "To Be Filled By O.E.M.\n", "board_serial": "10000000a1b2c3d4\x00", "machine_id": "9d2c\n"}
+
+
+def test_identity_prefers_the_most_stable_source_and_skips_placeholders():
+    from harness.drivers.identity import adb_identity, identity_from
+
+    assert identity_from(PC, "pc") == "dmi:OptiPlex 7090:4XKQ2M3"
+    assert identity_from(BOARD, "pi") == "board:10000000a1b2c3d4"
+    assert identity_from({"machine_id": "abc\n"}, "vm") == "machine-id:abc"
+    assert identity_from({}, "bare") == "hostname:bare"
+    assert adb_identity("R5CT1234\n", "192.168.1.7:5555") == "android:R5CT1234"
+    assert adb_identity("", "emulator-5554") == "android:emulator-5554"
+
+
+def test_identity_keeps_two_local_hosts_apart_and_joins_one_device_under_two_names(store):
+    from harness.drivers.identity import identity_from
+    from harness.results.analysis import history_frame
+    from harness.results.compare import previous_run
+
+    pc, board = identity_from(PC, "pc"), identity_from(BOARD, "pi")
+
+    def finished_run(name: str, identity: str, value: float) -> str:
+        run_id = store.create_run(
+            device=name, device_identity=identity, suite_name="t", suite_text="", repetitions=1, timeout_s=30,
+            cases=CASES, model_sha256="0" * 64, model_info={}, runtime_key=None, runtime_manifest=None,
+            facts={"name": name, "identity": identity}, command=[], version="test",
+        )
+        record(store, run_id, CASES[1], 0, value)
+        store.finish_run(run_id, "finished")
+        return run_id
+
+    pc_first = finished_run("local", pc, 10.0)
+    finished_run("local", board, 99.0)  # later, same name, another machine
+    pc_renamed = finished_run("office-pc", pc, 11.0)  # the PC under another inventory's name
+    assert previous_run(store, pc_renamed) == pc_first
+    means = sorted(history_frame(store, [pc_renamed])["mean"])
+    assert means == [10.0, 11.0]  # the board's 99 never mixes in

@@ -29,6 +29,7 @@ from harness.drivers.base import (
     StagingError,
     Telemetry,
 )
+from harness.drivers.identity import adb_identity
 from harness.hashing import sha256_file
 
 DEFAULT_SERVER = "127.0.0.1:5037"
@@ -257,6 +258,10 @@ class AdbDriver:
             return False
 
     # --- facts and telemetry ---------------------------------------------------------------
+    def identity(self) -> str:
+        done = self._check(["getprop", "ro.serialno"])
+        return adb_identity(done.stdout, self.serial or "")
+
     def facts(self) -> DeviceFacts:
         from harness.runtimes.targets import cpu_features
         from harness.telemetry.android import (

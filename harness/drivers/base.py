@@ -130,6 +130,8 @@ class Driver(Protocol):
 
     def facts(self) -> DeviceFacts: ...
 
+    def identity(self) -> str: ...  # stable across hosts and inventories (drivers/identity.py)
+
     def run(
         self,
         argv: Sequence[str],

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import psutil
 
 from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError, Telemetry
+from harness.drivers.identity import IDENTITY_FILES, identity_from
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
 
@@ -98,6 +99,15 @@ class LocalDriver:
             power_source=_power_source(),
             extra=extra,
         )
+
+    def identity(self) -> str:
+        sections = {}
+        for name, path in IDENTITY_FILES.items():
+            try:
+                sections[name] = Path(path).read_text(errors="replace")
+            except OSError:  # absent, or root-only (DMI serials)
+                continue
+        return identity_from(sections, socket.gethostname())
 
     def run(
         self,

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import paramiko
 
 from harness.drivers.base import Completed, DeviceFacts, DeviceUnreachable, DriverError, StagingError, Telemetry
+from harness.drivers.identity import IDENTITY_SCRIPT, identity_from
 from harness.hashing import sha256_file
 
 _PID_MARK = "edgebench-pid "
@@ -299,6 +300,10 @@ class SshDriver:
             done = self.run(["sh", "-c", FACTS_SCRIPT], timeout=120)
             self._facts = parse_facts(self.name, "ssh", done.stdout, address=self.address)
         return self._facts
+
+    def identity(self) -> str:
+        done = self.run(["sh", "-c", IDENTITY_SCRIPT], timeout=60)
+        return identity_from(facts_sections(done.stdout), self.facts().hostname)
 
     def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
         from harness.telemetry.coprocess import CommandTelemetry

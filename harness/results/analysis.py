@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.plan.cases import Case
 from harness.results.stats import drift, percentile, pooled_cv, summarize
-from harness.results.store import Store
+from harness.results.store import Store, device_key
 
 # The metrics a summary table shows, in order, with their column titles.
 HEADLINE = {
@@ -269,7 +269,7 @@ def history_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     rows = []
     for run_id in run_ids:
         this = store.run(run_id)
-        related = [r for r in store.runs() if r["device"] == this["device"] and r["suite_name"] == this["suite_name"]
+        related = [r for r in store.runs() if device_key(r) == device_key(this) and r["suite_name"] == this["suite_name"]
                    and r["model_sha256"] == this["model_sha256"] and r["created_at"] <= this["created_at"]]
         summary = summary_frame(tidy_frame(store, [r["id"] for r in related]))
         if summary.empty:

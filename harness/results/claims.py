@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import EdgebenchError
+from harness.results.store import device_key
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 UNKNOWN = "unknown"
@@ -293,7 +294,7 @@ def _check(claim: Claim, run: _Run) -> Check:
 def _latest_runs(store: Any) -> list[str]:
     latest: dict[tuple[str, str], str] = {}
     for row in store.runs():  # newest first
-        latest.setdefault((row["device"], row["model_sha256"]), row["id"])
+        latest.setdefault((device_key(row), row["model_sha256"]), row["id"])
     return list(latest.values())
 
 

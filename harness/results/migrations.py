@@ -26,7 +26,13 @@ def _v2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)"))
 
 
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2}
+def _v3(conn: Connection) -> None:
+    """Devices known by identity, not by inventory name (drivers/identity.py)."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN device_identity TEXT"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS runs_by_identity ON runs (device_identity, suite_name, created_at)"))
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3}
 
 
 def migrate(conn: Connection, where: str) -> None:

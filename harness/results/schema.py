@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -30,7 +30,9 @@ runs = Table(
     Column("command_json", Text, nullable=False),
     Column("edgebench_version", Text, nullable=False),
     Column("note", Text),
+    Column("device_identity", Text),  # drivers/identity.py; NULL for runs stored before it was
     Index("runs_by_device_suite", "device", "suite_name", "created_at"),
+    Index("runs_by_identity", "device_identity", "suite_name", "created_at"),
     Index("runs_by_created", "created_at"),
 )
 

@@ -30,11 +30,17 @@ from harness.results.records import Metric
 from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
 from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
-__all__ = ["SCHEMA_VERSION", "Execution", "Store", "now_iso"]
+__all__ = ["SCHEMA_VERSION", "Execution", "Store", "device_key", "now_iso"]
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def device_key(run: RowMapping) -> str:
+    """What makes two runs the same device: its identity; the inventory name only for runs
+    stored before identities were (those cannot be told apart any better)."""
+    return run["device_identity"] or f"name:{run['device']}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class Store:
         facts: dict[str, Any],
         command: list[str],
         version: str,
+        device_identity: str | None = None,
     ) -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self._write() as conn:
@@ -149,7 +156,7 @@ class Store:
                 id=run_id, created_at=now_iso(), status="running", device=device, suite_name=suite_name,
                 suite_text=suite_text, repetitions=repetitions, timeout_s=timeout_s, model_sha256=model_sha256,
                 runtime_key=runtime_key, facts_json=json.dumps(facts), command_json=json.dumps(command),
-                edgebench_version=version,
+                edgebench_version=version, device_identity=device_identity,
             ))
             conn.execute(cases_t.insert(), [
                 {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json())}

@@ -100,9 +100,11 @@ def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
 def start(store: Store, prepared: Prepared, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
     """Build/stage the runtime, record the run, and execute every case."""
     runtime = _runtime_if_needed(prepared, callbacks)
-    facts = asdict(prepared.driver.facts())
+    identity = prepared.driver.identity()
+    facts = {**asdict(prepared.driver.facts()), "identity": identity}
     run_id = store.create_run(
         device=prepared.options.device,
+        device_identity=identity,
         suite_name=prepared.suite.name,
         suite_text=prepared.suite.text,
         repetitions=prepared.plan.repetitions,
