@@ -85,6 +85,8 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime):
     artifacts = store.artifacts_dir(run_id) / a
     assert json.loads((artifacts / "rep0.stdout").read_text())["n_prompt"] == 16
     assert (artifacts / "rep0.telemetry.csv").exists()
+    stored = store.artifacts(run_id)  # and in the store, so a report on another host has them
+    assert stored[f"{a}/rep0.stdout"] == (artifacts / "rep0.stdout").read_bytes() and f"{b}/rep1.telemetry.csv" in stored
     values = [m["value"] for m in store.measurements([run_id]) if m["metric"] in ("prefill_tps", "decode_tps")]
     assert values == [101.0, 103.0, 102.0, 104.0]  # grouped by case, then rep
 

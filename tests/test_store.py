@@ -286,3 +286,75 @@ def test_identity_keeps_two_local_hosts_apart_and_joins_one_device_under_two_nam
     assert previous_run(store, pc_renamed) == pc_first
     means = sorted(history_frame(store, [pc_renamed])["mean"])
     assert means == [10.0, 11.0]  # the board's 99 never mixes in
+
+
+def _run_with_files(store: Store) -> str:
+    """A run whose folder holds what the runner and session write: per-process files and facts."""
+    run_id = new_run(store)
+    folder = store.artifacts_dir(run_id)
+    (folder / "facts.json").write_text('{"name": "local"}')
+    for rep in range(2):
+        for case in CASES:
+            (folder / case.key).mkdir(exist_ok=True)
+            (folder / case.key / f"rep{rep}.stdout").write_text(f'{{"rep": {rep}}}\n' * 50)
+            (folder / case.key / f"rep{rep}.telemetry.csv").write_text("t,rss\n0,1\n")
+            record(store, run_id, case, rep, 100.0 + rep)
+    store.finish_run(run_id, "finished")
+    (folder / "report.html").write_text("<html>")  # derived: never stored
+    return run_id
+
+
+def test_artifacts_are_stored_with_the_run_and_exported_as_files(store, tmp_path):
+    run_id = _run_with_files(store)
+    stored = store.artifacts(run_id)
+    folder = store.artifacts_dir(run_id)
+    expected = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "report.html"}
+    assert stored == expected and len(stored) == 9
+    with store.engine.connect() as conn:  # identical telemetry files are one blob, compressed
+        from sqlalchemy import func, select
+
+        from harness.results.schema import blobs
+
+        count, size, packed = conn.execute(select(func.count(), func.sum(blobs.c.size), func.sum(func.length(blobs.c.data)))).one()
+    assert count == 4 and packed < size  # two stdouts (per rep), one telemetry csv, facts
+    written = store.export_artifacts(run_id, tmp_path / "out")
+    assert {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in written} == expected
+
+
+def test_push_copies_runs_with_artifacts_once(tmp_path, store_url):
+    with Store(tmp_path / "laptop") as laptop, Store(tmp_path / "lab", store_url) as lab:
+        first, second = _run_with_files(laptop), _run_with_files(laptop)
+        from harness.results.push import push
+
+        pushed = push(laptop, lab, [first, second])
+        assert (pushed.runs, pushed.executions, pushed.artifacts) == (2, 8, 18)
+        again = push(laptop, lab, [first, second])
+        assert (again.runs, again.executions, again.artifacts) == (0, 0, 0)
+        for run_id in (first, second):
+            assert [(e.case_key, e.rep, e.status) for e in lab.executions(run_id)] == [
+                (e.case_key, e.rep, e.status) for e in laptop.executions(run_id)]
+            assert sorted(map(tuple, map(dict.values, map(dict, lab.measurements([run_id]))))) == sorted(
+                map(tuple, map(dict.values, map(dict, laptop.measurements([run_id])))))
+            assert lab.artifacts(run_id) == laptop.artifacts(run_id)
+        record(laptop, first, CASES[0], 0, 7.0, status="failed")  # the field run moved on: only that travels
+        assert push(laptop, lab, [first]) == type(pushed)(runs=0, executions=1, artifacts=0)
+        assert len(lab.executions(first)) == 4 and {len(lab.runs()), len(laptop.runs())} == {2}
+
+
+def test_push_from_the_cli_masks_the_password(tmp_path, pg_url):
+    with Store(tmp_path / "results") as laptop:
+        run_id = _run_with_files(laptop)
+    import os
+
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "harness", "results", "push", "--to", pg_url, "--results", str(tmp_path / "results")]
+    done = [subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env) for _ in range(2)]
+    assert [d.returncode for d in done] == [0, 0], done[0].stderr
+    assert "1 new or updated, 4 process run(s), 9 file(s) copied" in done[0].stdout
+    assert "0 new or updated, 0 process run(s), 0 file(s) copied" in done[1].stdout
+    assert all(PASSWORD not in d.stdout + d.stderr and "***" in d.stdout for d in done)
+    exported = subprocess.run([sys.executable, "-m", "harness", "results", "export", run_id[:12], "--store", pg_url,
+                               "--results", str(tmp_path / "elsewhere"), "--artifacts", str(tmp_path / "files")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "files" / "facts.json").read_text() == '{"name": "local"}'

@@ -400,15 +400,23 @@ def results_export(
     run_id: str = typer.Argument("latest"),
     fmt: str = typer.Option("csv", "--format", help="csv, json or parquet."),
     output: Optional[Path] = typer.Option(None, "-o", help="File to write (default: stdout)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Write the run's stored files (raw output, telemetry, facts, "
+                                             "manifests) under this folder instead; the table only with -o."),
     results: Optional[Path] = ResultsOpt,
     store_url: Optional[str] = StoreOpt,
 ) -> None:
-    """Export the per-process tidy table of a run."""
+    """Export the per-process tidy table of a run, or its stored files (--artifacts)."""
     from harness.results.analysis import tidy_frame
 
     try:
         store = _store(results, store_url)
-        frame = tidy_frame(store, [store.run(run_id)["id"]])
+        run_id = store.run(run_id)["id"]
+        if artifacts:
+            written = store.export_artifacts(run_id, artifacts)
+            console.print(escape(f"{run_id}: {len(written)} file(s) written under {artifacts}"))
+            if output is None:
+                return
+        frame = tidy_frame(store, [run_id])
         if fmt == "parquet":
             if output is None:
                 raise EdgebenchError("--format parquet needs -o FILE (it is binary)")
@@ -424,6 +432,30 @@ def results_export(
         output.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+@results_app.command("push")
+def results_push(
+    runs: list[str] = typer.Argument(None, help="Run ids or prefixes (default: every run of the local store)."),
+    to: str = typer.Option(..., "--to", help="The store to copy into, e.g. postgresql://user@lab-host/edgebench (password: "
+                           "in the URL, PGPASSFILE or PGPASSWORD; never printed)."),
+    results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
+) -> None:
+    """Copy runs with their artifacts into another store; pushing again copies nothing new."""
+    from harness.paths import default_results_dir
+    from harness.results.push import push
+    from harness.results.store import Store
+
+    try:
+        source = _store(results, store_url)
+        target = Store(results or default_results_dir(), to)
+        ids = [source.run(r)["id"] for r in runs] if runs else [r["id"] for r in reversed(source.runs())]
+        pushed = push(source, target, ids)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    out.print(escape(f"pushed {len(ids)} run(s) to {target.where}: {pushed.runs} new or updated, "
+                     f"{pushed.executions} process run(s), {pushed.artifacts} file(s) copied"), highlight=False)
 
 
 @devices_app.command("list")

@@ -32,7 +32,14 @@ def _v3(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS runs_by_identity ON runs (device_identity, suite_name, created_at)"))
 
 
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """Artifacts in the store, content-addressed. (Should these tables change later, copy their
+    version-4 shape here first: an upgrade step must not move with the schema.)"""
+    schema.blobs.create(conn)
+    schema.artifacts.create(conn)
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4}
 
 
 def migrate(conn: Connection, where: str) -> None:

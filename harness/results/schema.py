@@ -7,9 +7,9 @@ end in the same schema, so a change here needs its migration beside it.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -73,6 +73,22 @@ measurements = Table(
     Column("unit", Text, nullable=False),
     Column("missing_reason", Text),
     Column("samples_json", Text, nullable=False),
+)
+
+# A run's files (raw stdout/stderr/JSONL, telemetry CSVs, facts, manifests), so a report built
+# on any host has them: contents once per sha256 (zlib), named per run.
+blobs = Table(
+    "blobs", metadata,
+    Column("sha256", Text, primary_key=True),
+    Column("size", Integer, nullable=False),  # uncompressed bytes
+    Column("data", LargeBinary, nullable=False),  # zlib
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("run_id", Text, ForeignKey("runs.id"), primary_key=True),
+    Column("path", Text, primary_key=True),  # relative to the run's folder, '/'-separated
+    Column("sha256", Text, ForeignKey("blobs.sha256"), nullable=False),
 )
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))

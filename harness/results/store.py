@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, RowMapping, create_engine, delete, event, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import StoreError
 from harness.plan.cases import Case
-from harness.results import schema
+from harness.results import artifacts, schema
 from harness.results.location import masked, store_url
 from harness.results.migrations import migrate
 from harness.results.records import Metric
+from harness.results.sql import upsert
 from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
 from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
@@ -56,6 +56,10 @@ class Execution:
     error: str | None
     build: str | None
     raw: dict[str, Any]
+
+
+# Files in a run folder made from the store, not stored in it.
+DERIVED = frozenset({"report.html"})
 
 
 def _engine(url) -> Engine:
@@ -93,7 +97,7 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = _engine(self.url)
-            with self._write() as conn:
+            with self.transaction() as conn:
                 migrate(conn, self.where)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open results store {self.where}: {exc.orig if getattr(exc, 'orig', None) else exc}") from exc
@@ -108,7 +112,7 @@ class Store:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
             yield conn
@@ -117,10 +121,6 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(statement).mappings().all())
 
-    def _upsert(self, conn: Connection, table, key: str, values: dict[str, Any]) -> None:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(table).values(**values)
-        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_={k: v for k, v in values.items() if k != key}))
 
     # --- writing -------------------------------------------------------------------------
 
@@ -148,10 +148,10 @@ class Store:
         device_identity: str | None = None,
     ) -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self._write() as conn:
-            self._upsert(conn, models, "sha256", {"sha256": model_sha256, "info_json": json.dumps(model_info)})
+        with self.transaction() as conn:
+            upsert(conn, models, ["sha256"], {"sha256": model_sha256, "info_json": json.dumps(model_info)})
             if runtime_key and runtime_manifest:
-                self._upsert(conn, runtimes, "key", {"key": runtime_key, "manifest_json": json.dumps(runtime_manifest)})
+                upsert(conn, runtimes, ["key"], {"key": runtime_key, "manifest_json": json.dumps(runtime_manifest)})
             conn.execute(runs_t.insert().values(
                 id=run_id, created_at=now_iso(), status="running", device=device, suite_name=suite_name,
                 suite_text=suite_text, repetitions=repetitions, timeout_s=timeout_s, model_sha256=model_sha256,
@@ -180,8 +180,9 @@ class Store:
         raw: dict[str, Any],
         metrics: list[Metric],
     ) -> int:
-        """Store one process run and its metrics atomically (replacing an earlier try)."""
-        with self._write() as conn:
+        """Store one process run, its metrics and its files (`<case>/rep<N>.*` in the run's
+        folder) atomically, replacing an earlier try."""
+        with self.transaction() as conn:
             conn.execute(delete(executions_t).where(
                 executions_t.c.run_id == run_id, executions_t.c.case_key == case.key, executions_t.c.rep == rep))
             inserted = conn.execute(executions_t.insert().values(
@@ -195,14 +196,20 @@ class Store:
                      "missing_reason": m.missing_reason, "samples_json": json.dumps(list(m.samples))}
                     for m in metrics
                 ])
+            folder = self.artifacts_dir(run_id)
+            artifacts.save(conn, run_id, folder, (folder / case.key).glob(f"rep{rep}.*"))
         return execution_id
 
     def _update_run(self, run_id: str, **values: Any) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
 
     def finish_run(self, run_id: str, status: str, note: str | None = None) -> None:
-        self._update_run(run_id, status=status, finished_at=now_iso(), note=note)
+        """Mark the run done and store the rest of its folder (facts, manifests, suite)."""
+        with self.transaction() as conn:
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(status=status, finished_at=now_iso(), note=note))
+            folder = self.artifacts_dir(run_id)
+            artifacts.save(conn, run_id, folder, (f for f in folder.rglob("*") if f.is_file() and f.name not in DERIVED))
 
     def set_repetitions(self, run_id: str, repetitions: int) -> None:
         """Sustained mode decides the number of rounds as it goes."""
@@ -277,6 +284,14 @@ class Store:
             .group_by(e.case_key)
         )
         return {r["case_key"]: float(r["wall"]) for r in rows}
+
+    def artifacts(self, run_id: str) -> dict[str, bytes]:
+        """The run's stored files by name (relative to its folder)."""
+        with self.engine.connect() as conn:
+            return artifacts.load(conn, run_id)
+
+    def export_artifacts(self, run_id: str, dest: Path) -> list[Path]:
+        return artifacts.write_out(self.artifacts(run_id), Path(dest))
 
     def schema_version(self) -> int:
         return int(self._read(select(schema.schema_version.c.version))[0]["version"])
