@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,29 +44,30 @@ class Cluster:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
 
-def _bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL is not installed (scripts/setup.sh --test installs Debian's postgresql)")
-    return Path(found[-1]).parent
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    bin_dir = _bin_dir()
+class PostgresMissing(Exception):
+    """The server cannot be run here; the message says why."""
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    """Initialise, start and (at the end) stop and delete a cluster (also used by benchmarks/)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise PostgresMissing("PostgreSQL is not installed (scripts/setup.sh --test installs Debian's postgresql)")
+    bin_dir = Path(found[-1]).parent
     as_user: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="edgebench-pg-"))
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            raise PostgresMissing("running as root and there is no `postgres` user to run the server as") from None
         os.chown(folder, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = folder / "data", _free_port()
@@ -75,16 +77,27 @@ def pg_cluster() -> Iterator[Cluster]:
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256")
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
-    cluster = Cluster(folder, port)
     try:
-        cluster.admin(f"CREATE USER {USER} PASSWORD '{PASSWORD}' CREATEDB")
-        yield cluster
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256")
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+            "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+        try:
+            cluster = Cluster(folder, port)
+            cluster.admin(f"CREATE USER {USER} PASSWORD '{PASSWORD}' CREATEDB")
+            yield cluster
+        finally:
+            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    try:
+        with throwaway_cluster() as cluster:
+            yield cluster
+    except PostgresMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.plan.cases import Case
 from harness.results.stats import drift, percentile, pooled_cv, summarize
-from harness.results.store import Store, device_key
+from harness.results.store import Store
 
 # The metrics a summary table shows, in order, with their column titles.
 HEADLINE = {
@@ -263,14 +263,19 @@ def stability_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+# How far back the history view reaches: a lab's nightly runs go on for years, and the trend of
+# the last few dozen is what a report shows; the query stays bounded however long the store gets.
+HISTORY_RUNS = 60
+
+
 def history_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
-    """Per device of these runs: the mean of each throughput figure over every earlier run of
-    the same suite and model, in time order (the "what got slower" view of nightly runs)."""
+    """Per device (by identity) of these runs: the mean of each throughput figure over the
+    earlier runs of the same suite and model (the last HISTORY_RUNS), in time order (the "what
+    got slower" view of nightly runs)."""
     rows = []
     for run_id in run_ids:
         this = store.run(run_id)
-        related = [r for r in store.runs() if device_key(r) == device_key(this) and r["suite_name"] == this["suite_name"]
-                   and r["model_sha256"] == this["model_sha256"] and r["created_at"] <= this["created_at"]]
+        related = store.history(this["id"], HISTORY_RUNS)
         summary = summary_frame(tidy_frame(store, [r["id"] for r in related]))
         if summary.empty:
             continue

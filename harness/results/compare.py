@@ -20,7 +20,6 @@ import pandas as pd
 from scipy import stats as sps
 
 from harness.results.analysis import KIND_ORDER, Contention
-from harness.results.store import device_key
 
 if TYPE_CHECKING:
     from harness.results.store import Store
@@ -158,10 +157,8 @@ def previous_run(store: "Store", run_id: str) -> str | None:
     """The latest earlier run of the same device (by identity), suite and model: what a nightly
     run is judged against."""
     row = store.run(run_id)
-    for other in store.runs():
-        if (other["id"] != row["id"] and other["created_at"] <= row["created_at"] and device_key(other) == device_key(row)
-                and other["suite_name"] == row["suite_name"] and other["model_sha256"] == row["model_sha256"]
-                and other["status"] in ("finished", "failed")):
+    for other in store.history(row["id"]):
+        if other["id"] != row["id"] and other["status"] in ("finished", "failed"):
             return other["id"]
     return None
 

@@ -243,6 +243,19 @@ class Store:
     def runs(self) -> list[RowMapping]:
         return self._read(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()))
 
+    def history(self, run_id: str, limit: int | None = None) -> list[RowMapping]:
+        """Runs of the same device (by identity), suite and model as this one, created up to it
+        (itself included), newest first: one indexed query, not a scan of every run."""
+        this = self.run(run_id)
+        r = runs_t.c
+        same_device = (r.device_identity == this["device_identity"] if this["device_identity"]
+                       else (r.device_identity.is_(None) & (r.device == this["device"])))
+        return self._read(
+            select(runs_t).where(same_device, r.suite_name == this["suite_name"], r.model_sha256 == this["model_sha256"],
+                                 r.created_at <= this["created_at"])
+            .order_by(r.created_at.desc(), r.id.desc()).limit(limit)
+        )
+
     def cases(self, run_id: str) -> list[Case]:
         rows = self._read(select(cases_t.c.case_json).where(cases_t.c.run_id == run_id).order_by(cases_t.c.position))
         return [Case.from_json(json.loads(r["case_json"])) for r in rows]
