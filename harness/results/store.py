@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, RowMapping, create_engine, delete, event, func, select, update
+from sqlalchemy import URL, Connection, Engine, Executable, RowMapping, create_engine, delete, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import StoreError
@@ -62,7 +62,7 @@ class Execution:
 DERIVED = frozenset({"report.html"})
 
 
-def _engine(url) -> Engine:
+def _engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -117,7 +117,7 @@ class Store:
         with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
             yield conn
 
-    def _read(self, statement) -> list[RowMapping]:
+    def _read(self, statement: Executable) -> list[RowMapping]:
         with self.engine.connect() as conn:
             return list(conn.execute(statement).mappings().all())
 
