@@ -121,7 +121,6 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(statement).mappings().all())
 
-
     # --- writing -------------------------------------------------------------------------
 
     def artifacts_dir(self, run_id: str) -> Path:
