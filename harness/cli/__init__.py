@@ -90,7 +90,7 @@ def run(
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run (its id, an id prefix, or 'latest')."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     fmt: str = FormatOpt,
-    wait: bool = typer.Option(False, help="If another edgebench run holds the device, wait for it instead of exiting."),
+    wait: bool = typer.Option(False, help="If another run (a lab job, another user) holds the device, wait for it instead of exiting."),
     mode: Optional[str] = typer.Option(None, help="burst (cool down before each case), sustained (loop for --minutes) or none."),
     minutes: Optional[float] = typer.Option(None, min=0.1, help="Sustained mode: how long to keep running rounds."),
     remeasure_bandwidth: bool = typer.Option(False, "--remeasure-bandwidth", help="Measure memory bandwidth again instead of using this device's cached figure."),
@@ -99,7 +99,7 @@ def run(
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report."""
     from harness.plan.suites import parse_setting_overrides
-    from harness.lab.locks import device_lock
+    from harness.lab.leases import held, manual_holder
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
 
     _check_format(fmt)
@@ -134,14 +134,17 @@ def run(
                 progress.remove_task(tasks.pop("build"))
 
         callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
+        holder = manual_holder(" ".join(sys.argv[1:]))
+        note = lambda m: console.print(f"[yellow]{escape(m)}[/]")  # noqa: E731
         if resume:
-            with device_lock(store.run(resume)["device"], wait=wait):
+            row = store.run(resume)
+            with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
                 run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
         else:
             prepared = prepare(options, on_status=callbacks.status)
             for label, reason in prepared.plan.skipped:
                 console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
-            with device_lock(device, wait=wait):
+            with held(store, prepared.driver.identity(), holder, wait=wait, on_wait=note):
                 run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
     except KeyboardInterrupt:
         raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
@@ -276,72 +279,314 @@ def compare(
         raise typer.Exit(EXIT_FAILED)
 
 
-@lab_app.command("run")
-def lab_run(
-    inventory: Path = typer.Option(..., "--inventory", help="Inventory TOML listing the lab's devices."),
-    suite: str = typer.Option("quick", help="Built-in suite name or suite TOML path."),
-    tags: list[str] = typer.Option([], "--tags", help="Only devices with one of these tags (repeatable)."),
-    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", min=1, help="Devices benchmarked at once (default: all)."),
-    retries: int = typer.Option(2, min=0, help="Retries (with backoff) after a lost connection."),
-    wait: bool = typer.Option(False, help="Wait for busy devices instead of skipping them."),
-    resume: Optional[str] = typer.Option(None, help="Finish an earlier lab run: its id."),
+BrokerOpt = typer.Option(None, "--broker", help="Celery broker URL, e.g. redis://:PASSWORD@lab-host:6379/0 (rediss:// for TLS) "
+                         "(default: $EDGEBENCH_BROKER, else an embedded one in the results folder: one host, no server).")
+DevicesOpt = typer.Option(None, "--devices", help="Only these devices of the inventory: NAME[,NAME...].")
+
+
+def _names(devices: Optional[str]) -> tuple[str, ...]:
+    return tuple(n.strip() for n in devices.split(",") if n.strip()) if devices else ()
+
+
+@app.command("worker")
+def worker_cmd(
+    inventory: Path = typer.Option(..., "--inventory", help="This host's inventory: the devices plugged into or reachable from it."),
+    devices: Optional[str] = DevicesOpt,
+    broker: Optional[str] = BrokerOpt,
     results: Optional[Path] = ResultsOpt,
     store_url: Optional[str] = StoreOpt,
 ) -> None:
-    """Run a suite on every device of the inventory in parallel; exit 0 only if all succeeded."""
-    from harness.lab.runs import lab_dir, load_lab, new_lab, run_lab
+    """Serve this host's devices to the lab: one queue per device, one job at a time on each."""
+    import signal
+    import threading
+
+    from harness.lab.app import broker_url, masked_broker
+    from harness.lab.worker import serve
+    from harness.paths import default_results_dir
+
+    root = results or default_results_dir()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        url = broker_url(root, broker)
+        console.print(escape(f"worker on broker {masked_broker(url)}"))
+        serve(inventory, _names(devices), url, root, store_url, lambda m: console.print(escape(m)), stop)
+    except EdgebenchError as exc:
+        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
+
+
+@app.command("beat")
+def beat_cmd(broker: Optional[str] = BrokerOpt, results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """Fire the stored lab schedules (`lab schedule add`) when they are due; run one per lab."""
+    from harness.lab.app import broker_url
+    from harness.lab.schedule import run_beat
     from harness.paths import default_results_dir
 
     root = results or default_results_dir()
     try:
-        if resume:
-            plan, outcomes = load_lab(root, resume)
-        else:
-            plan = new_lab(root, inventory, suite, tuple(tags))
-            outcomes = load_lab(root, plan.lab_id)[1]
-        console.print(escape(f"lab {plan.lab_id}: {len(plan.devices)} device(s), suite {plan.suite}; logs in {lab_dir(root, plan.lab_id)}"))
-        outcomes = run_lab(root, plan, outcomes, store_url=store_url, jobs=jobs, retries=retries, wait_for_busy=wait,
-                           on_update=lambda o: console.print(escape(f"{o.device}: {o.status}" + (f" ({o.error})" if o.error else ""))))
+        run_beat(broker_url(root, broker), root, store_url)
     except EdgebenchError as exc:
         raise _fail(exc)
-    table = Table(title=escape(f"lab {plan.lab_id}"))
-    for column in ("device", "status", "run", "attempts", "seconds", "error"):
-        table.add_column(column)
-    for o in outcomes.values():
-        colour = "green" if o.status == "ok" else "red"
-        table.add_row(escape(o.device), f"[{colour}]{o.status}[/]", o.run_id or "—", str(o.attempts), f"{o.seconds:.0f}", escape(o.error or ""))
-    out.print(table)
-    run_ids = [o.run_id for o in outcomes.values() if o.run_id]
-    if run_ids:
-        from harness.report.html import render_report
 
-        path = render_report(_store(root, store_url), run_ids, lab_dir(root, plan.lab_id) / "report.html", lab=True)
+
+def _lab_request(inventory: Path, suite: str, model: list[str], set_: list[str], repeat: Optional[int], tags: list[str],
+                 devices: Optional[str], retries: int, backoff: float):
+    from harness.lab.jobs import LabRequest
+    from harness.lab.worker import select_devices
+    from harness.plan.suites import parse_setting_overrides
+
+    chosen = tuple(d.name for d in select_devices(inventory, _names(devices), tuple(tags)))
+    return LabRequest(chosen, suite, tuple(model or ["default"]), parse_setting_overrides(set_), repeat, retries, backoff)
+
+
+def _submit(store, broker: str, inventory: Path, request) -> str:
+    from harness.lab.app import make_app
+    from harness.lab.submit import submit
+
+    lab_id, jobs = submit(store, make_app(broker), inventory, request)
+    console.print(escape(f"lab {lab_id}: {len(jobs)} job(s) on {len(request.devices)} device(s), suite {request.suite}"))
+    return lab_id
+
+
+def _job_line(job) -> None:
+    where = f" on {job.host}" if job.status == "running" else ""
+    console.print(escape(f"{job.id} {job.device} {job.options.model}: {job.status}{where}" + (f" ({job.error})" if job.error else "")))
+
+
+def _lab_table(store, lab_id: str) -> bool:
+    """Print the lab's jobs; True when every one is done."""
+    from harness.lab.jobs import jobs_of
+    from harness.lab.submit import where, workers_alive
+
+    jobs, alive = jobs_of(store, lab_id), workers_alive(store)
+    table = Table(title=escape(f"lab {lab_id}"))
+    for column in ("job", "device", "model", "settings", "status", "where", "attempts", "run", "reason"):
+        table.add_column(column)
+    colours = {"done": "green", "running": "cyan", "queued": "white", "cancelled": "yellow"}
+    for j in jobs:
+        settings = ",".join(f"{k}={v[0]}" for k, v in j.options.settings.items()) or "—"
+        colour = colours.get(j.status, "red")
+        table.add_row(escape(j.id), escape(j.device), escape(j.options.model), escape(settings), f"[{colour}]{j.status}[/]",
+                      escape(where(j, alive)), str(j.attempts), j.run_id, escape(j.error or ""))
+    out.print(table)
+    counts = {s: sum(j.status == s for j in jobs) for s in dict.fromkeys(j.status for j in jobs)}
+    out.print(escape(", ".join(f"{n} {s}" for s, n in counts.items())), highlight=False)
+    return all(j.status == "done" for j in jobs)
+
+
+def _lab_report(store, lab_id: str, output: Optional[Path] = None) -> None:
+    from harness.lab.jobs import jobs_of
+    from harness.lab.submit import lab_run_ids
+    from harness.report.html import render_report
+
+    run_ids = lab_run_ids(jobs_of(store, lab_id), store)
+    if run_ids:
+        path = render_report(store, run_ids, output or store.root / "lab" / lab_id / "report.html", lab=True)
         console.print(f"report: {path}")
-    if any(o.status != "ok" for o in outcomes.values()):
+
+
+@lab_app.command("submit")
+def lab_submit(
+    inventory: Path = typer.Option(..., "--inventory", help="Inventory TOML listing the lab's devices."),
+    suite: str = typer.Option("quick", help="Built-in suite name or suite TOML path (its text goes with each job)."),
+    model: list[str] = typer.Option([], "--model", help="Model per job (repeatable: one job per model and device; default: 'default')."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=V[,V...]: a list sweeps, one job per value (several --set: their product)."),
+    repeat: Optional[int] = typer.Option(None, "--repeat", "-r", min=1, help="Process repetitions per case (overrides the suite)."),
+    tags: list[str] = typer.Option([], "--tags", help="Only devices with one of these tags (repeatable)."),
+    devices: Optional[str] = DevicesOpt,
+    retries: int = typer.Option(2, min=0, help="Retries (exponential backoff) when a device is unreachable."),
+    backoff: float = typer.Option(5.0, min=0, help="Seconds before the first retry (doubling after)."),
+    broker: Optional[str] = BrokerOpt,
+    results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
+) -> None:
+    """Queue devices x models x settings as jobs on the devices' queues; print the lab id."""
+    from harness.lab.app import broker_url
+
+    try:
+        store = _store(results, store_url)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff)
+        lab_id = _submit(store, broker_url(store.root, broker), inventory, request)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    out.print(lab_id, highlight=False)
+
+
+@lab_app.command("run")
+def lab_run(
+    inventory: Path = typer.Option(..., "--inventory", help="Inventory TOML listing the lab's devices."),
+    suite: str = typer.Option("quick", help="Built-in suite name or suite TOML path."),
+    model: list[str] = typer.Option([], "--model", help="Model per job (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=V[,V...]: a list sweeps, one job per value."),
+    repeat: Optional[int] = typer.Option(None, "--repeat", "-r", min=1),
+    tags: list[str] = typer.Option([], "--tags", help="Only devices with one of these tags (repeatable)."),
+    devices: Optional[str] = DevicesOpt,
+    retries: int = typer.Option(2, min=0, help="Retries (exponential backoff) when a device is unreachable."),
+    backoff: float = typer.Option(5.0, min=0, help="Seconds before the first retry (doubling after)."),
+    broker: Optional[str] = BrokerOpt,
+    results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
+) -> None:
+    """Submit a lab and wait for it; with the embedded broker, serve its devices from here too.
+    Exit 0 only if every job is done. Ctrl-C or SIGTERM stops the waiting, not the jobs."""
+    import signal
+
+    from harness.lab.app import broker_url, is_embedded
+    from harness.lab.submit import wait
+    from harness.lab.worker import start_embedded
+
+    def stop_waiting(*_) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_waiting)
+    lab_id, worker = None, None
+    try:
+        store = _store(results, store_url)
+        url = broker_url(store.root, broker)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff)
+        if is_embedded(url):
+            worker = start_embedded(inventory, request.devices, store.root, store_url, url)
+        lab_id = _submit(store, url, inventory, request)
+        wait(store, lab_id, _job_line)
+    except KeyboardInterrupt:
+        if lab_id is None:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        by = f"the worker this command started (pid {worker.pid}; stop it with kill {worker.pid})" if worker else "the lab's workers"
+        console.print(escape(f"stopped waiting; lab {lab_id} goes on on {by}. Watch it: edgebench lab status {lab_id}, "
+                             f"or edgebench lab wait {lab_id}"))
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    if worker:
+        worker.terminate()
+        worker.wait()
+    all_done = _lab_table(store, lab_id)
+    _lab_report(store, lab_id)
+    if not all_done:
         raise typer.Exit(EXIT_FAILED)
 
 
-@lab_app.command("schedule")
-def lab_schedule(
-    inventory: Path = typer.Option(..., "--inventory"),
-    suite: str = typer.Option("quick"),
-    at: str = typer.Option("02:00", "--at", help="Daily time, HH:MM (the machine's local time)."),
-    tags: list[str] = typer.Option([], "--tags"),
-    results: Optional[Path] = ResultsOpt,
-    print_only: bool = typer.Option(False, "--print", help="Print the cron line instead of installing it."),
-) -> None:
-    """Install (or print) a daily cron entry that runs the lab and writes its report."""
-    from harness.lab.schedule import cron_line, install_cron
+@lab_app.command("status")
+def lab_status(lab: Optional[str] = typer.Argument(None, help="Lab id (default: the latest)."),
+               results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """The lab's jobs: queued, running where, done, failed with the reason."""
+    from harness.lab.jobs import resolve_lab
 
     try:
-        line = cron_line(inventory, suite, at, tuple(tags), results)
-        if print_only:
-            out.print(line, highlight=False, markup=False, soft_wrap=True)
-            return
-        install_cron(line)
+        store = _store(results, store_url)
+        _lab_table(store, resolve_lab(store, lab))
     except EdgebenchError as exc:
         raise _fail(exc)
-    console.print(escape(f"installed in the crontab: {line}"))
+
+
+@lab_app.command("wait")
+def lab_wait(lab: Optional[str] = typer.Argument(None, help="Lab id (default: the latest)."),
+             timeout: Optional[float] = typer.Option(None, min=1, help="Give up after this many seconds (exit 3)."),
+             results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """Wait until every job of the lab has ended; exit 0 only if all are done."""
+    from harness.lab.jobs import resolve_lab
+    from harness.lab.submit import wait
+
+    try:
+        store = _store(results, store_url)
+        lab_id = resolve_lab(store, lab)
+        wait(store, lab_id, _job_line, timeout_s=timeout)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except EdgebenchError as exc:
+        raise _fail(exc, EXIT_INTERRUPTED)
+    if not _lab_table(store, lab_id):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@lab_app.command("cancel")
+def lab_cancel(lab: Optional[str] = typer.Argument(None, help="Lab id (default: the latest)."),
+               results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """Cancel a lab: queued jobs at once; running ones have their benchmark killed by their worker."""
+    from harness.lab.jobs import request_cancel, resolve_lab
+
+    try:
+        store = _store(results, store_url)
+        lab_id = resolve_lab(store, lab)
+        now, flagged = request_cancel(store, lab_id)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    console.print(escape(f"lab {lab_id}: {now} queued job(s) cancelled, {flagged} running job(s) being stopped by their workers"))
+
+
+@lab_app.command("report")
+def lab_report(lab: Optional[str] = typer.Argument(None, help="Lab id (default: the latest)."),
+               output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default: <results>/lab/<lab>/report.html)."),
+               results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """The lab's HTML report: each device's regressions against its previous run first."""
+    from harness.lab.jobs import resolve_lab
+
+    try:
+        store = _store(results, store_url)
+        _lab_report(store, resolve_lab(store, lab), output)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+
+
+schedule_app = typer.Typer(no_args_is_help=True, help="Labs fired on a schedule by `edgebench beat` (or cron).")
+lab_app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    inventory: Path = typer.Option(..., "--inventory"),
+    suite: str = typer.Option("quick"),
+    cron: Optional[str] = typer.Option(None, "--cron", help="Five crontab fields in UTC, e.g. '0 2 * * *' (02:00 every day)."),
+    every: Optional[float] = typer.Option(None, "--every", min=1, help="Or: every this many seconds."),
+    model: list[str] = typer.Option([], "--model", help="Model per job (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=V[,V...]: a list sweeps, one job per value."),
+    repeat: Optional[int] = typer.Option(None, "--repeat", "-r", min=1),
+    tags: list[str] = typer.Option([], "--tags"),
+    devices: Optional[str] = DevicesOpt,
+    results: Optional[Path] = ResultsOpt,
+    store_url: Optional[str] = StoreOpt,
+    print_only: bool = typer.Option(False, "--print", help="Print a crontab line (for a host without beat) instead of storing it."),
+) -> None:
+    """Store a lab schedule for `edgebench beat`, or print the crontab line that runs it."""
+    from harness.lab.schedule import add_schedule, cron_line
+    from harness.paths import default_results_dir
+
+    try:
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, 2, 5.0)
+        if print_only:
+            if not cron:
+                raise EdgebenchError("--print needs --cron (cron has no --every)")
+            out.print(cron_line(cron, inventory, request, results or default_results_dir()), highlight=False, markup=False, soft_wrap=True)
+            return
+        entry = add_schedule(_store(results, store_url), inventory, request, cron, every)
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    console.print(escape(f"schedule {entry.id}: {entry.when()}; `edgebench beat` fires it (restart a running beat to pick it up)"))
+
+
+@schedule_app.command("list")
+def schedule_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """Stored lab schedules."""
+    from harness.lab.schedule import schedules
+
+    table = Table()
+    for column in ("schedule", "when", "devices", "suite", "models", "last fired"):
+        table.add_column(column)
+    for s in schedules(_store(results, store_url)):
+        table.add_row(*(escape(c) for c in (s.id, s.when(), ", ".join(s.request.devices), s.request.suite, ", ".join(s.request.models), s.last_fired_at or "never")))
+    out.print(table)
+
+
+@schedule_app.command("remove")
+def schedule_remove(schedule_id: str = typer.Argument(...), results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+    """Delete a stored schedule."""
+    from harness.lab.schedule import remove_schedule
+
+    try:
+        remove_schedule(_store(results, store_url), schedule_id)
+    except EdgebenchError as exc:
+        raise _fail(exc)
 
 
 @runtime_app.command("build")

@@ -66,11 +66,14 @@ class LocalDriver:
     """Runs on the machine running edgebench; no copies are needed to stage files."""
 
     is_host = True
-    SETTINGS: dict[str, tuple[type, str]] = {}
+    SETTINGS: dict[str, tuple[type, str]] = {
+        "pseudo": (str, "a name that makes this entry a device of its own on this host (its own lab queue and history)"),
+    }
 
-    def __init__(self, name: str = "local", workdir: str | None = None) -> None:
+    def __init__(self, name: str = "local", workdir: str | None = None, pseudo: str | None = None) -> None:
         self.name = name
         self.workdir = workdir or str(cache_dir() / "device-local")
+        self.pseudo = pseudo
 
     def facts(self) -> DeviceFacts:
         from harness.telemetry.nvml import gpu_names
@@ -107,7 +110,8 @@ class LocalDriver:
                 sections[name] = Path(path).read_text(errors="replace")
             except OSError:  # absent, or root-only (DMI serials)
                 continue
-        return identity_from(sections, socket.gethostname())
+        host = identity_from(sections, socket.gethostname())
+        return f"{host}/pseudo:{self.pseudo}" if self.pseudo else host
 
     def run(
         self,

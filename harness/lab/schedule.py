@@ -1,20 +1,130 @@
-"""Nightly lab runs through cron: the exact line, with absolute paths, that runs the lab.
+"""Scheduled labs: stored in the store, fired by Celery beat (`edgebench beat`), or printed as
+a crontab line for a host without beat.
 
-Cron starts with an empty environment and another working directory, so the line names the
-edgebench executable, the inventory and the results folder absolutely and logs to a file.
+Beat is only the clock here: when a schedule is due it submits the lab (jobs into the store,
+messages onto the device queues) from the beat process itself, so no worker has to serve a
+queue of its own for it. Cron starts with an empty environment elsewhere, so the printed line
+names the executable, the inventory and the results folder absolutely and logs to a file.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import logging
 import shlex
 import shutil
-import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from celery.beat import Scheduler
+from celery.schedules import crontab
+from sqlalchemy import delete, select, update
 
 from harness.errors import EdgebenchError
-from harness.paths import default_results_dir
+from harness.lab.app import make_app
+from harness.lab.jobs import LabRequest
+from harness.results.schema import lab_schedules
+from harness.results.store import Store, now_iso
+
+FIRE = "edgebench.fire_schedule"
+log = logging.getLogger("edgebench.lab")
+
+
+@dataclass(frozen=True)
+class LabSchedule:
+    id: str
+    cron: str | None
+    every_s: float | None
+    inventory: str
+    request: LabRequest
+    last_fired_at: str | None = None
+
+    def when(self) -> str:
+        return f"cron {self.cron}" if self.cron else f"every {self.every_s:g} s"
+
+
+def cron_fields(cron: str) -> list[str]:
+    fields = cron.split()
+    if len(fields) != 5:
+        raise EdgebenchError(f"--cron {cron!r}: expected five crontab fields (minute hour day-of-month month day-of-week), like '0 2 * * *'")
+    try:
+        crontab(*fields)
+    except ValueError as exc:
+        raise EdgebenchError(f"--cron {cron!r}: {exc}") from None
+    return fields
+
+
+def add_schedule(store: Store, inventory: Path, request: LabRequest, cron: str | None, every_s: float | None) -> LabSchedule:
+    if (cron is None) == (every_s is None):
+        raise EdgebenchError("give one of --cron '0 2 * * *' or --every SECONDS")
+    if cron:
+        cron = " ".join(cron_fields(cron))
+    entry = LabSchedule("sched-" + uuid.uuid4().hex[:8], cron, every_s, str(Path(inventory).resolve()), request)
+    with store.transaction() as conn:
+        conn.execute(lab_schedules.insert().values(
+            id=entry.id, cron=cron, every_s=every_s, created_at=now_iso(),
+            request_json=json.dumps({"inventory": entry.inventory, "request": request.to_json()})))
+    return entry
+
+
+def schedules(store: Store) -> list[LabSchedule]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(lab_schedules).order_by(lab_schedules.c.created_at)).mappings().all()
+    out = []
+    for row in rows:
+        data = json.loads(row["request_json"])
+        out.append(LabSchedule(row["id"], row["cron"], row["every_s"], data["inventory"], LabRequest.from_json(data["request"]), row["last_fired_at"]))
+    return out
+
+
+def remove_schedule(store: Store, schedule_id: str) -> None:
+    with store.transaction() as conn:
+        if not conn.execute(delete(lab_schedules).where(lab_schedules.c.id == schedule_id)).rowcount:
+            raise EdgebenchError(f"no schedule {schedule_id!r} in {store.where}")
+
+
+class _Context:
+    """What `run_beat` hands the scheduler beat instantiates (beat takes a class, not an object)."""
+
+    results: Path
+    store_url: str | None
+
+
+class LabScheduler(Scheduler):
+    """Beat's scheduler whose due entries submit their lab instead of sending a task."""
+
+    def send_task(self, name: str, args: Any = (), kwargs: Any = None, **options: Any) -> None:
+        if name != FIRE:
+            return super().send_task(name, args, kwargs, **options)
+        from harness.lab.submit import submit
+
+        with Store(_Context.results, _Context.store_url) as store:
+            entry = next((s for s in schedules(store) if s.id == args[0]), None)
+            if entry is None:
+                log.warning("schedule %s was removed; not fired", args[0])
+                return None
+            lab_id, jobs = submit(store, self.app, Path(entry.inventory), entry.request)
+            with store.transaction() as conn:
+                conn.execute(update(lab_schedules).where(lab_schedules.c.id == entry.id).values(last_fired_at=now_iso()))
+        log.info("schedule %s (%s): lab %s, %d job(s)", entry.id, entry.when(), lab_id, len(jobs))
+        return None
+
+
+def run_beat(broker: str, results: Path, store_url: str | None) -> None:
+    """Celery beat over every stored schedule (read when it starts: restart it after a change)."""
+    with Store(results, store_url) as store:
+        stored = schedules(store)
+    if not stored:
+        raise EdgebenchError("no lab schedule is stored; add one with: edgebench lab schedule add --cron '0 2 * * *' ...")
+    app = make_app(broker)
+    app.conf.beat_schedule = {
+        s.id: {"task": FIRE, "schedule": crontab(*s.cron.split()) if s.cron else s.every_s, "args": [s.id]} for s in stored
+    }
+    _Context.results, _Context.store_url = Path(results), store_url
+    app.Beat(scheduler=LabScheduler, max_interval=1, loglevel="INFO").run()
 
 
 def edgebench_executable() -> str:
@@ -26,31 +136,20 @@ def edgebench_executable() -> str:
     return found
 
 
-def cron_line(inventory: Path, suite: str, at: str, tags: tuple[str, ...] = (), results: Path | None = None) -> str:
-    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", at)
-    if not match:
-        raise EdgebenchError(f"--at {at!r}: expected a time like 02:00")
+def cron_line(cron: str, inventory: Path, request: LabRequest, results: Path) -> str:
+    """The crontab line that runs `edgebench lab run` for this request."""
+    fields = cron_fields(cron)
     if not Path(inventory).is_file():
         raise EdgebenchError(f"inventory {inventory} does not exist")
-    suite_arg = str(Path(suite).resolve()) if Path(suite).suffix == ".toml" else suite
-    root = (results or default_results_dir()).resolve()
-    argv = [edgebench_executable(), "lab", "run", "--inventory", str(Path(inventory).resolve()), "--suite", suite_arg, "--results", str(root)]
-    for tag in tags:
-        argv += ["--tags", tag]
-    log = root / "lab" / "cron.log"
-    hour, minute = int(match.group(1)), int(match.group(2))
-    return f"{minute} {hour} * * * mkdir -p {shlex.quote(str(log.parent))} && {shlex.join(argv)} >> {shlex.quote(str(log))} 2>&1"
-
-
-def install_cron(line: str) -> None:
-    """Append the line to this user's crontab (once)."""
-    crontab = shutil.which("crontab")
-    if crontab is None:
-        raise EdgebenchError("crontab is not installed (Debian: apt-get install cron); use --print and install the line yourself")
-    current = subprocess.run([crontab, "-l"], capture_output=True, text=True)
-    lines = current.stdout.splitlines() if current.returncode == 0 else []
-    if line in lines:
-        return
-    done = subprocess.run([crontab, "-"], input="\n".join([*lines, line]) + "\n", capture_output=True, text=True)
-    if done.returncode != 0:
-        raise EdgebenchError(f"crontab refused the entry: {done.stderr.strip()}")
+    suite = str(Path(request.suite).resolve()) if Path(request.suite).suffix == ".toml" else request.suite
+    root = Path(results).resolve()
+    argv = [edgebench_executable(), "lab", "run", "--inventory", str(Path(inventory).resolve()), "--suite", suite, "--results", str(root),
+            "--devices", ",".join(request.devices)]
+    for model in request.models:
+        argv += ["--model", model]
+    for key, values in request.settings.items():
+        argv += ["--set", f"{key}={','.join(map(str, values))}"]
+    if request.repeat:
+        argv += ["--repeat", str(request.repeat)]
+    log_file = root / "lab" / "cron.log"
+    return f"{' '.join(fields)} mkdir -p {shlex.quote(str(log_file.parent))} && {shlex.join(argv)} >> {shlex.quote(str(log_file))} 2>&1"

@@ -39,7 +39,13 @@ def _v4(conn: Connection) -> None:
     schema.artifacts.create(conn)
 
 
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """The lab's tables (devices served, jobs, leases, schedules); same caveat as _v4."""
+    for table in (schema.lab_devices, schema.lab_jobs, schema.leases, schema.lab_schedules):
+        table.create(conn)
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(conn: Connection, where: str) -> None:

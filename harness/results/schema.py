@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -89,6 +89,63 @@ artifacts = Table(
     Column("run_id", Text, ForeignKey("runs.id"), primary_key=True),
     Column("path", Text, primary_key=True),  # relative to the run's folder, '/'-separated
     Column("sha256", Text, ForeignKey("blobs.sha256"), nullable=False),
+)
+
+# The lab (harness/lab): the devices workers serve, the jobs of each lab, who holds each
+# device now, and the schedules beat fires. Broker messages carry only a job id; the rest is here.
+lab_devices = Table(
+    "lab_devices", metadata,
+    Column("identity", Text, primary_key=True),  # drivers/identity.py: names the device's queue
+    Column("name", Text, nullable=False),  # the inventory name on the worker's host
+    Column("queue", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Text, nullable=False),
+    Column("heartbeat_at", Text, nullable=False),
+)
+
+lab_jobs = Table(
+    "lab_jobs", metadata,
+    Column("id", Text, primary_key=True),
+    Column("lab_id", Text, nullable=False),
+    Column("device", Text, nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("options_json", Text, nullable=False),  # run.session.RunOptions, inventory left to the worker
+    Column("suite_text", Text, nullable=False),
+    Column("run_id", Text, nullable=False),  # chosen at submit: a redelivered job resumes this run
+    Column("status", Text, nullable=False),  # queued | running | done | failed | unreachable | cancelled
+    Column("attempts", Integer, nullable=False),
+    Column("retries", Integer, nullable=False),
+    Column("backoff_s", Float, nullable=False),
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("submitted_at", Text, nullable=False),
+    Column("started_at", Text),
+    Column("finished_at", Text),
+    Column("error", Text),
+    Column("cancel", Integer, nullable=False),  # 1: asked to stop; the job's worker kills its benchmark
+    Index("lab_jobs_by_lab", "lab_id"),
+)
+
+leases = Table(
+    "leases", metadata,
+    Column("identity", Text, primary_key=True),
+    Column("holder", Text, nullable=False),  # who, in words: "lab job J (lab L)" or "manual run by user"
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("since", Text, nullable=False),
+    Column("heartbeat_at", Text, nullable=False),
+)
+
+lab_schedules = Table(
+    "lab_schedules", metadata,
+    Column("id", Text, primary_key=True),
+    Column("cron", Text),  # five crontab fields, or NULL with every_s
+    Column("every_s", Float),
+    Column("request_json", Text, nullable=False),  # lab.jobs.LabRequest
+    Column("created_at", Text, nullable=False),
+    Column("last_fired_at", Text),
 )
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))

@@ -30,11 +30,15 @@ from harness.results.sql import upsert
 from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
 from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
-__all__ = ["SCHEMA_VERSION", "Execution", "Store", "device_key", "now_iso"]
+__all__ = ["SCHEMA_VERSION", "Execution", "Store", "device_key", "new_run_id", "now_iso"]
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def device_key(run: RowMapping) -> str:
@@ -145,8 +149,11 @@ class Store:
         command: list[str],
         version: str,
         device_identity: str | None = None,
+        run_id: str | None = None,
     ) -> str:
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        """Record a new run; `run_id` (from `new_run_id`) when the caller chose it beforehand, as a
+        lab job does so that a redelivered job finds the run its first attempt created."""
+        run_id = run_id or new_run_id()
         with self.transaction() as conn:
             upsert(conn, models, ["sha256"], {"sha256": model_sha256, "info_json": json.dumps(model_info)})
             if runtime_key and runtime_manifest:

@@ -97,8 +97,8 @@ def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
     return sum(walls[c.key] for c in prepared.plan.cases) * prepared.plan.repetitions
 
 
-def start(store: Store, prepared: Prepared, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
-    """Build/stage the runtime, record the run, and execute every case."""
+def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | None = None) -> tuple[str, list[StepResult]]:
+    """Build/stage the runtime, record the run (as `run_id` when given), and execute every case."""
     runtime = _runtime_if_needed(prepared, callbacks)
     identity = prepared.driver.identity()
     facts = {**asdict(prepared.driver.facts()), "identity": identity}
@@ -118,6 +118,7 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks) -> tuple[str, 
         facts=facts,
         command=prepared.options.to_json(),
         version=__version__,
+        run_id=run_id,
     )
     _write_run_artifacts(store, run_id, prepared, runtime, facts)
     return run_id, _execute(store, run_id, prepared, runtime, callbacks)

@@ -1,0 +1,146 @@
+"""`edgebench worker`: serve the devices of this host's inventory, one Celery worker process per
+device, each consuming only that device's queue with concurrency 1 (solo pool). So a device
+runs one job at a time whichever host or user submitted it, and a dead device worker is
+restarted without touching the others.
+
+The supervisor writes each device's heartbeat to the store (`lab status` shows a worker dead
+when it stops) and restarts a device process that exits. Before consuming, a device process
+puts back its own queue's unacknowledged messages (a job whose worker was killed): with Redis
+they would otherwise wait for the visibility timeout, and no other consumer can hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import EdgebenchError
+from harness.lab.app import BROKER_ENV, make_app, queue_for
+from harness.lab.jobs import register_device
+from harness.plan.inventory import DeviceSpec, load_inventory
+from harness.results.location import STORE_ENV
+from harness.results.store import Store, now_iso
+
+HEARTBEAT_S = 5.0
+log = logging.getLogger("edgebench.lab")
+
+
+@dataclass(frozen=True)
+class Served:
+    spec: DeviceSpec
+    identity: str
+    queue: str
+
+
+def select_devices(inventory: Path, names: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> list[DeviceSpec]:
+    devices = load_inventory(inventory)
+    unknown = [n for n in names if n not in devices]
+    if unknown:
+        raise EdgebenchError(f"{', '.join(unknown)} not in inventory {inventory}; known: {', '.join(devices)}")
+    chosen = [d for d in devices.values() if (not names or d.name in names) and (not tags or set(tags) & set(d.tags))]
+    if not chosen:
+        raise EdgebenchError(f"no device of {inventory} matches" + (f" the tags {', '.join(tags)}" if tags else ""))
+    return chosen
+
+
+def serve(inventory: Path, names: tuple[str, ...], broker: str, results: Path, store_url: str | None,
+          say: Callable[[str], None], stop: threading.Event) -> None:
+    """Run until `stop` is set: one device process per device, restarted when it exits."""
+    specs = select_devices(inventory, names)
+    started = now_iso()
+    with Store(results, store_url) as store:
+        served = [Served(s, identity, queue_for(identity)) for s in specs for identity in [s.open().identity()]]
+        for device in served:
+            register_device(store, device.identity, device.spec.name, device.queue, started)
+            say(f"{device.spec.name}: queue {device.queue}")
+        env = {**os.environ, BROKER_ENV: broker, **({STORE_ENV: store_url} if store_url else {})}
+        children = {d.queue: _spawn(d, inventory, results, env) for d in served}
+        try:
+            while not stop.wait(HEARTBEAT_S):
+                for device in served:
+                    register_device(store, device.identity, device.spec.name, device.queue, started)
+                    code = children[device.queue].poll()
+                    if code is not None:
+                        say(f"{device.spec.name}: device worker exited ({code}); restarting it")
+                        children[device.queue] = _spawn(device, inventory, results, env)
+        finally:
+            for child in children.values():
+                child.send_signal(signal.SIGTERM)  # warm shutdown: the job running now finishes first
+            for child in children.values():
+                child.wait()
+
+
+def _spawn(device: Served, inventory: Path, results: Path, env: dict[str, str]) -> subprocess.Popen:
+    # The broker and store URLs (passwords) travel in the environment, never on a command line.
+    argv = [sys.executable, "-m", "harness.lab.worker", device.queue, device.spec.name, str(Path(inventory).resolve()), str(Path(results).resolve())]
+    return subprocess.Popen(argv, env=env)
+
+
+def restore_unacked(app, queues: list[str]) -> int:
+    """Requeue (at the front) the unacknowledged Redis messages of these queues; other brokers
+    give a dead consumer's messages back themselves. Returns how many were put back."""
+    if not app.conf.broker_url.startswith(("redis://", "rediss://")):
+        return 0
+    restored = 0
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        client = channel.client
+        for tag, raw in client.hgetall(channel.unacked_key).items():
+            _message, _exchange, routing_key = json.loads(raw)
+            if routing_key in queues:
+                channel.qos.restore_by_tag(tag, client, leftmost=True)
+                restored += 1
+    return restored
+
+
+def device_worker(queue: str, name: str, inventory: str, results: str) -> None:
+    """One device's Celery worker (this process), consuming its queue only."""
+    from harness.lab import tasks
+
+    tasks.configure(tasks.WorkerContext(Path(results), os.environ.get(STORE_ENV), inventory))
+    app = make_app(os.environ[BROKER_ENV])
+    restored = restore_unacked(app, [queue])
+    if restored:
+        print(f"{name}: {restored} unacknowledged job(s) of a previous worker put back on {queue}", file=sys.stderr, flush=True)
+    app.worker_main(["worker", "-Q", queue, "-c", "1", "-P", "solo", "-n", f"{name}@{socket.gethostname()}",
+                     "--without-gossip", "--without-mingle", "-l", "INFO"])
+
+
+if __name__ == "__main__":
+    device_worker(*sys.argv[1:5])
+
+
+def start_embedded(inventory: Path, names: tuple[str, ...], results: Path, store_url: str | None, broker: str,
+                   timeout_s: float = 120.0) -> subprocess.Popen:
+    """`edgebench worker` as a child of `lab run` on one host (the embedded broker has no other
+    workers); returns once it serves every device. Its own session: a Ctrl-C of `lab run`
+    stops the waiting, not the jobs."""
+    argv = [sys.executable, "-m", "harness", "worker", "--inventory", str(inventory), "--results", str(results)]
+    if names:
+        argv += ["--devices", ",".join(names)]
+    env = {**os.environ, BROKER_ENV: broker, **({STORE_ENV: store_url} if store_url else {})}
+    child = subprocess.Popen(argv, env=env, start_new_session=True)
+    from harness.lab.jobs import served_devices
+
+    deadline = time.monotonic() + timeout_s
+    with Store(results, store_url) as store:
+        while True:
+            beating = {r["name"] for r in served_devices(store) if r["pid"] == child.pid}
+            if set(names) <= beating:
+                return child
+            if child.poll() is not None:
+                raise EdgebenchError(f"the lab's worker exited ({child.returncode}) before serving {', '.join(sorted(set(names) - beating))}")
+            if time.monotonic() > deadline:
+                child.terminate()
+                raise EdgebenchError(f"the lab's worker did not serve {', '.join(sorted(set(names) - beating))} within {timeout_s:g} s")
+            time.sleep(0.2)
