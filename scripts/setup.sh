@@ -3,7 +3,7 @@
 #   scripts/setup.sh          the tool: a C++ toolchain and cmake (llama.cpp is compiled), Python deps
 #   scripts/setup.sh --test   also the test extras and the system packages the tests drive for real:
 #                             adb, openssh-server, qemu-user-static, g++-aarch64-linux-gnu, chromium,
-#                             postgresql (the tests start a throwaway cluster of their own)
+#                             postgresql and redis-server (the tests start throwaway servers of their own)
 # System packages are installed with apt-get only when missing and only when we are root;
 # otherwise the missing ones are listed (tests that need them skip and say why).
 set -euo pipefail
@@ -23,6 +23,7 @@ if [ "$want_tests" = 1 ]; then
   command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
   command -v chromium >/dev/null || need+=(chromium)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+  command -v redis-server >/dev/null || need+=(redis-server)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 # The emulated Android phone and its private adb server (adb_server, make_phone, phone);
-# a throwaway PostgreSQL (pg_cluster, pg_url, store_url: both engines).
-pytest_plugins = ["tests.adb_emulator.fixtures", "tests.pg_fixture"]
+# a throwaway PostgreSQL (pg_cluster, pg_url, store_url: both engines); a password-protected Redis (redis_server).
+pytest_plugins = ["tests.adb_emulator.fixtures", "tests.pg_fixture", "tests.redis_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

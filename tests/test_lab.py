@@ -1,113 +1,319 @@
-"""Lab runs: several local pseudo-devices at once, one failing mid-run, locks, resume, cron."""
+"""The lab on Celery with real parts: Redis (`redis-server` with a password), worker processes
+standing for lab hosts, PostgreSQL or SQLite stores, llama-bench on local pseudo-devices.
+
+Pseudo-devices are `local` entries with `pseudo = NAME`: each has its own identity, so its
+own queue and lease, as separate boards would.
+"""
 
 from __future__ import annotations
 
 import json
-import shlex
+import os
+import signal
 import subprocess
-import threading
+import sys
+import time
 from pathlib import Path
 
-import psutil
 import pytest
+import redis
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import text
 
-from harness.lab.runs import load_lab, new_lab, run_lab
-from harness.lab.locks import DeviceBusy, device_lock
+from harness.lab.app import RUN_JOB, queue_for
+from harness.lab.jobs import LabRequest, jobs_of, served_devices
 from harness.lab.schedule import cron_line
+from harness.results.store import Store
 
-from .test_cli import edgebench
+from .test_cli import REPO, edgebench
 
+# One prefill process of 16 tokens per job: seconds on a busy 2-core host.
 TINY = """
 name = "lab-tiny"
-repetitions = 2
+repetitions = 1
 inprocess_repetitions = 1
+mode = "none"
 [[prefill]]
 prompt = 16
-[[decode]]
-tokens = 4
 """
 
 
-def _inventory(tmp_path: Path, names: list[str]) -> Path:
-    text = "".join(
-        f'[[device]]\nname = "{n}"\ndriver = "local"\nworkdir = "{tmp_path / "dev" / n}"\ntags = ["{"odd" if i % 2 else "even"}"]\n\n'
-        for i, n in enumerate(names)
-    )
-    path = tmp_path / "lab.toml"
-    path.write_text(text)
+def _suite(tmp_path: Path, repetitions: int = 1) -> Path:
+    path = tmp_path / f"tiny{repetitions}.toml"
+    path.write_text(TINY.replace("repetitions = 1\n", f"repetitions = {repetitions}\n", 1))
     return path
 
 
-def test_a_busy_device_is_reported_and_the_lock_names_its_holder(tmp_path):
-    inventory = _inventory(tmp_path, ["lab-busy-a", "lab-busy-b"])
-    results = tmp_path / "results"
-    plan = new_lab(results, inventory, "quick", ("even",))
-    assert plan.devices == ("lab-busy-a",)
-    with device_lock("lab-busy-a"):
-        with pytest.raises(DeviceBusy, match=r"held by pid \d+"):
-            with device_lock("lab-busy-a"):
-                pass
-        outcomes = run_lab(results, plan, load_lab(results, plan.lab_id)[1], retries=0)
-    assert outcomes["lab-busy-a"].status == "busy" and "busy" in outcomes["lab-busy-a"].error
-    saved = load_lab(results, plan.lab_id)[1]
-    assert saved["lab-busy-a"].status == "busy"
-    assert (results / "lab" / plan.lab_id / "lab-busy-a.log").read_text().strip()
+def _inventory(tmp_path: Path, names: list[str], file: str = "lab.toml") -> Path:
+    text_ = "".join(
+        f'[[device]]\nname = "{n}"\ndriver = "local"\npseudo = "{n}"\nworkdir = "{tmp_path / "dev" / n}"\ntags = ["{"odd" if i % 2 else "even"}"]\n\n'
+        for i, n in enumerate(names)
+    )
+    path = tmp_path / file
+    path.write_text(text_)
+    return path
 
 
-def test_cron_line_is_absolute_and_validated(tmp_path):
+class Worker:
+    """`edgebench worker` as its own process group (a lab host): killed whole with kill -9."""
+
+    def __init__(self, tmp_path: Path, inventory: Path, env: dict[str, str], devices: str | None = None, tag: str = "w") -> None:
+        self.log = tmp_path / f"worker-{tag}.log"
+        argv = [sys.executable, "-m", "harness", "worker", "--inventory", str(inventory), "--results", str(tmp_path / "results")]
+        self.argv = argv + (["--devices", devices] if devices else [])
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+        self.tmp_path = tmp_path
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.tmp_path, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def workers():
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def _lab(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return edgebench("lab", *args, "--results", str(tmp_path / "results"), cwd=tmp_path, env=env)
+
+
+def _until(condition, timeout_s: float = 300, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _lab_ids(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return sorted({r[0] for r in conn.execute(text("SELECT lab_id FROM lab_jobs"))})
+
+
+def _store(tmp_path: Path, url: str | None = None) -> Store:
+    return Store(tmp_path / "results", url)
+
+
+def _assert_each_job_once(store: Store, lab_id: str, reps: int = 1) -> list:
+    """Every job done, its own run holding exactly one execution per case and round."""
+    jobs = jobs_of(store, lab_id)
+    assert [j.status for j in jobs] == ["done"] * len(jobs), [(j.id, j.status, j.error) for j in jobs]
+    for job in jobs:
+        run = store.run(job.run_id)
+        assert run["status"] == "finished" and run["device_identity"] == job.identity
+        executions = store.executions(job.run_id)
+        assert sorted((e.case_key, e.rep) for e in executions) == sorted({(e.case_key, r) for e in executions for r in range(reps)})
+        assert all(e.status == "ok" for e in executions)
+    assert len({j.run_id for j in jobs}) == len(jobs)
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def second_model(default_model, tmp_path_factory) -> Path:
+    """The default model's weights in a second file with another sha256 (trailing bytes that
+    llama.cpp ignores): a second model for the store without a second download."""
+    path = tmp_path_factory.mktemp("models") / "second.gguf"
+    path.write_bytes(default_model.read_bytes() + bytes(64))
+    return path
+
+
+def test_a_pickled_message_is_refused_and_logged(tmp_path, redis_server, workers):
+    inventory = _inventory(tmp_path, ["pk-a"])
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    workers.append(worker := Worker(tmp_path, inventory, env))
+    with _store(tmp_path) as store:
+        (device,) = _until(lambda: served_devices(store), 60, "registration")
+    _until(lambda: "ready." in worker.text(), 60, "the device worker")
+    queue = queue_for(device["identity"])
+    with Connection(redis_server.url) as conn:
+        Producer(conn).publish([["x"], {}, {}], exchange=Exchange(queue, "direct"), routing_key=queue, serializer="pickle",
+                               headers={"task": RUN_JOB, "id": "pickled-1", "argsrepr": "", "kwargsrepr": ""}, declare=[])
+    _until(lambda: "pickle" in worker.text(), 30, "the refusal in the log")
+    log = worker.text()
+    assert "Refusing to deserialize untrusted content of type pickle" in log or "ContentDisallowed" in log
+    assert worker.process.poll() is None
+    with _redis(redis_server) as client:
+        assert client.llen(queue) == 0 and not client.hgetall("unacked")  # rejected, not left to come back
+
+
+def _redis(server) -> redis.Redis:
+    return redis.Redis(port=server.port, password=server.password)
+
+
+def test_a_beat_schedule_fires_a_lab(tmp_path, redis_server):
+    inventory = _inventory(tmp_path, ["bt-a", "bt-b"])
+    suite = _suite(tmp_path)
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    added = _lab(tmp_path, "schedule", "add", "--inventory", str(inventory), "--suite", str(suite), "--every", "2", env=env)
+    assert added.returncode == 0, added.stderr
+    listed = _lab(tmp_path, "schedule", "list", env=env)
+    assert "every 2 s" in listed.stdout and "bt-a, bt-b" in listed.stdout
+    beat = subprocess.Popen([sys.executable, "-m", "harness", "beat", "--results", str(tmp_path / "results")], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        with _store(tmp_path) as store:
+            lab_ids = _until(lambda: len(_lab_ids(store)) >= 2 and _lab_ids(store), 60, "two firings")
+            jobs = jobs_of(store, lab_ids[0])
+        assert sorted(j.device for j in jobs) == ["bt-a", "bt-b"] and {j.status for j in jobs} == {"queued"}
+        with _redis(redis_server) as client:  # each firing published its jobs to the device queues
+            assert client.llen(jobs[0].queue) >= 2
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(timeout=30)
+    line = _lab(tmp_path, "schedule", "add", "--inventory", str(inventory), "--suite", str(suite), "--cron", "30 2 * * *", "--print", env=env)
+    assert line.stdout.startswith("30 2 * * * mkdir -p") and f"--inventory {inventory.resolve()}" in line.stdout
+    bad = _lab(tmp_path, "schedule", "add", "--inventory", str(inventory), "--cron", "99 2 * * *", env=env)
+    assert bad.returncode == 2 and "--cron" in bad.stderr
+
+
+def test_cron_line_names_everything_absolutely(tmp_path):
     inventory = _inventory(tmp_path, ["x"])
-    line = cron_line(inventory, "quick", "02:30", ("even",), tmp_path / "results")
-    minute, hour, *_ = line.split(" ", 5)
-    assert (minute, hour) == ("30", "2") and line.split(" ", 5)[2:5] == ["*", "*", "*"]
-    assert f"--inventory {inventory.resolve()}" in line and "--tags even" in line and "cron.log 2>&1" in line
-    from harness.errors import EdgebenchError
-
-    with pytest.raises(EdgebenchError, match="02:00"):
-        cron_line(inventory, "quick", "25:00")
-
-
-def _kill_in(folder: Path, stop: threading.Event, killed: list[int]) -> None:
-    """Plays a device failing mid-run: kills every benchmark process working in its folder."""
-    while not stop.is_set():
-        for proc in psutil.process_iter(["name", "cwd"]):
-            if proc.info["cwd"] == str(folder) and proc.info["name"] in ("llama-bench", "edgebench-probe"):
-                try:
-                    proc.kill()
-                    killed.append(proc.pid)
-                except psutil.Error:
-                    pass
-        stop.wait(0.05)
+    line = cron_line("0 2 * * *", inventory, LabRequest(("x",), "quick", ("default", "other.gguf"), {"threads": (1, 2)}, 3), tmp_path / "results")
+    assert line.startswith("0 2 * * * mkdir -p ")
+    assert "--model default --model other.gguf --set threads=1,2 --repeat 3" in line and "cron.log 2>&1" in line
 
 
 @pytest.mark.slow
-def test_four_devices_in_parallel_with_one_failing_mid_run(tmp_path, host_runtime, default_model):
-    names = ["lab-a", "lab-b", "lab-c", "lab-d"]
-    inventory = _inventory(tmp_path, names)
-    suite = tmp_path / "tiny.toml"
-    suite.write_text(TINY)
-    results = tmp_path / "results"
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_in, args=(tmp_path / "dev" / "lab-c", stop, killed), daemon=True)
-    killer.start()
-    try:
-        run = edgebench("lab", "run", "--inventory", str(inventory), "--suite", str(suite), "--results", str(results), cwd=tmp_path)
-    finally:
-        stop.set()
-    assert run.returncode == 1, run.stderr
-    assert killed, run.stdout + run.stderr
-    lab_id = next((results / "lab").iterdir()).name
-    plan, outcomes = load_lab(results, lab_id)
-    assert {d: o.status for d, o in outcomes.items()} == {"lab-a": "ok", "lab-b": "ok", "lab-c": "failed", "lab-d": "ok"}
-    for name in ("lab-a", "lab-b", "lab-d"):
-        shown = json.loads(edgebench("results", "show", outcomes[name].run_id, "--json", "--results", str(results), cwd=tmp_path).stdout)
-        assert {r["metric"] for r in shown["summary"] if r["n"] == 2} >= {"prefill_tps", "decode_tps"}
-    assert "lab-c" in run.stdout and "failed" in run.stdout
-    assert (results / "lab" / lab_id / "report.html").exists()
+def test_two_models_on_four_devices_over_two_workers_land_in_one_postgresql(tmp_path, redis_server, pg_url, workers, host_runtime,
+                                                                            second_model):
+    inventory = _inventory(tmp_path, ["mx-a", "mx-b", "mx-c", "mx-d"])
+    env = {"EDGEBENCH_BROKER": redis_server.url, "EDGEBENCH_STORE": pg_url}
+    workers.append(Worker(tmp_path, inventory, env, "mx-a,mx-b", "host-a"))
+    workers.append(Worker(tmp_path, inventory, env, "mx-c,mx-d", "host-b"))
+    with _store(tmp_path, pg_url) as store:
+        _until(lambda: len(served_devices(store)) == 4, 60, "four devices served")
+        submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), "--model", "default",
+                         "--model", str(second_model), env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        lab_id = submitted.stdout.strip()
+        waited = _lab(tmp_path, "wait", lab_id, "--timeout", "600", env=env)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        jobs = _assert_each_job_once(store, lab_id)
+        assert len(jobs) == 8 and len(store.runs()) == 8
+        assert {(j.device, j.options.model) for j in jobs} == {(d, m) for d in ("mx-a", "mx-b", "mx-c", "mx-d") for m in ("default", str(second_model))}
+        assert len({store.run(j.run_id)["model_sha256"] for j in jobs}) == 2
+        assert len({j.identity for j in jobs}) == 4 and len({j.pid for j in jobs}) == 4  # one device worker process per device
+    status = _lab(tmp_path, "status", lab_id, env=env)
+    assert status.stdout.count("done") >= 8 and "8 done" in status.stdout
 
-    # The scheduled entry, run the way cron would (its command part through sh), finishes a lab.
-    line = cron_line(inventory, str(suite), "02:00", (), results)
-    command = line.split(" ", 5)[5]
-    done = subprocess.run(["sh", "-c", command], cwd="/", capture_output=True, text=True, timeout=1200, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
-    assert done.returncode == 0, (results / "lab" / "cron.log").read_text()[-2000:]
-    assert "lab-" in (results / "lab" / "cron.log").read_text()
-    assert shlex.split(command)[0].endswith("mkdir")
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_benchmark_resumes_its_job_on_restart(tmp_path, redis_server, workers, host_runtime, default_model):
+    inventory = _inventory(tmp_path, ["kill-a"])
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    workers.append(worker := Worker(tmp_path, inventory, env))
+    submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path, 4)), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    lab_id = submitted.stdout.strip()
+    with _store(tmp_path) as store:
+        (job,) = jobs_of(store, lab_id)
+        first = _until(lambda: [e for e in store.executions(job.run_id) if e.status == "ok"] if job.run_id in {r["id"] for r in store.runs()} else [],
+                       300, "a finished process")
+        worker.kill9()
+        kept = {(e.case_key, e.rep): (e.id, e.started_at) for e in store.executions(job.run_id)}
+        assert jobs_of(store, lab_id)[0].status == "running"  # nobody told the store: the host died
+        worker.start()
+        waited = _lab(tmp_path, "wait", lab_id, "--timeout", "600", env=env)
+        assert waited.returncode == 0, waited.stdout + waited.stderr + worker.text()[-3000:]
+        (job,) = _assert_each_job_once(store, lab_id, reps=4)
+        assert job.attempts == 2 and "put back" in worker.text()
+        after = {(e.case_key, e.rep): (e.id, e.started_at) for e in store.executions(job.run_id)}
+        assert len(after) == 4 and all(after[k] == v for k, v in kept.items()), (kept, after)  # finished ones not redone
+        assert len(first) >= 1 and len(store.runs()) == 1
+
+
+@pytest.mark.slow
+def test_a_broker_restart_mid_lab_loses_no_job(tmp_path, redis_server, workers, host_runtime, second_model):
+    inventory = _inventory(tmp_path, ["rs-a", "rs-b"])
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    workers.append(worker := Worker(tmp_path, inventory, env))
+    submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), "--model", "default",
+                     "--model", str(second_model), env=env)
+    lab_id = submitted.stdout.strip()
+    with _store(tmp_path) as store:
+        _until(lambda: any(j.status == "running" for j in jobs_of(store, lab_id)), 300, "a running job")
+        redis_server.restart()
+        waited = _lab(tmp_path, "wait", lab_id, "--timeout", "600", env=env)
+        assert waited.returncode == 0, waited.stdout + waited.stderr + worker.text()[-3000:]
+        assert len(_assert_each_job_once(store, lab_id)) == 4 and len(store.runs()) == 4
+
+
+@pytest.mark.slow
+def test_lab_cancel_kills_the_running_benchmark(tmp_path, redis_server, workers, host_runtime, default_model):
+    inventory = _inventory(tmp_path, ["cn-a"])
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    workers.append(Worker(tmp_path, inventory, env))
+    lab_id = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path, 30)), "--model", "default",
+                  "--repeat", "30", env=env).stdout.strip()
+    second = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), env=env).stdout.strip()
+    with _store(tmp_path) as store:
+        _until(lambda: jobs_of(store, lab_id)[0].status == "running", 300, "the job to start")
+        cancelled = _lab(tmp_path, "cancel", lab_id, env=env)
+        assert "1 running job(s) being stopped" in cancelled.stderr, cancelled.stderr
+        (job,) = _until(lambda: [j for j in jobs_of(store, lab_id) if j.final], 120, "the cancellation")
+        assert job.status == "cancelled" and "killed" in job.error
+        assert store.run(job.run_id)["status"] == "interrupted" and len(store.executions(job.run_id)) < 30
+        waited = _lab(tmp_path, "wait", second, "--timeout", "300", env=env)  # the device's next job runs
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+
+
+@pytest.mark.slow
+def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tmp_path, host_runtime, second_model):
+    names = ["em-a", "em-b", "em-c", "em-d"]
+    inventory = _inventory(tmp_path, names)
+    env = {"EDGEBENCH_BROKER": "", "EDGEBENCH_STORE": ""}
+    long_suite = _suite(tmp_path, 6)
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "harness", "lab", "run", "--inventory", str(inventory), "--suite", str(long_suite), "--model", "default",
+         "--model", str(second_model), "--results", str(tmp_path / "results")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with _store(tmp_path) as store:
+            def busy_a():
+                return [j for lid in _lab_ids(store) for j in jobs_of(store, lid) if j.device == "em-a" and j.status == "running"]
+
+            (job,) = _until(busy_a, 300, "a lab job on em-a")
+            manual = edgebench("run", "--device", "em-a", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)),
+                               "--results", str(tmp_path / "results"), cwd=tmp_path, env=env)
+            assert manual.returncode == 2, manual.stderr
+            assert f"lab job {job.id}" in manual.stderr and "since" in manual.stderr
+            waited = edgebench("run", "--device", "em-a", "--wait", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)),
+                               "--results", str(tmp_path / "results"), "--json", cwd=tmp_path, env=env)
+            assert waited.returncode == 0, waited.stderr
+            assert "waiting for device" in waited.stderr
+            out, err = lab.communicate(timeout=900)
+            assert lab.returncode == 0, out + err
+            lab_id = jobs_of(store, job.lab_id)[0].lab_id
+            jobs = _assert_each_job_once(store, lab_id, reps=6)
+            assert len(jobs) == 8
+            manual_run = json.loads(waited.stdout)["run"]
+            lab_runs = [store.run(j.run_id) for j in jobs if j.device == "em-a"]
+            # The manual run started after the lab job it waited for had finished: never beside it.
+            assert manual_run["created_at"] >= min(r["finished_at"] for r in lab_runs)
+        assert (tmp_path / "results" / "lab" / lab_id / "report.html").exists() and "8 done" in out
+    finally:
+        if lab.poll() is None:
+            lab.kill()

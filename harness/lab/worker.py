@@ -83,7 +83,7 @@ def serve(inventory: Path, names: tuple[str, ...], broker: str, results: Path, s
 def _spawn(device: Served, inventory: Path, results: Path, env: dict[str, str]) -> subprocess.Popen:
     # The broker and store URLs (passwords) travel in the environment, never on a command line.
     argv = [sys.executable, "-m", "harness.lab.worker", device.queue, device.spec.name, str(Path(inventory).resolve()), str(Path(results).resolve())]
-    return subprocess.Popen(argv, env=env)
+    return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno())  # Celery's banner is not output
 
 
 def restore_unacked(app, queues: list[str]) -> int:
