@@ -233,14 +233,14 @@ def test_a_worker_killed_mid_benchmark_resumes_its_job_on_restart(tmp_path, redi
         first = _until(lambda: [e for e in store.executions(job.run_id) if e.status == "ok"] if job.run_id in {r["id"] for r in store.runs()} else [],
                        300, "a finished process")
         worker.kill9()
-        kept = {(e.case_key, e.rep): (e.id, e.started_at) for e in store.executions(job.run_id)}
+        kept = {(e.case_key, e.rep): (e.id, e.wall_s) for e in store.executions(job.run_id)}
         assert jobs_of(store, lab_id)[0].status == "running"  # nobody told the store: the host died
         worker.start()
         waited = _lab(tmp_path, "wait", lab_id, "--timeout", "600", env=env)
         assert waited.returncode == 0, waited.stdout + waited.stderr + worker.text()[-3000:]
         (job,) = _assert_each_job_once(store, lab_id, reps=4)
         assert job.attempts == 2 and "put back" in worker.text()
-        after = {(e.case_key, e.rep): (e.id, e.started_at) for e in store.executions(job.run_id)}
+        after = {(e.case_key, e.rep): (e.id, e.wall_s) for e in store.executions(job.run_id)}
         assert len(after) == 4 and all(after[k] == v for k, v in kept.items()), (kept, after)  # finished ones not redone
         assert len(first) >= 1 and len(store.runs()) == 1
 
