@@ -285,7 +285,7 @@ def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tm
     names = ["em-a", "em-b", "em-c", "em-d"]
     inventory = _inventory(tmp_path, names)
     env = {"EDGEBENCH_BROKER": "", "EDGEBENCH_STORE": ""}
-    long_suite = _suite(tmp_path, 6)
+    long_suite = _suite(tmp_path, 3)
     lab = subprocess.Popen(
         [sys.executable, "-m", "harness", "lab", "run", "--inventory", str(inventory), "--suite", str(long_suite), "--model", "default",
          "--model", str(second_model), "--results", str(tmp_path / "results")],
@@ -307,7 +307,7 @@ def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tm
             out, err = lab.communicate(timeout=900)
             assert lab.returncode == 0, out + err
             lab_id = jobs_of(store, job.lab_id)[0].lab_id
-            jobs = _assert_each_job_once(store, lab_id, reps=6)
+            jobs = _assert_each_job_once(store, lab_id, reps=3)
             assert len(jobs) == 8
             manual_run = json.loads(waited.stdout)["run"]
             lab_runs = [store.run(j.run_id) for j in jobs if j.device == "em-a"]
@@ -317,3 +317,36 @@ def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tm
     finally:
         if lab.poll() is None:
             lab.kill()
+
+
+@pytest.mark.slow
+def test_a_board_that_drops_is_unreachable_and_retried_with_backoff(tmp_path, redis_server, workers, host_runtime, default_model):
+    from .sshd_fixture import Sshd
+
+    sshd = Sshd(tmp_path / "sshd").start()
+    inventory = tmp_path / "boards.toml"
+    inventory.write_text(sshd.inventory("board", workdir=str(tmp_path / "board"), connect_timeout=3))
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    workers.append(worker := Worker(tmp_path, inventory, env))
+    try:
+        with _store(tmp_path) as store:
+            _until(lambda: served_devices(store), 60, "the board served")
+            sshd.kill()  # the board drops off the network
+            gave_up = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), "--retries", "1",
+                           "--backoff", "0.5", env=env).stdout.strip()
+            waited = _lab(tmp_path, "wait", gave_up, "--timeout", "120", env=env)
+            (job,) = jobs_of(store, gave_up)
+            assert waited.returncode == 1 and (job.status, job.attempts) == ("unreachable", 2), (job, worker.text()[-2000:])
+            assert "gave up after 2 attempts" in job.error and "unreachable" in waited.stdout
+
+            back = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), "--retries", "4",
+                        "--backoff", "2", env=env).stdout.strip()
+            (job,) = _until(lambda: [j for j in jobs_of(store, back) if j.status == "unreachable"], 120, "the job marked unreachable")
+            assert "retrying in 2 s" in job.error
+            sshd.start()  # back on the network during the backoff
+            waited = _lab(tmp_path, "wait", back, "--timeout", "300", env=env)
+            assert waited.returncode == 0, waited.stdout + waited.stderr + worker.text()[-3000:]
+            (job,) = _assert_each_job_once(store, back)
+            assert job.attempts >= 2 and "retrying in" in worker.text()
+    finally:
+        sshd.kill()
