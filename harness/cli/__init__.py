@@ -135,7 +135,10 @@ def run(
 
         callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
         holder = manual_holder(" ".join(sys.argv[1:]))
-        note = lambda m: console.print(f"[yellow]{escape(m)}[/]")  # noqa: E731
+
+        def note(message: str) -> None:
+            console.print(f"[yellow]{escape(message)}[/]")
+
         if resume:
             row = store.run(resume)
             with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):

@@ -27,6 +27,7 @@ LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
     "batch": ("-b", "n_batch"),
     "ubatch": ("-ub", "n_ubatch"),
     "load_mode": ("-lm", "load_mode"),
+    "delay": ("--delay", "delay"),  # seconds of cool-off before the test, outside its measured repetitions
 }
 
 

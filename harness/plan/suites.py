@@ -48,6 +48,7 @@ SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch": (_int_in(1), "a positive integer"),
     "ubatch": (_int_in(1), "a positive integer"),
     "load_mode": (_one_of(LOAD_MODES), "one of " + ", ".join(LOAD_MODES)),
+    "delay": (_int_in(0), "whole seconds >= 0"),
 }
 assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS), "every llama-bench setting needs a check"
 
