@@ -350,3 +350,32 @@ def test_a_board_that_drops_is_unreachable_and_retried_with_backoff(tmp_path, re
             assert job.attempts >= 2 and "retrying in" in worker.text()
     finally:
         sshd.kill()
+
+
+def test_sigterm_of_lab_run_stops_only_the_waiting(tmp_path, redis_server):
+    inventory = _inventory(tmp_path, ["tm-a"])
+    env = {"EDGEBENCH_BROKER": redis_server.url}
+    lab = subprocess.Popen([sys.executable, "-m", "harness", "lab", "run", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)),
+                            "--results", str(tmp_path / "results")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **env},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _store(tmp_path) as store:
+        (lab_id,) = _until(lambda: _lab_ids(store), 60, "the lab submitted")
+        (job,) = jobs_of(store, lab_id)
+        lab.send_signal(signal.SIGTERM)
+        _, err = lab.communicate(timeout=60)
+        assert lab.returncode == 3 and f"edgebench lab status {lab_id}" in err, err
+        assert jobs_of(store, lab_id)[0].status == "queued"  # left to the workers
+    with _redis(redis_server) as client:
+        assert client.llen(job.queue) == 1
+
+
+def test_a_submit_to_an_unreachable_broker_says_so_and_queues_nothing(tmp_path):
+    inventory = _inventory(tmp_path, ["nb-a"])
+    from .redis_fixture import _free_port
+
+    env = {"EDGEBENCH_BROKER": f"redis://:s3cr3tpw@127.0.0.1:{_free_port()}/0"}
+    submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), env=env)
+    assert submitted.returncode == 2 and "broker is unreachable" in submitted.stderr and "s3cr3tpw" not in submitted.stderr
+    with _store(tmp_path) as store:
+        (job,) = jobs_of(store, _lab_ids(store)[0])
+        assert job.status == "failed" and job.error.startswith("never queued")

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from harness.errors import EdgebenchError
 from harness.lab.app import RUN_JOB, queue_for
-from harness.lab.jobs import Job, LabRequest, create_jobs, jobs_of, new_lab_id, served_devices, worker_alive
+from harness.lab.jobs import Job, LabRequest, create_jobs, jobs_of, new_lab_id, served_devices, set_job, worker_alive
 from harness.plan.inventory import load_inventory
 from harness.plan.suites import load_suite
-from harness.results.store import Store
+from harness.results.store import Store, now_iso
 
 
 def device_queues(store: Store, inventory: Path, names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
@@ -41,8 +42,13 @@ def submit(store: Store, app: Celery, inventory: Path, request: LabRequest, lab_
     suite = load_suite(request.suite)
     lab_id = lab_id or new_lab_id()
     jobs = create_jobs(store, lab_id, request, suite.name, suite.text, device_queues(store, inventory, request.devices))
-    for job in jobs:
-        app.send_task(RUN_JOB, args=[job.id], queue=job.queue)
+    for i, job in enumerate(jobs):
+        try:
+            app.send_task(RUN_JOB, args=[job.id], queue=job.queue)
+        except OperationalError as exc:
+            for unsent in jobs[i:]:
+                set_job(store, unsent.id, status="failed", finished_at=now_iso(), error=f"never queued: broker unreachable ({exc})")
+            raise EdgebenchError(f"lab {lab_id}: the broker is unreachable ({exc}); {len(jobs) - i} job(s) not queued") from None
     return lab_id, jobs
 
 
