@@ -343,11 +343,11 @@ def _lab_request(inventory: Path, suite: str, model: list[str], set_: list[str],
     return LabRequest(chosen, suite, tuple(model or ["default"]), parse_setting_overrides(set_), repeat, retries, backoff)
 
 
-def _submit(store, broker: str, inventory: Path, request) -> str:
+def _submit(store, broker: str, inventory: Path, request, lab_id: Optional[str] = None) -> str:
     from harness.lab.app import make_app
     from harness.lab.submit import submit
 
-    lab_id, jobs = submit(store, make_app(broker), inventory, request)
+    lab_id, jobs = submit(store, make_app(broker), inventory, request, lab_id)
     console.print(escape(f"lab {lab_id}: {len(jobs)} job(s) on {len(request.devices)} device(s), suite {request.suite}"))
     return lab_id
 
@@ -436,11 +436,17 @@ def lab_run(
     import signal
 
     from harness.lab.app import broker_url, is_embedded
+    from harness.lab.jobs import new_lab_id
     from harness.lab.submit import wait
     from harness.lab.worker import start_embedded
 
     def stop_waiting(*_) -> None:
         raise KeyboardInterrupt
+
+    deferred: list[int] = []
+
+    def defer(signum, _frame) -> None:
+        deferred.append(signum)
 
     signal.signal(signal.SIGTERM, stop_waiting)
     lab_id, worker = None, None
@@ -450,16 +456,28 @@ def lab_run(
         request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff)
         if is_embedded(url):
             worker = start_embedded(inventory, request.devices, store.root, store_url, url)
-        lab_id = _submit(store, url, inventory, request)
+        # A signal while submitting waits until every job is on its queue: none is left behind half-submitted.
+        signal.signal(signal.SIGTERM, defer)
+        signal.signal(signal.SIGINT, defer)
+        lab_id = new_lab_id()
+        _submit(store, url, inventory, request, lab_id)
+        signal.signal(signal.SIGTERM, stop_waiting)
+        signal.signal(signal.SIGINT, stop_waiting)
+        if deferred:
+            raise KeyboardInterrupt
         wait(store, lab_id, _job_line)
     except KeyboardInterrupt:
-        if lab_id is None:
+        if lab_id is None:  # nothing submitted: nothing for a worker of ours to do
+            if worker:
+                worker.terminate()
             raise typer.Exit(EXIT_INTERRUPTED)
         by = f"the worker this command started (pid {worker.pid}; stop it with kill {worker.pid})" if worker else "the lab's workers"
         console.print(escape(f"stopped waiting; lab {lab_id} goes on on {by}. Watch it: edgebench lab status {lab_id}, "
                              f"or edgebench lab wait {lab_id}"))
         raise typer.Exit(EXIT_INTERRUPTED)
     except EdgebenchError as exc:
+        if worker:
+            worker.terminate()
         raise _fail(exc)
     if worker:
         worker.terminate()
