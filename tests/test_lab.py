@@ -379,3 +379,22 @@ def test_a_submit_to_an_unreachable_broker_says_so_and_queues_nothing(tmp_path):
     with _store(tmp_path) as store:
         (job,) = jobs_of(store, _lab_ids(store)[0])
         assert job.status == "failed" and job.error.startswith("never queued")
+
+
+def test_status_shows_a_running_job_whose_worker_stopped_beating(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from harness.lab.jobs import create_jobs, register_device, set_job
+    from harness.results.schema import lab_devices
+
+    with _store(tmp_path) as store:
+        register_device(store, "board:1", "hb-a", queue_for("board:1"), "2026-01-01T00:00:00+00:00")
+        (job,) = create_jobs(store, "lab-hb", LabRequest(("hb-a",), "quick"), "quick", "", {"hb-a": ("board:1", queue_for("board:1"))})
+        set_job(store, job.id, status="running", host="host-a", pid=4242)
+        shown = _lab(tmp_path, "status", "lab-hb", env={})
+        assert "host-a (pid 4242)" in shown.stdout and "not answering" not in shown.stdout
+        old = (datetime.now(timezone.utc) - timedelta(seconds=61)).isoformat(timespec="seconds")
+        with store.transaction() as conn:
+            conn.execute(lab_devices.update().values(heartbeat_at=old))
+    shown = _lab(tmp_path, "status", "lab-hb", env={})
+    assert "its worker is not answering" in shown.stdout, shown.stdout
