@@ -398,3 +398,16 @@ def test_status_shows_a_running_job_whose_worker_stopped_beating(tmp_path):
             conn.execute(lab_devices.update().values(heartbeat_at=old))
     shown = _lab(tmp_path, "status", "lab-hb", env={})
     assert "its worker is not answering" in shown.stdout, shown.stdout
+
+
+def test_a_worker_serves_the_devices_that_answer_and_names_the_others(tmp_path, redis_server, workers):
+    from .sshd_fixture import Sshd
+
+    sshd = Sshd(tmp_path / "sshd")  # configured, never started: the board is off
+    inventory = _inventory(tmp_path, ["on-a"])
+    inventory.write_text(inventory.read_text() + sshd.inventory("off-board", connect_timeout=2))
+    workers.append(worker := Worker(tmp_path, inventory, {"EDGEBENCH_BROKER": redis_server.url}))
+    with _store(tmp_path) as store:
+        assert [r["name"] for r in _until(lambda: served_devices(store), 60, "registration")] == ["on-a"]
+    _until(lambda: "off-board: not served" in worker.text(), 30, "the board named")
+    assert worker.process.poll() is None

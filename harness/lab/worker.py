@@ -12,7 +12,6 @@ they would otherwise wait for the visibility timeout, and no other consumer can 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -24,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.drivers.base import DriverError
 from harness.errors import EdgebenchError
 from harness.lab.app import BROKER_ENV, make_app, queue_for
-from harness.lab.jobs import register_device
+from harness.lab.jobs import register_device, served_devices
 from harness.plan.inventory import DeviceSpec, load_inventory
 from harness.results.location import STORE_ENV
 from harness.results.store import Store, now_iso
 
 HEARTBEAT_S = 5.0
-log = logging.getLogger("edgebench.lab")
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def serve(inventory: Path, names: tuple[str, ...], broker: str, results: Path, s
     specs = select_devices(inventory, names)
     started = now_iso()
     with Store(results, store_url) as store:
-        served = [Served(s, identity, queue_for(identity)) for s in specs for identity in [s.open().identity()]]
+        served = _identities(store, specs, say)
         for device in served:
             register_device(store, device.identity, device.spec.name, device.queue, started)
             say(f"{device.spec.name}: queue {device.queue}")
@@ -78,6 +77,26 @@ def serve(inventory: Path, names: tuple[str, ...], broker: str, results: Path, s
                 child.send_signal(signal.SIGTERM)  # warm shutdown: the job running now finishes first
             for child in children.values():
                 child.wait()
+
+
+def _identities(store: Store, specs: list[DeviceSpec], say: Callable[[str], None]) -> list[Served]:
+    """Each device's identity, asked of the device; for one that does not answer, the identity
+    this host served it under before (its queue may hold jobs), else it is not served."""
+    known = {r["name"]: r["identity"] for r in served_devices(store) if r["host"] == socket.gethostname()}
+    served = []
+    for spec in specs:
+        try:
+            identity = spec.open().identity()
+        except DriverError as exc:
+            if spec.name not in known:
+                say(f"{spec.name}: not served: {exc}")
+                continue
+            identity = known[spec.name]
+            say(f"{spec.name}: does not answer ({exc}); serving its queue under the identity it had ({identity})")
+        served.append(Served(spec, identity, queue_for(identity)))
+    if not served:
+        raise EdgebenchError("no device of the inventory can be served (see above)")
+    return served
 
 
 def _spawn(device: Served, inventory: Path, results: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -130,8 +149,6 @@ def start_embedded(inventory: Path, names: tuple[str, ...], results: Path, store
         argv += ["--devices", ",".join(names)]
     env = {**os.environ, BROKER_ENV: broker, **({STORE_ENV: store_url} if store_url else {})}
     child = subprocess.Popen(argv, env=env, start_new_session=True)
-    from harness.lab.jobs import served_devices
-
     deadline = time.monotonic() + timeout_s
     with Store(results, store_url) as store:
         while True:
