@@ -56,7 +56,7 @@ def main() -> None:
             telemetry = ProbeTelemetry(driver, str(runtime.binary("edgebench-probe")), driver.workdir,
                                        interval_ms=args.interval_ms)
             with telemetry:
-                probed[case.label].append(tokens_per_s(telemetry.wrap(argv)))
+                probed[case.label].append(tokens_per_s(telemetry.wrap(argv, engine.marks)))
             assert telemetry.trace is not None and telemetry.trace.exit is not None
             probe_cpu += telemetry.trace.exit.probe_cpu_s
             bench_cpu += telemetry.trace.exit.rusage.user_s + telemetry.trace.exit.rusage.system_s

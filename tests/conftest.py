@@ -63,3 +63,16 @@ def aarch64_binfmt() -> None:
         register.write_text(conf.read_text().strip() + "\n")
     except OSError as exc:
         pytest.skip(f"cannot register qemu-aarch64 with binfmt_misc: {exc}")
+
+
+def fake_llama_bench(reps: int = 2, seconds: float = 0.6, load_s: float = 0.2, n_prompt: int = 64) -> str:
+    """A sh script printing what `llama-bench -o jsonl --progress` prints for one prefill test:
+    `load_s` of "model load" and warmup, then `reps` timed repetitions of `seconds` each, each
+    announced on stderr as llama-bench announces it (for tests of the measured windows)."""
+    runs = "".join(f'echo "llama-bench: benchmark 1/1: prompt run {i}/{reps}" >&2; sleep {seconds}\n' for i in range(1, reps + 1))
+    ns = ", ".join([str(round(seconds * 1e9))] * reps)
+    ts = ", ".join([str(n_prompt / seconds)] * reps)
+    return (f'#!/bin/sh\necho "llama-bench: benchmark 1/1: starting" >&2\nsleep {load_s}\n'
+            f'echo "llama-bench: benchmark 1/1: warmup prompt run" >&2\n{runs}'
+            f"echo '{{\"n_prompt\": {n_prompt}, \"n_gen\": 0, \"n_depth\": 0, \"avg_ts\": {n_prompt / seconds}, "
+            f"\"samples_ns\": [{ns}], \"samples_ts\": [{ts}], \"backends\": \"CPU\"}}'\n")

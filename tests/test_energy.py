@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.telemetry import energy
-from harness.telemetry.energy import Trace, case_energy, counter_trace, integrate, meter_trace, windows_energy
-from harness.telemetry.probe import energy_metrics
+from harness.telemetry.energy import Trace, case_energy, counter_trace, energy_metrics, integrate, meter_trace, windows_energy
 
 
 def _grid(start: float, end: float, step: float) -> tuple[float, ...]:
@@ -117,3 +116,18 @@ def test_headline_is_the_widest_scope() -> None:
     assert energy.headline([]) is None
     with pytest.raises(ValueError, match="scope"):
         Trace("toaster", "x", (0.0,), (1.0,))
+
+
+def test_window_metrics_integrate_start_and_duration_and_say_why_there_is_none() -> None:
+    trace = _power(_grid(0, 6, 0.01), lambda x: 1.0 if x < 2.0 else 4.0)
+    # idle asked from before the first sample: clipped to where the trace begins, not refused
+    metrics = {m.name: m for m in energy.window_metrics([trace], [(3.0, 1.0), (4.5, 1.0)], 100, idle=(-5.0, 1.9),
+                                                         no_power="unused", no_window=None)}
+    assert metrics["energy_j"].value == pytest.approx(8.0) and metrics["avg_power_w"].value == pytest.approx(4.0)
+    assert metrics["idle_power_w"].value == pytest.approx(1.0) and metrics["energy_j_net"].value == pytest.approx(6.0)
+    assert metrics["energy_j_per_token"].value == pytest.approx(0.08)
+    failed = energy.window_metrics([trace], [], 0, idle=None, no_power="unused", no_window="the process failed")
+    assert {m.missing_reason for m in failed} == {"the process failed"}
+    blind = energy.window_metrics([], [(3.0, 1.0)], 10, idle=None, no_power="no power sensor", no_window=None)
+    assert [m.name for m in blind] == [name for name, _ in energy.ENERGY_METRICS]
+    assert {m.missing_reason for m in blind} == {"no power sensor"}

@@ -6,7 +6,7 @@ import pytest
 
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError
-from harness.engines.llamabench import LlamaBench, effective_settings, parse_jsonl
+from harness.engines.llamabench import MARK_PREFIX, LlamaBench, measured_windows, parse_jsonl
 from harness.plan.cases import Case
 
 from .conftest import DATA
@@ -25,8 +25,37 @@ def test_recorded_prefill_output_gives_tokens_per_second_and_samples():
     assert metric.name == "prefill_tps" and metric.unit == "tok/s"
     assert len(metric.samples) == 2 and metric.value == pytest.approx(sum(metric.samples) / 2, rel=1e-3)
     assert result.build == "llama.cpp 0c1e570 (0)"
-    settings = effective_settings(result.raw[0])
+    settings = result.effective
     assert settings["n_threads"] == 2 and settings["type_k"] == "f16" and settings["load_mode"] == "auto"
+    assert settings["backends"] == "CPU" and "samples_ns" not in settings and "avg_ts" not in settings
+    assert result.windows == () and "--progress" in result.no_window  # no sampler stamped its marks
+
+
+def test_windows_come_from_the_stamped_marks_and_samples_ns():
+    case = Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2)
+    marks = [(10.0, "llama-bench: benchmark 1/1: starting"), (10.2, "llama-bench: benchmark 1/1: warmup prompt run"),
+             (10.5, "llama-bench: benchmark 1/1: prompt run 1/2"), (10.6, "llama-bench: benchmark 1/1: prompt run 2/2")]
+    result = LlamaBench().parse(case, _completed((REC / "prefill_p16_r2.jsonl").read_text()), marks)
+    assert result.windows == ((10.5, 0.042785003), (10.6, 0.044108568))  # samples_ns of the recorded run
+    assert result.tokens == 2 * 16 and result.no_window is None
+    wrong = LlamaBench().parse(case, _completed((REC / "prefill_p16_r2.jsonl").read_text()), marks[:3])
+    assert wrong.windows == () and "do not match" in wrong.no_window
+
+
+def test_measured_windows_start_at_the_timed_marks():
+    marks = [(1.0, "llama-bench: benchmark 1/1: starting"), (1.5, "llama-bench: benchmark 1/1: warmup prompt run"),
+             (2.0, "llama-bench: benchmark 1/1: depth run 1/2"), (3.0, "llama-bench: benchmark 1/1: generation run 1/2"),
+             (4.0, "llama-bench: benchmark 1/1: depth run 2/2 (cached)"),
+             (5.0, "llama-bench: benchmark 1/1: generation run 2/2")]
+    assert measured_windows(marks, [500_000_000, 250_000_000]) == ((3.0, 0.5), (5.0, 0.25))
+    assert measured_windows(marks, [1, 2, 3]) == ()  # marks and repetitions disagree: no window
+
+
+def test_argv_asks_for_the_marks_the_windows_need():
+    engine = LlamaBench()
+    argv = engine.argv(Case("llamabench", "decode", 0, 4, 16), runtime_dir="/rt", model_path="/m.gguf")
+    assert argv[0] == "/rt/bin/llama-bench" and "--progress" in argv
+    assert engine.marks == MARK_PREFIX == "llama-bench: "
 
 
 def test_recorded_decode_at_depth_and_pg():
@@ -69,4 +98,6 @@ def test_live_llama_bench_output_parses(host_runtime, default_model):
     (metric,) = result.metrics
     assert metric.value > 0 and len(metric.samples) == 2
     assert result.build.startswith("llama.cpp 0c1e570")
+    progress = [line for line in completed.stderr.splitlines() if line.startswith(MARK_PREFIX)]
+    assert any(": generation run 2/2" in line for line in progress)  # what the probe stamps
     assert completed.rusage and completed.rusage.max_rss_kb > 50_000  # the model is ~92 MB

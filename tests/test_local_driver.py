@@ -92,12 +92,12 @@ def test_probe_runs_keep_the_gpu_figures_with_their_reason(tmp_path):
         def __exit__(self, *exc):
             return None
 
-        def metrics(self, completed):
+        def metrics(self, completed, windows, tokens, no_window=None):
             return []
 
     telemetry.inner = Inner()
     with telemetry:
         pass
-    names = {m.name: m for m in telemetry.metrics(Completed(("x",), 0, "", "", 0.1))}
+    names = {m.name: m for m in telemetry.metrics(Completed(("x",), 0, "", "", 0.1), (), 0)}
     assert set(names) == {"gpu_power_w", "gpu_energy_j", "gpu_mem_peak_mb"}
     assert all(m.value is None and "NVIDIA" in m.missing_reason for m in names.values())

@@ -20,10 +20,14 @@ import pytest
 
 from harness.drivers.base import Completed
 from harness.drivers.local import LocalDriver
+from harness.engines.llamabench import LlamaBench
+from harness.plan.cases import Case
 from harness.runtimes.build import runtime_key
 from harness.runtimes.probe import compile_probe, probe_compiler, probe_sha256
-from harness.telemetry.probe import DISCOVERY_GLOBS, ProbeTelemetry, classify, measured_windows, parse_probe
+from harness.telemetry.probe import DISCOVERY_GLOBS, ProbeTelemetry, classify, parse_probe
 from harness.telemetry.devicefs import read_files
+
+from .conftest import fake_llama_bench
 
 DATA = Path(__file__).resolve().parent / "data" / "probe"
 COMPILERS = {"host": "cc", "aarch64": "aarch64-linux-gnu-gcc"}
@@ -82,6 +86,8 @@ def test_fake_sysfs_values_are_reported_at_the_interval(built: tuple[Path, Path]
     assert trace.start_t is not None and trace.exit is not None
     assert trace.start_t <= temps[1].t and trace.exit.t <= temps[-1].t
     assert trace.exit.samples == len(temps) and trace.exit.code == 0 and not trace.exit.signaled
+    boot_minus_mono = time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+    assert trace.boottime_offset_s == pytest.approx(boot_minus_mono, abs=0.01)  # the `clocks` line
 
 
 def test_a_child_that_allocates_shows_that_peak(built: tuple[Path, Path], tmp_path: Path) -> None:
@@ -201,19 +207,6 @@ def test_discovery_of_this_host_says_why_sensors_are_missing() -> None:
             assert found.reason(family) or any(k.startswith(family) for k in found.unreadable)
 
 
-FAKE_LLAMA_BENCH = """#!/bin/sh
-# Prints what llama-bench --progress prints, with two timed 0.6 s repetitions of a 64-token prompt.
-echo "llama-bench: benchmark 1/1: starting" >&2
-echo "llama-bench: benchmark 1/1: warmup prompt run" >&2
-sleep 0.2
-echo "llama-bench: benchmark 1/1: prompt run 1/2" >&2
-sleep 0.6
-echo "llama-bench: benchmark 1/1: prompt run 2/2" >&2
-sleep 0.6
-echo '{"n_prompt": 64, "n_gen": 0, "n_depth": 0, "avg_ts": 106.6, "samples_ns": [600000000, 600000000], "samples_ts": [106.6, 106.6]}'
-"""
-
-
 def test_probe_telemetry_measures_energy_over_the_marked_windows(tmp_path: Path) -> None:
     """A fake RAPL counter rising at exactly 10 W (a writer thread computes it from the clock)."""
     root = tmp_path / "root"
@@ -233,22 +226,27 @@ def test_probe_telemetry_measures_energy_over_the_marked_windows(tmp_path: Path)
     runtime = tmp_path / "runtime"
     compile_probe("cc", runtime / "bin" / "edgebench-probe")
     bench = runtime / "bin" / "llama-bench"
-    bench.write_text(FAKE_LLAMA_BENCH)
+    bench.write_text(fake_llama_bench(reps=2, seconds=0.6))
     bench.chmod(0o755)
     driver = LocalDriver(workdir=str(tmp_path / "work"))
     writer = threading.Thread(target=write)
     writer.start()
+    engine = LlamaBench()
     try:
         telemetry = ProbeTelemetry(driver, str(runtime / "bin/edgebench-probe"), driver.workdir, interval_ms=20,
                                    idle_s=0.5, root=str(root))
         with telemetry:
-            completed = driver.run(telemetry.wrap([str(bench), "-p", "64"]), timeout=60, on_start=telemetry.attach)
+            argv = telemetry.wrap([str(bench), "-p", "64", "--progress"], engine.marks, cpus=[0])
+            completed = driver.run(argv, timeout=60, on_start=telemetry.attach)
     finally:
         stop.set()
         writer.join()
     assert completed.ok, completed.stderr
     assert "llama-bench: benchmark 1/1: prompt run 2/2" in completed.stderr  # forwarded untouched
-    metrics = {m.name: m for m in telemetry.metrics(completed)}
+    assert argv[argv.index("--cpu") + 1] == "3"  # off the benchmark's core 0, on the last free one
+    parsed = engine.parse(Case("llamabench", "prefill", 64, 0, 0, inprocess_reps=2), completed, telemetry.marks())
+    assert [round(d, 3) for _, d in parsed.windows] == [0.6, 0.6] and parsed.tokens == 128
+    metrics = {m.name: m for m in telemetry.metrics(completed, parsed.windows, parsed.tokens)}
     assert metrics["avg_power_w"].value == pytest.approx(10.0, rel=0.05)
     assert metrics["energy_j"].value == pytest.approx(12.0, rel=0.05)  # 2 x 0.6 s, not load or warmup
     assert metrics["idle_power_w"].value == pytest.approx(10.0, rel=0.05)
@@ -260,11 +258,11 @@ def test_probe_telemetry_measures_energy_over_the_marked_windows(tmp_path: Path)
     csv_path = tmp_path / "rep0.telemetry.csv"
     telemetry.write_csv(csv_path)
     assert "rapl/intel-rapl:0/package-0" in csv_path.read_text()
-    assert (tmp_path / "rep0.telemetry.probe.txt").read_text().startswith("edgebench-probe 2\n")
+    assert (tmp_path / "rep0.telemetry.probe.txt").read_text().startswith("edgebench-probe 3\n")
     assert not list((tmp_path / "work" / "probe").iterdir())  # the device file is cleaned up
 
 
-def test_a_non_llama_bench_command_gets_no_energy_window(tmp_path: Path) -> None:
+def test_without_windows_energy_is_missing_with_the_engines_reason(tmp_path: Path) -> None:
     root = tmp_path / "root"
     _fake_device(root)
     probe = tmp_path / "edgebench-probe"
@@ -272,38 +270,34 @@ def test_a_non_llama_bench_command_gets_no_energy_window(tmp_path: Path) -> None
     driver = LocalDriver(workdir=str(tmp_path / "work"))
     telemetry = ProbeTelemetry(driver, str(probe), driver.workdir, interval_ms=10, idle_s=0, root=str(root))
     with telemetry:
-        completed = driver.run(telemetry.wrap(["sleep", "0.2"]), timeout=60)
-    metrics = {m.name: m for m in telemetry.metrics(completed)}
-    assert metrics["energy_j"].value is None and "llama-bench" in (metrics["energy_j"].missing_reason or "")
-    assert metrics["peak_rss_mb"].value is not None
-
-
-def test_measured_windows_start_at_the_timed_marks() -> None:
-    marks = [(1.0, "llama-bench: benchmark 1/1: starting"), (1.5, "llama-bench: benchmark 1/1: warmup prompt run"),
-             (2.0, "llama-bench: benchmark 1/1: depth run 1/2"), (3.0, "llama-bench: benchmark 1/1: generation run 1/2"),
-             (4.0, "llama-bench: benchmark 1/1: depth run 2/2 (cached)"),
-             (5.0, "llama-bench: benchmark 1/1: generation run 2/2")]
-    assert measured_windows(marks, [500_000_000, 250_000_000]) == [(3.0, 3.5), (5.0, 5.25)]
-    assert measured_windows(marks, [1, 2, 3]) == []  # marks and repetitions disagree: no window
+        argv = telemetry.wrap(["sleep", "0.2"])
+        completed = driver.run(argv, timeout=60)
+    assert "--mark" not in argv and "--cpu" not in argv  # nothing to stamp; cores unknown: all of them busy
+    metrics = {m.name: m for m in telemetry.metrics(completed, (), 0, "the engine marks no repetition")}
+    assert metrics["energy_j"].value is None and metrics["energy_j"].missing_reason == "the engine marks no repetition"
+    assert metrics["peak_rss_mb"].value is not None and telemetry.marks() == []
 
 
 def test_a_probe_file_cut_short_parses_without_exit() -> None:
-    text = "edgebench-probe 2\nclock CLOCK_MONOTONIC\ninterval_ms 50\ncpu 3\nclk_tck 100\nsource 0 a /a\n" \
-           "proc VmRSS VmHWM RssAnon RssFile\ncputime stat child self_us\nstart 1000000000 42\n" \
+    text = "edgebench-probe 3\nclock CLOCK_MONOTONIC\nclocks 900000000 1900000000\ninterval_ms 50\ncpu 3\nclk_tck 100\n" \
+           "source 0 a /a\nproc VmRSS VmHWM RssAnon RssFile\ncputime stat child self_us\nstart 1000000000 42\n" \
            "s 1050000000 2000 7 100 100 60 40 10,1,5,900,3,2,1,0,0,0 4,1,0,0 1500\ns 1100000"
     trace = parse_probe(text)
     assert trace.exit is None and trace.cpu == 3 and trace.child_pid == 42 and trace.clk_tck == 100
+    assert trace.boottime_offset_s == 1.0  # CLOCK_BOOTTIME - CLOCK_MONOTONIC, from the `clocks` line
     assert [(s.source, s.value) for s in trace.samples if s.source != "probe/cost"] == [
         ("a", 7.0), ("proc/VmRSS", 100.0), ("proc/VmHWM", 100.0), ("proc/RssAnon", 60.0), ("proc/RssFile", 40.0),
         ("cpu/busy", 19.0), ("cpu/total", 922.0), ("child/cpu", 5.0), ("probe/cpu", 0.0015)]
 
 
 def test_other_probe_formats_are_refused() -> None:
-    with pytest.raises(ValueError, match="format 3"):
-        parse_probe("edgebench-probe 3\n")
+    with pytest.raises(ValueError, match="format 4"):
+        parse_probe("edgebench-probe 4\n")
     # format 1 lines lack the CPU counters: read as such they would lose contention silently
-    with pytest.raises(ValueError, match="format 1; this edgebench reads 2"):
+    with pytest.raises(ValueError, match="format 1; this edgebench reads 2 and 3"):
         parse_probe("edgebench-probe 1\nclock CLOCK_MONOTONIC\ninterval_ms 50\n")
+    # format 2 is 3 without `clocks`: read, with no offset to place a board tool's samples by
+    assert parse_probe("edgebench-probe 2\nclock CLOCK_MONOTONIC\ninterval_ms 50\n").boottime_offset_s is None
 
 
 def test_missing_probe_file_makes_every_metric_missing(tmp_path: Path) -> None:
@@ -312,7 +306,7 @@ def test_missing_probe_file_makes_every_metric_missing(tmp_path: Path) -> None:
     with telemetry:
         completed = driver.run(telemetry.wrap(["true"]), timeout=30)
     assert isinstance(completed, Completed) and completed.exit_code != 0
-    metrics = telemetry.metrics(completed)
+    metrics = telemetry.metrics(completed, (), 0, "the process failed")
     assert metrics and all(m.value is None and "probe" in (m.missing_reason or "") for m in metrics)
 
 
@@ -340,6 +334,7 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
     store = Store(results)
     (execution,) = store.executions(store.runs()[0]["id"])
     assert execution.raw["telemetry"]["sampler"] == "edgebench-probe"
+    assert len(execution.raw["windows"]) == 2 and execution.effective["backends"] == "CPU"  # from the engine
     assert "load_avg" in execution.raw["state"]
     summary = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
     metrics = {r["metric"]: r for r in summary["summary"]}
@@ -381,3 +376,45 @@ def test_the_native_programs_build_and_run_without_the_linux_only_parts(tmp_path
     measured = parse_output(subprocess.run([str(built[BANDWIDTH_NAME]), "--cpus", "0,1", "--array-mb", "8", "--reps", "2"],
                                            capture_output=True, text=True, timeout=120, check=True).stdout)
     assert measured.threads == 2 and measured.cpus == () and measured.gbps > 0  # two threads, pinned nowhere
+
+
+def test_a_board_tools_power_lands_on_the_probes_clock_and_integrates_the_same():
+    """One varying VDD_IN curve, as the probe's INA3221 samples (CLOCK_MONOTONIC) and as
+    tegrastats lines stamped with /proc/uptime (CLOCK_BOOTTIME, here 1000 s ahead: a board that
+    was suspended): over the same windows both give the same joules."""
+    from types import SimpleNamespace
+
+    from harness.drivers.base import DeviceFacts
+    from harness.telemetry import energy
+    from harness.telemetry.coprocess import BoardTool
+    from harness.telemetry.devicefs import FileRead
+    from harness.telemetry.probe import power_traces
+
+    line = (DATA.parent / "jetson" / "orin-nano.txt").read_text().strip()  # public Orin Nano line: VDD_IN 5704mW
+    mw = [5704 + 400 * (i % 7) - 150 * (i % 3) for i in range(60)]  # a curve that changes every tick
+    t0 = 100.0  # CLOCK_MONOTONIC seconds of the first tick
+    folder = "/sys/class/hwmon/hwmon0"
+    files = {f"{folder}/{name}": FileRead(path=f"{folder}/{name}", lines=(value,))
+             for name, value in (("name", "ina3221"), ("in1_label", "VDD_IN"), ("power1_input", "5704000"))}
+    found = classify(files)
+    rows = "".join(f"s {round((t0 + i * 0.1) * 1e9)} 1000 {w * 1000} - - - - - - 0\n" for i, w in enumerate(mw))
+    text = (f"edgebench-probe 3\nclock CLOCK_MONOTONIC\nclocks {round(t0 * 1e9)} {round((t0 + 1000) * 1e9)}\n"
+            f"interval_ms 100\ncpu -1\nclk_tck 100\nsource 0 rail/hwmon0:ina3221/VDD_IN/power {folder}/power1_input\n"
+            f"proc VmRSS VmHWM RssAnon RssFile\ncputime stat child self_us\n{rows}")
+    trace = parse_probe(text)
+    facts = DeviceFacts("orin", "ssh", "Linux", "", "aarch64", "", 6, 7620, extra={"tools": ["tegrastats"], "model": ""})
+    tool = BoardTool(SimpleNamespace(name="orin"), facts, interval_ms=100)
+    tool.load("\n".join(f"{t0 + 1000 + i * 0.1:.2f} {line.replace('VDD_IN 5704mW/5704mW', f'VDD_IN {w}mW/{w}mW')}"
+                        for i, w in enumerate(mw)))
+    (sysfs_power,) = power_traces(trace, found)
+    (board_power,) = tool.power_traces(trace.boottime_offset_s)
+    assert sysfs_power.scope == board_power.scope == energy.MODULE_INPUT
+    windows = [(101.03, 1.5), (103.2, 2.1)]
+    same = [{m.name: m.value for m in energy.window_metrics([tr], windows, 400, idle=(100.0, 101.0), no_power="-",
+                                                             no_window=None)} for tr in (sysfs_power, board_power)]
+    assert same[0]["energy_j"] is not None and same[0]["idle_power_w"] is not None
+    assert same[1] == pytest.approx(same[0], rel=1e-12)
+    assert same[0]["energy_j"] != pytest.approx(5.704 * 3.6, rel=1e-3)  # the curve varies: not a constant
+    lost = {m.name: m for m in energy.window_metrics(tool.power_traces(0.0), windows, 400, idle=None, no_power="-",
+                                                      no_window=None)}
+    assert "does not cover" in lost["energy_j"].missing_reason  # left on CLOCK_BOOTTIME it misses every window

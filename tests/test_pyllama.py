@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,9 @@ def test_recorded_output_gives_every_metric_with_units() -> None:
     assert all(m.value is not None and m.value > 0 for m in result.metrics)
     assert result.build == "llama-cpp-python 0.3.36"
     assert result.raw == [json.loads(RECORDED.read_text())]
+    assert result.effective["n_threads"] == 2 and result.effective["n_batch"] == 256
+    # recorded before the worker stamped its reps: no window, and it says why
+    assert result.windows == () and "start_monotonic_ns" in result.no_window and PyLlama.marks is None
 
 
 def test_recorded_output_values_match_numpy() -> None:
@@ -189,6 +193,7 @@ def test_real_worker_run_on_the_default_model(default_model: Path) -> None:
     case = _case(n_prompt=16, n_gen=4, reps=2, threads=2)
     engine = PyLlama()
     argv = engine.argv(case, runtime_dir="", model_path=str(default_model))
+    started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
     completed = _completed(proc.stdout, proc.stderr, proc.returncode)
 
@@ -198,6 +203,11 @@ def test_real_worker_run_on_the_default_model(default_model: Path) -> None:
     assert [rep["n_cached_before"] for rep in record["reps"]] == [0, 0]
     assert [len(rep["itl_ns"]) for rep in record["reps"]] == [3, 3]
     assert record["settings"]["n_threads"] == record["settings"]["n_threads_batch"] == 2
+    # each rep's window on the host's CLOCK_MONOTONIC: after the worker started, in order, as long as its clock says
+    assert len(result.windows) == 2 and result.tokens == 2 * (16 + 4)
+    (a, a_s), (b, b_s) = result.windows
+    assert started < a < a + a_s <= b < b + b_s < time.monotonic()
+    assert a_s == (record["reps"][0]["ttft_ns"] + sum(record["reps"][0]["itl_ns"])) / 1e9
     by_name = {m.name: m for m in result.metrics}
     assert by_name["ttft_ms"].value > 0 and len(by_name["ttft_ms"].samples) == 2
     assert len(by_name["itl_ms_p50"].samples) == 6

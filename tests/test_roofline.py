@@ -111,3 +111,37 @@ def test_host_run_gives_an_efficiency_figure(tmp_path, host_runtime, default_mod
     assert rows["decode n8 @d256"]["bytes_per_token"] > rows["decode n8"]["bytes_per_token"]
     html = next(results.glob("runs/*/report.html")).read_text()
     assert "Decode roofline" in html and "Decode vs its memory-bandwidth roofline" in html and "Published claims" in html
+
+
+def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path):
+    """The raw llama-bench records disagree on purpose: analysis must not read them."""
+    from harness.plan.cases import Case
+    from harness.report.html import render_report
+    from harness.results.records import Metric
+    from harness.results.roofline import ModelTraffic, roofline_frame
+    from harness.results.store import Store
+    from harness.runtimes.models import ModelInfo
+
+    model = ModelInfo(path="/m/m.gguf", filename="m.gguf", sha256="cd" * 32, file_size=1, architecture="llama", name="m",
+                      parameter_count=1, quantization="Q4_1", context_length=8192, n_layers=30, n_embd=576, n_head=9,
+                      n_head_kv=3, tensor_count=1, gguf_version=3)
+    store = Store(tmp_path / "results")
+    case = Case("llamabench", "decode", 0, 64, 512, inprocess_reps=2)
+    traffic = ModelTraffic(weight_bytes=100_000_000, embedding_tied=True, head_count_kv=(3,) * 30, head_dim_k=64,
+                           head_dim_v=64, mixture_of_experts=False)
+    run_id = store.create_run(
+        device="orin", suite_name="t", suite_text="", repetitions=2, timeout_s=60, cases=[case], model_sha256="cd" * 32,
+        model_info={**model.to_json(), "traffic": traffic.to_json()}, runtime_key=None, runtime_manifest=None,
+        facts={"name": "orin", "gpus": []}, command=[], version="test")
+    effective = {"backends": "CUDA", "gpu_info": "Orin", "n_gpu_layers": 99, "type_k": "q8_0", "n_threads": 6}
+    for rep, tps in enumerate((40.0, 44.0)):
+        store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t", error=None, build=None,
+                               raw={"records": [{"avg_ts": 1.0, "backends": "CPU", "type_k": "f16", "n_threads": 1}]},
+                               metrics=[Metric("decode_tps", tps, "tok/s")], effective=effective)
+    store.finish_run(run_id, "finished")
+    (row,) = roofline_frame(store, [run_id]).to_dict("records")
+    assert row["decode_tps"] == 42.0 and row["type_k"] == "q8_0" and row["n_threads"] == 6
+    assert row["bytes_per_token"] == bytes_per_token(traffic, 512, "q8_0", "f16")
+    assert "a GPU runs the model (CUDA, 99 layers offloaded)" in row["note"]
+    html = render_report(store, [run_id], tmp_path / "report.html").read_text()
+    assert "CUDA (Orin), GPU layers 99" in html and "CPU, GPU layers" not in html

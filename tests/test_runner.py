@@ -42,7 +42,8 @@ FAKE = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
     reps = val("-r")
     print(json.dumps({{"build_commit": "fake", "build_number": 0, "n_prompt": val("-p"), "n_gen": val("-n"),
-                      "n_depth": val("-d"), "avg_ts": 100.0 + count, "samples_ts": [100.0 + count] * reps}}))
+                      "n_depth": val("-d"), "avg_ts": 100.0 + count, "samples_ts": [100.0 + count] * reps,
+                      "n_threads": 2, "backends": "CPU", "progress": "--progress" in args}}))
     """
 )
 
@@ -89,6 +90,10 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime):
     assert stored[f"{a}/rep0.stdout"] == (artifacts / "rep0.stdout").read_bytes() and f"{b}/rep1.telemetry.csv" in stored
     values = [m["value"] for m in store.measurements([run_id]) if m["metric"] in ("prefill_tps", "decode_tps")]
     assert values == [101.0, 103.0, 102.0, 104.0]  # grouped by case, then rep
+    execution = store.executions(run_id)[0]
+    assert execution.effective == {"n_threads": 2, "backends": "CPU"}  # what analysis reads, not the records
+    assert execution.raw["records"][0]["progress"] is True  # the engine asked for its marks; raw output kept
+    assert execution.raw["windows"] == []  # no probe in this runtime: nothing stamped them
 
 
 @pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"), ("hang", "timeout", "timeout")])

@@ -282,7 +282,7 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
         "bin/edgebench-probe": hashlib.sha256(probe.read_bytes()).hexdigest(),
         "bin/edgebench-bandwidth": hashlib.sha256(runtime.binary("edgebench-bandwidth").read_bytes()).hexdigest(),
     }
-    assert subprocess.run([probe, "--version"], capture_output=True, text=True, check=True).stdout == "edgebench-probe 2\n"
+    assert subprocess.run([probe, "--version"], capture_output=True, text=True, check=True).stdout == "edgebench-probe 3\n"
     bandwidth = subprocess.run([runtime.binary("edgebench-bandwidth"), "--version"], capture_output=True, text=True, check=True)
     assert bandwidth.stdout == "edgebench-bandwidth 1\n"
     assert manifest.target == "host"

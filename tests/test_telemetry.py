@@ -11,6 +11,7 @@ import csv
 import errno
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -114,7 +115,7 @@ def test_real_child_anon_peak_sampled() -> None:
         # would inherit its RSS high-water mark in ru_maxrss.
         completed = LocalDriver().run([sys.executable, "-c", code], timeout=60, on_start=tel.attach)
     assert completed.exit_code == 0
-    metrics = _by_name(tel.metrics(completed))
+    metrics = _by_name(tel.metrics(completed, (), 0))
     anon = metrics["peak_rss_anon_mb"]
     assert anon.value is not None and 190 <= anon.value < 260
     assert len(anon.samples) >= 5
@@ -126,7 +127,7 @@ def test_real_child_anon_peak_sampled() -> None:
 def test_never_attached_says_so(tmp_path: Path) -> None:
     with HostTelemetry(root=tmp_path, nvml=False) as tel:
         pass
-    metrics = _by_name(tel.metrics(_completed()))
+    metrics = _by_name(tel.metrics(_completed(), (), 0))
     assert "attach() was never called" in (metrics["peak_rss_anon_mb"].missing_reason or "")
     assert metrics["peak_rss_mb"].missing_reason
 
@@ -160,33 +161,64 @@ def test_unreadable_zone_gives_reason(tmp_path: Path) -> None:
     }
 
 
+def _sampled_window(tel: HostTelemetry) -> list[tuple[float, float]]:
+    """One window over everything sampled: (first reading, span)."""
+    first = min(s.t for s in tel.samples)
+    return [(first, max(s.t for s in tel.samples) - first)]
+
+
 def test_fake_host_metrics_equal_tree_values(fake_host: Path) -> None:
-    with HostTelemetry(interval_s=0.01, root=fake_host, nvml=False) as tel:
+    with HostTelemetry(interval_s=0.05, root=fake_host, nvml=False) as tel:
         _set(fake_host, "sys/class/hwmon/hwmon1/temp2_input", 88500)  # read at the latest by the closing tick
         _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", 6_000_000)
-    metrics = _by_name(tel.metrics(_completed()))
+        time.sleep(1.0)  # a window of at least 10 sampling periods
+    window = _sampled_window(tel)
+    metrics = _by_name(tel.metrics(_completed(), window, 100))
     assert metrics["temp_max_c"].value == 88.5
     assert 67.0 in metrics["temp_max_c"].samples and 27.8 not in metrics["temp_max_c"].samples
     freq = metrics["cpu_freq_mhz"]
     assert freq.value == pytest.approx(2700.0) and set(freq.samples) == {2400.0, 3000.0}
     assert metrics["energy_j"].value == pytest.approx(5.0)
-    span = max(s.t for s in tel.samples) - min(s.t for s in tel.samples)
-    assert metrics["avg_power_w"].value == pytest.approx(5.0 / span)
+    assert metrics["avg_power_w"].value == pytest.approx(5.0 / window[0][1])
+    assert metrics["energy_j_per_token"].value == pytest.approx(0.05)
+    assert "idle baseline" in metrics["energy_j_net"].missing_reason  # none is sampled in process
+
+
+def test_host_energy_counts_the_engines_windows_only(fake_host: Path) -> None:
+    """A RAPL counter rising at exactly 10 W (computed from the clock by a writer thread)."""
+    counter = fake_host / "sys/class/powercap/intel-rapl:0/energy_uj"
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def write() -> None:
+        while not stop.wait(0.005):
+            counter.write_text(f"{int((time.monotonic() - t0) * 10e6)}\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with HostTelemetry(interval_s=0.02, root=fake_host, nvml=False) as tel:
+            time.sleep(1.5)
+    finally:
+        stop.set()
+        writer.join()
+    first = min(s.t for s in tel.samples)
+    metrics = _by_name(tel.metrics(_completed(), [(first + 0.3, 0.4), (first + 0.9, 0.4)], 64))
+    assert metrics["energy_j"].value == pytest.approx(8.0, rel=0.05)  # 2 x 0.4 s at 10 W, not the 1.5 s sampled
+    assert metrics["avg_power_w"].value == pytest.approx(10.0, rel=0.05)
+    missing = _by_name(tel.metrics(_completed(), (), 0, "the worker stamped no rep"))
+    assert missing["energy_j"].missing_reason == "the worker stamped no rep"
 
 
 # --- RAPL ---------------------------------------------------------------------------------
 
 
-def test_energy_delta_plain_and_wrapped() -> None:
-    assert rapl.energy_delta_j(1_000_000, 3_500_000, RAPL_RANGE_UJ) == 2.5
-    assert rapl.energy_delta_j(RAPL_RANGE_UJ - 1_000_000, 2_000_000, RAPL_RANGE_UJ) == 3.0
-
-
 def test_rapl_wraparound_in_window(fake_host: Path) -> None:
     _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", RAPL_RANGE_UJ - 4_000_000)
-    with HostTelemetry(interval_s=0.01, root=fake_host, nvml=False) as tel:
+    with HostTelemetry(interval_s=0.05, root=fake_host, nvml=False) as tel:
         _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", 3_000_000)
-    assert _by_name(tel.metrics(_completed()))["energy_j"].value == pytest.approx(7.0)
+        time.sleep(1.0)
+    assert _by_name(tel.metrics(_completed(), _sampled_window(tel), 1))["energy_j"].value == pytest.approx(7.0)
 
 
 def test_rapl_sums_packages_only(fake_host: Path) -> None:
@@ -209,7 +241,7 @@ def test_rapl_energy_uj_root_only(fake_host: Path, monkeypatch: pytest.MonkeyPat
     assert rapl.Rapl.discover(fake_host).unreadable == {"rapl/intel-rapl:0/package-0": reason}
     with HostTelemetry(root=fake_host, nvml=False) as tel:
         pass
-    metrics = _by_name(tel.metrics(_completed()))
+    metrics = _by_name(tel.metrics(_completed(), [(0.0, 1.0)], 1))
     assert metrics["energy_j"] == Metric.missing("energy_j", "J", reason)
     assert metrics["avg_power_w"].missing_reason == reason
     assert describe_host_sensors(fake_host)["rapl/intel-rapl:0/package-0"] == reason
@@ -220,7 +252,7 @@ def test_rapl_one_socket_unreadable_gives_no_partial_sum(fake_host: Path) -> Non
     _write(fake_host / "sys/class/powercap/intel-rapl:2/energy_uj", "12345\n")  # no max_energy_range_uj
     with HostTelemetry(root=fake_host, nvml=False) as tel:
         pass
-    energy = _by_name(tel.metrics(_completed()))["energy_j"]
+    energy = _by_name(tel.metrics(_completed(), [(0.0, 1.0)], 1))["energy_j"]
     assert energy.missing_reason == "/sys/class/powercap/intel-rapl:2/max_energy_range_uj does not exist"
 
 
@@ -309,7 +341,7 @@ def test_host_telemetry_with_recorded_gpu(
     monkeypatch.setattr(nvml.NvmlGpus, "open", classmethod(lambda cls: (cls(api, [object()]), "ok")))
     with HostTelemetry(interval_s=60, root=tmp_path) as tel:
         pass  # exactly the opening and closing readings: ticks 0 and 1 of the recording
-    metrics = _by_name(tel.metrics(_completed()))
+    metrics = _by_name(tel.metrics(_completed(), (), 0))
     ticks = recording["ticks"]
     assert metrics["gpu_energy_j"].value == pytest.approx(
         (ticks[1]["total_energy_mj"] - ticks[0]["total_energy_mj"]) / 1000
@@ -333,7 +365,7 @@ def test_this_host_missing_sources_have_reasons_not_zeros() -> None:
     report = describe_host_sensors()
     with HostTelemetry(interval_s=0.02) as tel:
         pass
-    metrics = _by_name(tel.metrics(_completed()))
+    metrics = _by_name(tel.metrics(_completed(), [(0.0, 1.0)], 1))
     for name in ("energy_j", "avg_power_w"):
         if "rapl" in report:
             assert metrics[name].value is None and metrics[name].missing_reason == report["rapl"]

@@ -320,6 +320,7 @@ class AdbDriver:
     def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
         """The native probe (staged with the runtime) sampling on the phone beside the benchmark,
         as its parent; without a staged runtime every on-device metric is missing, saying so."""
+        from harness.telemetry.missing import MissingTelemetry
         from harness.telemetry.probe import ProbeTelemetry
 
         if runtime_dir is None:
@@ -395,38 +396,6 @@ class AdbProcess:
             stderr=self._stderr.decode("utf-8", errors="replace"), wall_s=time.perf_counter() - self._started,
             rusage=None, timed_out=timed_out,
         )
-
-
-class MissingTelemetry:
-    """No sampler on the device: every figure it would give is missing, with one reason."""
-
-    METRICS = (("peak_rss_mb", "MB"), ("avg_power_w", "W"), ("energy_j_per_token", "J/tok"), ("temp_max_c", "°C"))
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def __enter__(self) -> MissingTelemetry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        return argv
-
-    def attach(self, pid: int) -> None:
-        return None
-
-    def metrics(self, completed: Completed) -> list[Any]:
-        from harness.results.records import Metric
-
-        return [Metric.missing(name, unit, self.reason) for name, unit in self.METRICS]
-
-    def write_csv(self, path: Path) -> None:
-        path.write_text(f"# no telemetry: {self.reason}\n", encoding="utf-8")
-
-    def details(self) -> dict[str, Any]:
-        return {"sampler": None, "reason": self.reason}
 
 
 def _describe(argv: Sequence[str]) -> str:

@@ -231,14 +231,19 @@ class GpuBeside:
         finally:
             self.host.__exit__(*exc)
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        return self.inner.wrap(argv)
+    def wrap(self, argv: list[str], marks: str | None = None, cpus: Sequence[int] | None = None) -> list[str]:
+        return self.inner.wrap(argv, marks, cpus)
 
     def attach(self, pid: int) -> None:
         self.inner.attach(pid)
 
-    def metrics(self, completed: Completed) -> list[Any]:
-        return self.inner.metrics(completed) + [m for m in self.host.metrics(completed) if m.name.startswith("gpu_")]
+    def marks(self) -> list[tuple[float, str]]:
+        return self.inner.marks()
+
+    def metrics(self, completed: Completed, windows: Sequence[tuple[float, float]], tokens: int,
+                no_window: str | None = None) -> list[Any]:
+        gpu = [m for m in self.host.metrics(completed, windows, tokens, no_window) if m.name.startswith("gpu_")]
+        return self.inner.metrics(completed, windows, tokens, no_window) + gpu
 
     def write_csv(self, path: Path) -> None:
         self.inner.write_csv(path)

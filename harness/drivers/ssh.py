@@ -306,9 +306,16 @@ class SshDriver:
         return identity_from(facts_sections(done.stdout), self.facts().hostname)
 
     def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
-        from harness.telemetry.coprocess import CommandTelemetry
+        """The runtime's native probe, as on every device, with the board's own tool (tegrastats,
+        vcgencmd) beside it on the probe's clock; without a runtime every figure is missing."""
+        from harness.telemetry.coprocess import BoardTool
+        from harness.telemetry.missing import MissingTelemetry
+        from harness.telemetry.probe import ProbeTelemetry
 
-        return CommandTelemetry(self, self.facts(), interval_ms=self.telemetry_interval_ms)
+        if runtime_dir is None:
+            return MissingTelemetry("probe not available: no runtime on the board")
+        tool = BoardTool(self, self.facts(), interval_ms=self.telemetry_interval_ms)
+        return ProbeTelemetry(self, f"{runtime_dir}/bin/edgebench-probe", self.workdir, beside=tool)
 
 
 class SshProcess:

@@ -6,6 +6,7 @@ in-process clock of llama-cpp-python); the orchestrator never times anything its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,18 +19,36 @@ if TYPE_CHECKING:  # the registry itself imports neither, so the plan can ask it
     from harness.results.records import Metric
 
 
+Window = tuple[float, float]  # (start_s, duration_s) of one measured repetition, on the device clock
+Mark = tuple[float, str]  # (t_s on the device clock, the stderr line) as the sampler stamped it
+
+
 @dataclass(frozen=True)
 class EngineResult:
-    """What one process run of one case produced.
+    """What one process run of one case produced: everything engine-specific, parsed, so
+    telemetry and analysis never read an engine's output or argv.
 
     metrics: per-process figures (their `samples` hold the in-process values);
+    windows: the measured repetitions on the device clock, which telemetry integrates over;
+    tokens: tokens processed inside those windows (for J/token);
+    no_window: why `windows` is empty, when it is;
     raw: the parsed records (e.g. llama-bench JSONL rows) kept for the store;
-    build: the runtime's own build id as it reported it (e.g. llama.cpp commit).
+    build: the runtime's own build id as it reported it (e.g. llama.cpp commit);
+    effective: the settings the engine reports it ran with (n_threads, cpu_mask, type_k,
+    type_v, n_gpu_layers, backends, ...), stored with the execution and read by analysis.
     """
 
     metrics: list[Metric]
+    windows: tuple[Window, ...] = ()
+    tokens: int = 0
+    no_window: str | None = None
     raw: list[dict[str, Any]] = field(default_factory=list)
     build: str | None = None
+    effective: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.windows and not self.no_window:
+            raise ValueError("an engine result without measured windows must say why (no_window)")
 
 
 class EngineOutputError(EdgebenchError):
@@ -37,14 +56,20 @@ class EngineOutputError(EdgebenchError):
 
 
 class Engine(Protocol):
+    """One kind of benchmark process. `argv` already asks the program for whatever marks
+    its measured repetitions; `marks` is the stderr line prefix of those marks, which the
+    sampler stamps on the device clock as they arrive (None: the engine stamps its own
+    windows in process); `parse` gets those stamped lines back and computes the windows."""
+
     name: str
     host_only: bool  # True: runs only on the machine running edgebench (in-process Python)
+    marks: str | None
 
     def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]: ...
 
-    def parse(self, case: Case, completed: Completed) -> EngineResult: ...
+    def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult: ...
 
 
 _REGISTRY = {

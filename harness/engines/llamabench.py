@@ -2,16 +2,24 @@
 
 llama-bench times itself (`samples_ns`) and reports every setting it used, so the figures
 come from the runtime's own counters and the effective settings are read back, not assumed.
+
+Measured windows: run with `--progress`, llama-bench prints `prompt run i/r` or
+`generation run i/r` to stderr right after it starts timing repetition i; the sampler stamps
+each such line on the device clock as it arrives. Window i starts at that mark and lasts
+llama-bench's own `samples_ns[i]`, so model load, warmup and the depth prefill (which runs
+before the timer starts) are outside every window.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import EngineOutputError, EngineResult, Mark, Window
 from harness.plan.cases import LLAMABENCH_SETTINGS, Case
 from harness.results.records import Metric
 
@@ -22,6 +30,8 @@ EFFECTIVE_FIELDS = (
     "model_type", "model_size", "model_n_params",
 )
 _METRIC_OF_KIND = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps"}
+MARK_PREFIX = "llama-bench: "  # the prefix of llama-bench's --progress lines
+_RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
 
 
 def _flag_value(value: Any) -> str:
@@ -33,6 +43,7 @@ def _flag_value(value: Any) -> str:
 class LlamaBench:
     name = "llamabench"
     host_only = False
+    marks = MARK_PREFIX
 
     def unsupported(self, case: Case) -> str | None:
         """llama-bench takes every suite setting."""
@@ -40,7 +51,7 @@ class LlamaBench:
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
-        argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
+        argv = [binary, "-m", model_path, "-o", "jsonl", "--progress", "-r", str(case.inprocess_reps)]
         if case.kind == "pg":
             argv += ["-p", "0", "-n", "0", "-pg", f"{case.n_prompt},{case.n_gen}"]
         else:
@@ -53,7 +64,7 @@ class LlamaBench:
             argv.append("--no-warmup")
         return argv
 
-    def parse(self, case: Case, completed: Completed) -> EngineResult:
+    def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult:
         rows = parse_jsonl(completed.stdout)
         row = _the_row(rows, case, completed)
         samples = tuple(float(v) for v in row.get("samples_ts", []))
@@ -64,7 +75,10 @@ class LlamaBench:
             samples=samples,
         )
         build = f"llama.cpp {row.get('build_commit', 'unknown')} ({row.get('build_number', '?')})"
-        return EngineResult(metrics=[metric], raw=rows, build=build)
+        windows, no_window = _windows(row, marks)
+        tokens = (int(row.get("n_prompt", 0)) + int(row.get("n_gen", 0))) * len(windows)
+        return EngineResult(metrics=[metric], windows=windows, tokens=tokens, no_window=no_window, raw=rows,
+                            build=build, effective=effective_settings(row))
 
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
@@ -79,6 +93,28 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise EngineOutputError(f"llama-bench printed a malformed JSONL line ({exc}): {line[:200]}") from None
     return rows
+
+
+def measured_windows(marks: Sequence[Mark], samples_ns: Sequence[int]) -> tuple[Window, ...]:
+    """(start, duration) of each timed repetition: the first `prompt run i` / `generation run i`
+    mark of repetition i, lasting llama-bench's own samples_ns[i]. Depth prefill and warmup
+    marks start no window; marks that do not match the repetitions give none at all."""
+    starts: dict[int, float] = {}
+    for t, text in marks:
+        if (match := _RUN_MARK.search(text)) and match.group(1) == "1":
+            starts.setdefault(int(match.group(3)) - 1, t)
+    if len(starts) != len(samples_ns):
+        return ()
+    return tuple((starts[i], ns / 1e9) for i, ns in enumerate(samples_ns))
+
+
+def _windows(row: dict[str, Any], marks: Sequence[Mark]) -> tuple[tuple[Window, ...], str | None]:
+    if "samples_ns" not in row:
+        return (), "llama-bench reported no samples_ns, so its repetitions have no length"
+    if not marks:
+        return (), "no --progress mark of llama-bench was stamped (the sampler stamps none without the probe)"
+    windows = measured_windows(marks, [int(v) for v in row["samples_ns"]])
+    return windows, None if windows else "llama-bench's --progress marks do not match its repetitions"
 
 
 def effective_settings(row: dict[str, Any]) -> dict[str, Any]:

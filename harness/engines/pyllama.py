@@ -19,6 +19,11 @@ Sampling is greedy (deterministic: every rep generates the same tokens).
 What the clock covers: TTFT runs from just before the prompt's `eval` to the first sampled
 token id; each inter-token gap runs from one sampled token id to the next (one single-token
 `eval` plus one sample), so n_gen tokens give n_gen - 1 gaps.
+
+Measured windows: each rep also stamps its start on `time.monotonic_ns()`, the host's
+CLOCK_MONOTONIC that the host sampler stamps its readings on (the worker runs on the host,
+`host_only`), so rep i's window is [start_i, start_i + TTFT_i + its gaps]: model load and
+warmup are outside every window, as for llama-bench.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import EngineOutputError, EngineResult, Mark, Window
 from harness.plan.cases import Case
 from harness.results.records import Metric
 from harness.results.stats import percentile
@@ -70,6 +76,7 @@ def _flag(key: str) -> str:
 class PyLlama:
     name = "pyllama"
     host_only = True
+    marks = None  # the worker stamps its own windows (see the module doc)
 
     def unsupported(self, case: Case) -> str | None:
         """Why llama-cpp-python's `Llama` cannot apply this case's settings, or None."""
@@ -93,10 +100,15 @@ class PyLlama:
             argv.append("--no-warmup")
         return argv
 
-    def parse(self, case: Case, completed: Completed) -> EngineResult:
+    def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult:
         record = parse_output(case, completed)
         version = record["llama_cpp_python"]
-        return EngineResult(metrics=metrics(case, record), raw=[record], build=f"llama-cpp-python {version}")
+        windows = rep_windows(record)
+        return EngineResult(
+            metrics=metrics(case, record), windows=windows, tokens=(case.n_prompt + case.n_gen) * len(windows),
+            no_window=None if windows else "the worker's record has no rep start times (start_monotonic_ns)",
+            raw=[record], build=f"llama-cpp-python {version}", effective=dict(record.get("settings", {})),
+        )
 
 
 def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
@@ -134,6 +146,15 @@ def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
                 "(a reused KV cache would make TTFT meaningless)"
             )
     return record
+
+
+def rep_windows(record: dict[str, Any]) -> tuple[Window, ...]:
+    """(start, duration) of each timed rep on the host's CLOCK_MONOTONIC; () when the record
+    does not stamp every rep."""
+    reps = record["reps"]
+    if not all("start_monotonic_ns" in rep for rep in reps):
+        return ()
+    return tuple((rep["start_monotonic_ns"] / 1e9, (rep["ttft_ns"] + sum(rep["itl_ns"])) / 1e9) for rep in reps)
 
 
 def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:
@@ -294,6 +315,7 @@ def run_rep(llm: "llama_cpp.Llama", sampler: Any, prompt: list[int], n_gen: int)
     cached_before = _cached_tokens(memory)
     clock = time.perf_counter_ns
 
+    stamp = time.monotonic_ns()  # the window's start on the host sampler's clock
     start = clock()
     llm.eval(prompt)
     token = llama_cpp.llama_sampler_sample(sampler, llm.ctx, -1)
@@ -307,7 +329,8 @@ def run_rep(llm: "llama_cpp.Llama", sampler: Any, prompt: list[int], n_gen: int)
         previous = now
 
     evaluated = _cached_tokens(memory) - cached_before - len(gaps)
-    return {"ttft_ns": first - start, "itl_ns": gaps, "n_prompt_evaluated": evaluated, "n_cached_before": cached_before}
+    return {"ttft_ns": first - start, "itl_ns": gaps, "n_prompt_evaluated": evaluated, "n_cached_before": cached_before,
+            "start_monotonic_ns": stamp}
 
 
 def _effective_settings(llm: "llama_cpp.Llama") -> dict[str, Any]:

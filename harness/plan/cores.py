@@ -129,3 +129,16 @@ def resolve_threads(case: Case, clusters: Sequence[Cluster]) -> tuple[Case, dict
     chosen = {"threads": wanted, "n_threads": choice.threads, "cpus": list(choice.cpus),
               "cpu_mask": settings["cpu_mask"], "why": choice.why}
     return replace(case, settings=tuple(sorted(settings.items()))), chosen
+
+
+def benchmark_cpus(case: Case, clusters: Sequence[Cluster]) -> list[int] | None:
+    """The cores a resolved case runs on, from its settings: its `cpu_mask`, else its first
+    `threads` cores fastest first; None when the settings leave it to the OS."""
+    mask = case.setting("cpu_mask")
+    if mask is not None:
+        bits = int(str(mask), 16)
+        return [cpu for cluster in clusters for cpu in cluster.cpus if bits >> cpu & 1]
+    threads = case.setting("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        return [cpu for cluster in clusters for cpu in cluster.cpus][:threads]
+    return None

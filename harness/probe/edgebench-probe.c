@@ -20,9 +20,12 @@
  * the benchmark (harness/telemetry/contention.py computes that): the aggregate `cpu` line of
  * /proc/stat, the child's own CPU from /proc/<pid>/stat, and the probe's own (getrusage).
  *
- * FILE, format version 2 (one record per line, space separated; '-' = could not read):
- *   edgebench-probe 2
- *   clock CLOCK_MONOTONIC
+ * FILE, format version 3 (one record per line, space separated; '-' = could not read):
+ *   edgebench-probe 3
+ *   clock CLOCK_MONOTONIC                    (every <t_ns> below is on this clock)
+ *   clocks <monotonic_ns> <boottime_ns>      (both read back to back, once: moves samples
+ *                                             stamped on CLOCK_BOOTTIME, e.g. /proc/uptime,
+ *                                             onto CLOCK_MONOTONIC; '-' where it is missing)
  *   interval_ms <ms>
  *   cpu <n or -1>
  *   clk_tck <n>                              (sysconf(_SC_CLK_TCK): /proc's jiffies per second)
@@ -47,7 +50,8 @@
  * elsewhere a mark says it was not done) and the parent-death signal that takes the benchmark
  * down with a killed probe. Only Linux has /proc/<pid>/status, /proc/<pid>/stat and /proc/stat:
  * elsewhere their columns read '-' and peak memory comes from wait4's rusage alone (macOS gives
- * it in bytes: converted to kB).
+ * it in bytes: converted to kB). CLOCK_BOOTTIME is read where the C library names it (Linux,
+ * Android); elsewhere `clocks` ends in '-'.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -69,7 +73,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROBE_FORMAT 2
+#define PROBE_FORMAT 3
+#if defined(__linux__) && !defined(CLOCK_BOOTTIME)
+#define CLOCK_BOOTTIME 7 /* Linux >= 2.6.39; older C libraries lack the name */
+#endif
 #define MAX_SOURCES 256
 #define MAX_VALUE 32
 #define LINE_MAX_MARK 4096
@@ -371,8 +378,16 @@ int main(int argc, char **argv) {
     fcntl(fileno(out), F_SETFD, FD_CLOEXEC); /* not the benchmark's to inherit */
     static char outbuf[1 << 16];
     setvbuf(out, outbuf, _IOFBF, sizeof outbuf);
-    fprintf(out, "edgebench-probe %d\nclock CLOCK_MONOTONIC\ninterval_ms %lld\ncpu %ld\nclk_tck %ld\n", PROBE_FORMAT,
-            (long long)interval_ms, cpu, sysconf(_SC_CLK_TCK));
+    fprintf(out, "edgebench-probe %d\nclock CLOCK_MONOTONIC\n", PROBE_FORMAT);
+    int64_t mono = now_ns();
+#ifdef CLOCK_BOOTTIME
+    struct timespec boot;
+    if (clock_gettime(CLOCK_BOOTTIME, &boot) == 0)
+        fprintf(out, "clocks %lld %lld\n", (long long)mono, (long long)boot.tv_sec * 1000000000 + boot.tv_nsec);
+    else
+#endif
+        fprintf(out, "clocks %lld -\n", (long long)mono); /* no boot clock: board tools cannot be aligned */
+    fprintf(out, "interval_ms %lld\ncpu %ld\nclk_tck %ld\n", (long long)interval_ms, cpu, sysconf(_SC_CLK_TCK));
     for (int s = 0; s < n_sources; s++) {
         fprintf(out, "source %d %s %s\n", s, sources[s].name, sources[s].path);
         if (sources[s].fd < 0)

@@ -81,10 +81,10 @@ def _run_card(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def _backends(store: Store, run_id: str) -> list[str]:
-    """Which backend ran the model, as llama-bench reported it (CPU, CUDA + the GPU's name ...)."""
+    """Which backend ran the model, as the engine reported it (CPU, CUDA + the GPU's name ...)."""
     seen = {
-        f"{r['backends']}" + (f" ({r['gpu_info']})" if r.get("gpu_info") else "") + f", GPU layers {r.get('n_gpu_layers', '?')}"
-        for e in store.executions(run_id) for r in e.raw.get("records", []) if isinstance(r, dict) and "backends" in r
+        f"{s['backends']}" + (f" ({s['gpu_info']})" if s.get("gpu_info") else "") + f", GPU layers {s.get('n_gpu_layers', '?')}"
+        for s in (e.effective for e in store.executions(run_id)) if "backends" in s
     }
     return sorted(seen)
 

@@ -114,19 +114,21 @@ def bytes_per_token(traffic: ModelTraffic, depth: int, type_k: str = DEFAULT_KV_
     return traffic.weight_bytes + kv_bytes(traffic, depth, type_k, type_v)
 
 
-def gpu_note(record: dict[str, Any]) -> str | None:
-    """Why the CPU probe does not bound this case, when a GPU ran the model."""
-    backends = {b.strip() for b in str(record.get("backends", "")).split(",")}
+def gpu_note(effective: dict[str, Any]) -> str | None:
+    """Why the CPU probe does not bound this case, when a GPU ran the model (from the
+    settings the engine reported it used)."""
+    backends = {b.strip() for b in str(effective.get("backends", "")).split(",")}
     gpu = sorted(backends - _CPU_BACKENDS)
-    if gpu and int(record.get("n_gpu_layers") or 0) > 0:
-        return (f"a GPU runs the model ({', '.join(gpu)}, {record['n_gpu_layers']} layers offloaded): "
+    if gpu and int(effective.get("n_gpu_layers") or 0) > 0:
+        return (f"a GPU runs the model ({', '.join(gpu)}, {effective['n_gpu_layers']} layers offloaded): "
                 "the CPU memory-bandwidth probe does not bound it")
     return None
 
 
 def roofline_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     """One row per decode case: measured tok/s, bytes per token, bandwidth, roofline tok/s and
-    efficiency, or a note saying which of them is missing and why."""
+    efficiency, or a note saying which of them is missing and why. Reads stored metrics, the
+    case and each execution's `effective` settings only."""
     rows = []
     for run_id in run_ids:
         run = store.run(run_id)
@@ -134,12 +136,16 @@ def roofline_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
         model = store.model_info(run["model_sha256"])
         traffic = ModelTraffic.from_json(model["traffic"]) if "traffic" in model else None
         cases = {c.key: c for c in store.cases(run["id"])}
+        tps = {(m["case_key"], m["rep"]): m["value"] for m in store.measurements([run["id"]])
+               if m["metric"] == "decode_tps" and m["value"] is not None}
         executions: dict[str, list] = {}
         for e in store.executions(run["id"]):
             if e.status == "ok" and cases[e.case_key].kind == "decode" and cases[e.case_key].engine == "llamabench":
                 executions.setdefault(e.case_key, []).append(e)
         for key, done in executions.items():
-            rows.append(_row(run["id"], run["device"], model.get("filename", "?"), cases[key], done, facts.get("bandwidth"), traffic))
+            measured = [tps[(key, e.rep)] for e in done if (key, e.rep) in tps]
+            rows.append(_row(run["id"], run["device"], model.get("filename", "?"), cases[key], done[0].effective, measured,
+                             facts.get("bandwidth"), traffic))
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
@@ -147,13 +153,11 @@ _COLUMNS = ["run_id", "device", "model", "case", "depth", "n_threads", "type_k",
             "bandwidth_gbps", "bandwidth_min", "bandwidth_max", "roofline_tps", "efficiency", "note"]
 
 
-def _row(run_id: str, device: str, model: str, case: Any, done: list, bandwidth: Any, traffic: ModelTraffic | None) -> dict[str, Any]:
-    records = [r for e in done for r in e.raw.get("records", [])]
-    first = records[0] if records else {}
-    tps = [float(r["avg_ts"]) for r in records if "avg_ts" in r]
-    type_k = str(first.get("type_k") or case.setting("cache_type_k") or DEFAULT_KV_TYPE)
-    type_v = str(first.get("type_v") or case.setting("cache_type_v") or DEFAULT_KV_TYPE)
-    n_threads = first.get("n_threads")
+def _row(run_id: str, device: str, model: str, case: Any, effective: dict[str, Any], tps: list[float], bandwidth: Any,
+         traffic: ModelTraffic | None) -> dict[str, Any]:
+    type_k = str(effective.get("type_k") or case.setting("cache_type_k") or DEFAULT_KV_TYPE)
+    type_v = str(effective.get("type_v") or case.setting("cache_type_v") or DEFAULT_KV_TYPE)
+    n_threads = effective.get("n_threads")
     row: dict[str, Any] = {"run_id": run_id, "device": device, "model": model, "case": case.label, "depth": case.depth,
                            "n_threads": n_threads, "type_k": type_k, "type_v": type_v,
                            "decode_tps": sum(tps) / len(tps) if tps else None, "bytes_per_token": None,
@@ -163,7 +167,7 @@ def _row(run_id: str, device: str, model: str, case: Any, done: list, bandwidth:
         row["note"] = "the model's tensor table was not recorded with this run (run it again to get a roofline)"
         return row
     row["bytes_per_token"] = bytes_per_token(traffic, case.depth, type_k, type_v)
-    if note := gpu_note(first):
+    if note := gpu_note(effective):
         row["note"] = note
         return row
     measured, why = bandwidth_for(bandwidth, int(n_threads) if n_threads is not None else None)

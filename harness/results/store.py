@@ -61,6 +61,12 @@ class Execution:
     build: str | None
     raw: dict[str, Any]
 
+    @property
+    def effective(self) -> dict[str, Any]:
+        """The settings the engine reported it ran with (n_threads, type_k, backends, ...):
+        what analysis reads instead of an engine's raw records."""
+        return self.raw.get("effective") or {}
+
 
 # Files in a run folder made from the store, not stored in it.
 DERIVED = frozenset({"report.html"})
@@ -185,9 +191,12 @@ class Store:
         build: str | None,
         raw: dict[str, Any],
         metrics: list[Metric],
+        effective: dict[str, Any] | None = None,
     ) -> int:
         """Store one process run, its metrics and its files (`<case>/rep<N>.*` in the run's
-        folder) atomically, replacing an earlier try."""
+        folder) atomically, replacing an earlier try. `effective` (the engine's reported
+        settings) is kept in the raw JSON under its own key, so it needs no column of its own."""
+        raw = {**raw, "effective": dict(effective or {})}
         with self.transaction() as conn:
             conn.execute(delete(executions_t).where(
                 executions_t.c.run_id == run_id, executions_t.c.case_key == case.key, executions_t.c.rep == rep))

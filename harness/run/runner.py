@@ -20,7 +20,7 @@ from harness.errors import EdgebenchError
 from harness.plan.cases import Case, RunPolicy
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
-from harness.plan.cores import Cluster, read_clusters, resolve_threads
+from harness.plan.cores import Cluster, benchmark_cpus, read_clusters, resolve_threads
 from harness.run.contention import Watch, quiet_sample
 from harness.telemetry.contention import wait_for_quiet
 from harness.telemetry.state import capture_state, wait_for_cool
@@ -147,20 +147,26 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     argv = engine.argv(run_case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
     started = now_iso()
     with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
-        completed = driver.run(telemetry.wrap(argv), timeout=timeout_s, on_start=telemetry.attach)
+        wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(run_case, clusters))
+        completed = driver.run(wrapped, timeout=timeout_s, on_start=telemetry.attach)
     artifacts = store.artifacts_dir(run_id) / case.key
     artifacts.mkdir(parents=True, exist_ok=True)
     _write_artifacts(artifacts, step.rep, completed)
     telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
-    status, error, parsed = _outcome(engine.parse, run_case, completed, timeout_s)
-    metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed)
+    marks = telemetry.marks()
+    status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), run_case, completed, timeout_s)
+    # energy over the engine's measured windows only (one meaning on every driver)
+    windows, tokens = (parsed.windows, parsed.tokens) if parsed else ((), 0)
+    no_window = parsed.no_window if parsed else f"the process ended {status}: no measured window"
+    metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed, windows, tokens, no_window)
     metrics += watch.metrics(metrics, contention_threshold_pct)
     raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,
            # what the figures rest on (power scope, sources) where the sampler says so
-           "telemetry": telemetry.details(), "contention": watch.details()}
+           "telemetry": telemetry.details(), "contention": watch.details(), "windows": [list(w) for w in windows]}
     store.record_execution(
         run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,
+        effective=parsed.effective if parsed else {},
     )
     return StepResult(step, status, tuple(metrics), error, completed.wall_s)
 

@@ -2,9 +2,11 @@
 
 The pinned llama.cpp source (or a local tree) is packed once into a tarball, pushed (sha256
 skipped when the device has it), unpacked, configured with the inventory's CMake flags and
-built there. The finished runtime is `<workdir>/runtimes/<key16>/` with `bin/llama-bench` and
-`manifest.json`, key = hash(source, "device", flags) as for host builds; a later run finds it
-by key and checks the binary's sha256 against the manifest, so nothing builds twice.
+built there. The native probe is compiled there too, with the board's `cc` (static where the
+board has a static libc), since every device samples through it. The finished runtime is
+`<workdir>/runtimes/<key16>/` with `bin/llama-bench`, `bin/edgebench-probe` and
+`manifest.json`, key = hash(source, "device", flags, probe source) as for host builds; a later
+run finds it by key and checks the binaries' sha256 against the manifest, so nothing builds twice.
 Parallel jobs are bounded by the board's free memory (a llama.cpp CUDA compile job takes
 1-2 GB; an 8 GB Orin Nano running out of memory mid-build is the failure this avoids).
 """
@@ -24,6 +26,7 @@ from harness.drivers.base import Driver
 from harness.errors import BuildError
 from harness.paths import cache_dir
 from harness.runtimes.build import BINARIES, BuildProgress, Manifest, _Reporter, final_flags, runtime_key
+from harness.runtimes.probe import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
 from harness.runtimes.source import Source, directory_source, fetch_pinned_source, file_lock
 from harness.runtimes.targets import Target
 
@@ -75,7 +78,7 @@ def build_on_device(
     report = _Reporter(on_progress)
     src = directory_source(source) if source is not None else fetch_pinned_source(on_line=lambda line: report("download", line))
     flags = final_flags(TARGET, src, extra_flags)
-    key = runtime_key(src.sha256, TARGET.name, flags)
+    key = runtime_key(src.sha256, TARGET.name, flags, probe_sha256())
     work = PurePosixPath(driver.workdir)
     remote = str(work / "runtimes" / key[:16])
     if not force and (cached := _cached(driver, remote, key)) is not None:
@@ -99,6 +102,8 @@ def build_on_device(
         source_sha256=src.sha256, cmake_flags=flags, compiler=compiler, files={},
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), build_seconds=round(time.monotonic() - started, 3),
     )
+    linking = _compile_probe(driver, f"{build}/bin/{PROBE_NAME}", str(work / "sources"))
+    report("build", f"{PROBE_NAME}: {linking} binary, compiled on {driver.name}")
     runtime = _install(driver, build, remote, manifest)
     report("done", f"built runtime {driver.name}:{remote} with {jobs} job(s)")
     return runtime, False
@@ -118,11 +123,12 @@ def _cached(driver: Driver, remote: str, key: str) -> DeviceRuntime | None:
 
 
 def _install(driver: Driver, build: str, remote: str, manifest: Manifest) -> DeviceRuntime:
-    """Assemble `<remote>.partial` on the device, write the manifest, rename it into place."""
+    """Assemble `<remote>.partial` on the device (llama-bench, the probe), write the manifest,
+    rename it into place."""
     staged = f"{remote}.partial"
     _sh(driver, 'rm -rf "$0" && mkdir -p "$0/bin"', staged)
     files: dict[str, str] = {}
-    for name in BINARIES:
+    for name in (*BINARIES, PROBE_NAME):
         _sh(driver, 'cp -- "$1" "$0/bin/"', staged, f"{build}/bin/{name}")
         sha = driver.sha256(f"{staged}/bin/{name}")
         if sha is None:
@@ -135,6 +141,20 @@ def _install(driver: Driver, build: str, remote: str, manifest: Manifest) -> Dev
         driver.push(local, f"{staged}/manifest.json")
     _sh(driver, 'rm -rf "$1" && mv -- "$0" "$1"', staged, remote)
     return DeviceRuntime(remote, manifest)
+
+
+def _compile_probe(driver: Driver, dest: str, sources: str) -> str:
+    """The probe's C source pushed (skipped by sha256) and compiled with the board's `cc`;
+    returns the linking that worked."""
+    source = f"{sources}/{PROBE_NAME}-{probe_sha256()[:16]}.c"
+    driver.push(PROBE_SOURCE, source)
+    errors = []
+    for linking, argv in compile_argvs("cc", dest, source):
+        done = driver.run(argv, timeout=300)
+        if done.ok:
+            return linking
+        errors.append(f"{linking}: {done.stderr.strip()[-800:]}")
+    raise BuildError(f"{driver.name}: {PROBE_NAME} did not compile with the board's cc:\n" + "\n".join(errors))
 
 
 def _sh(driver: Driver, script: str, *args: str, timeout: float = 600) -> None:

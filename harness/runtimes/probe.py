@@ -63,14 +63,21 @@ _ANDROID_TRIPLES = {"arm64-v8a": "aarch64-linux-android", "armeabi-v7a": "armv7a
                     "x86_64": "x86_64-linux-android", "x86": "i686-linux-android"}
 
 
+def compile_argvs(compiler: str, dest: str, source: str, name: str = PROBE_NAME) -> list[tuple[str, list[str]]]:
+    """(linking, argv) to try in order: static first (one binary for glibc, bionic and musl),
+    then dynamic. Paths are strings, so the same commands serve a compile on the device."""
+    _, flags = NATIVE_PROGRAMS[name]
+    return [(linking, [compiler, *CFLAGS, *flags, *extra, "-o", dest, source])
+            for linking, extra in (("static", ("-static",)), ("dynamic", ()))]
+
+
 def compile_probe(compiler: str, dest: Path, log: IO[str] | None = None, name: str = PROBE_NAME) -> str:
     """Build native program `name` (the probe unless told) at `dest`; returns "static" or
     "dynamic" (the linking that worked)."""
-    source, flags = NATIVE_PROGRAMS[name]
+    source, _ = NATIVE_PROGRAMS[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for linking, extra in (("static", ("-static",)), ("dynamic", ())):
-        argv = [compiler, *CFLAGS, *flags, *extra, "-o", str(dest), str(source)]
+    for linking, argv in compile_argvs(compiler, str(dest), str(source), name):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -1,11 +1,13 @@
 """Energy over measured windows: pure functions over sampled power or energy counters.
 
 Method (why the figures can be trusted):
-- Only measured windows count. llama-bench run with `--progress` prints `prompt run i/r` or
-  `generation run i/r` to stderr right after it starts timing repetition i; the probe stamps
-  each such line on the device's CLOCK_MONOTONIC as it arrives. Window i is
-  [mark_i, mark_i + samples_ns[i]]: its start from the device clock, its length from
-  llama-bench's own timer. Model load, warmup and the depth prefill are outside every window.
+- Only measured windows count: the engine hands over the (start, duration) of each timed
+  repetition on the device clock (llama-bench: its `--progress` marks as the probe stamped
+  them, lasting its own `samples_ns`; see harness.engines.llamabench). Model load, warmup and
+  the depth prefill are outside every window. Every driver and every power source (sysfs
+  sensors read by the probe, board tools such as tegrastats moved onto the probe's clock,
+  the host's RAPL counter) goes through the same functions here, so `energy_j` means one
+  thing everywhere.
 - Power samples are integrated with the trapezoid rule over the piecewise-linear power curve,
   cut exactly at the window edges; a cumulative counter (RAPL `energy_uj`) is unwrapped, then
   interpolated at the edges. A gap longer than `MAX_GAP_PERIODS` sensor periods inside a
@@ -25,6 +27,8 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import median
+
+from harness.results.records import Metric
 
 # Where the sensor sits, i.e. what its watts include. Ordered from widest to narrowest scope:
 # the first one found is the headline figure.
@@ -212,3 +216,55 @@ def headline(traces: Sequence[Trace]) -> Trace | None:
     """The widest-scope trace: what a person means by "the device's power"."""
     ranked = sorted(traces, key=lambda tr: SCOPES.index(tr.scope))
     return ranked[0] if ranked else None
+
+
+# Every energy figure of one process, in the order they are stored.
+ENERGY_METRICS = (("energy_j", "J"), ("avg_power_w", "W"), ("idle_power_w", "W"), ("energy_j_net", "J"),
+                  ("energy_j_per_token", "J/token"), ("energy_j_per_token_net", "J/token"))
+
+
+def missing_energy(reason: str) -> list[Metric]:
+    return [Metric.missing(name, unit, reason) for name, unit in ENERGY_METRICS]
+
+
+def window_metrics(traces: Sequence[Trace], windows: Sequence[tuple[float, float]], tokens: int, *,
+                   idle: tuple[float, float] | None, no_power: str, no_window: str | None,
+                   battery_status: dict[str, str] | None = None) -> list[Metric]:
+    """The energy figures of one process: the headline trace integrated over the engine's
+    measured windows ((start, duration) on the trace's clock), with the idle baseline
+    sampled over `idle` (clipped to where the headline trace begins)."""
+    trace = headline(traces)
+    if trace is None:
+        return missing_energy(no_power)
+    if not windows:
+        return missing_energy(no_window or "the engine reported no measured window")
+    if idle is not None and trace.t:
+        idle = (max(idle[0], trace.t[0]), idle[1])
+    result = case_energy(trace, [(start, start + duration) for start, duration in windows], idle, tokens)
+    return energy_metrics(result, battery_status or {})
+
+
+def energy_metrics(result: CaseEnergy, battery_status: dict[str, str]) -> list[Metric]:
+    """The energy figures of one process; a charging battery voids battery-scope figures."""
+    charging = [name for name, state in battery_status.items() if state in ("Charging", "Full")]
+    if result.scope == BATTERY and charging:
+        return missing_energy(f"battery {', '.join(charging)} is charging or full: USB power hides the discharge")
+    gross = result.gross
+    if gross.joules is None:
+        return missing_energy(gross.reason or "no figure")
+    idle_reason = result.idle_reason or "no idle figure"
+    net = result.net_j
+    out = [
+        Metric("energy_j", gross.joules, "J"),
+        Metric("avg_power_w", gross.joules / gross.seconds, "W"),
+        Metric("idle_power_w", result.idle_w, "W") if result.idle_w is not None else Metric.missing("idle_power_w", "W", idle_reason),
+        Metric("energy_j_net", net, "J") if net is not None else Metric.missing("energy_j_net", "J", idle_reason),
+    ]
+    if result.tokens <= 0:
+        out += [Metric.missing("energy_j_per_token", "J/token", "the case produced no tokens"),
+                Metric.missing("energy_j_per_token_net", "J/token", "the case produced no tokens")]
+        return out
+    out.append(Metric("energy_j_per_token", gross.joules / result.tokens, "J/token"))
+    out.append(Metric("energy_j_per_token_net", net / result.tokens, "J/token") if net is not None
+               else Metric.missing("energy_j_per_token_net", "J/token", idle_reason))
+    return out

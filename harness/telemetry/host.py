@@ -1,9 +1,10 @@
 """Host telemetry: samples this machine beside one benchmark process it has started.
 
 One background thread reads every source at a fixed interval on `time.monotonic()`, plus one
-reading as the window opens and one as it closes, so even a short run has an energy delta.
-Each tick also records its own cost (`telemetry/tick_cost`), since the sampler shares the CPU
-with the benchmark it measures.
+reading as the window opens and one as it closes. Energy (RAPL) is integrated over the
+engine's measured windows by harness.telemetry.energy, as on every other path; the in-process
+engine stamps its windows on this same clock. Each tick also records its own cost
+(`telemetry/tick_cost`), since the sampler shares the CPU with the benchmark it measures.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import csv
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from types import TracebackType
 
 from harness.drivers.base import Completed
 from harness.results.records import Metric
-from harness.telemetry import Found, Sample, nvml, procfs, sysfs, unreadable_reason
+from harness.telemetry import Found, Sample, energy, nvml, procfs, sysfs, unreadable_reason
 from harness.telemetry.rapl import Rapl
 
 
@@ -25,8 +27,8 @@ class HostTelemetry:
     """Samples the host beside one benchmark process.
 
     One instance, one window: use it as a context manager around the run; the driver calls
-    `attach(pid)` once the child exists; after the block, `metrics(completed)` turns the
-    samples into figures.
+    `attach(pid)` once the child exists; after the block, `metrics(completed, windows,
+    tokens)` turns the samples into figures.
     """
 
     def __init__(self, interval_s: float = 0.1, root: Path = Path("/"), nvml: bool = True) -> None:
@@ -62,16 +64,22 @@ class HostTelemetry:
         if self._sources is not None and self._sources.gpus is not None:
             self._sources.gpus.close()
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """The command as it should run: unchanged, since this sampler runs beside it in-process."""
+    def wrap(self, argv: list[str], marks: str | None = None, cpus: Sequence[int] | None = None) -> list[str]:
+        """The command as it should run: unchanged, since this sampler runs beside it in-process
+        (it stamps no stderr lines: an engine here needs windows stamped in process)."""
         return argv
+
+    def marks(self) -> list[tuple[float, str]]:
+        return []
 
     def attach(self, pid: int) -> None:
         """Sample /proc/<pid>/status from the next tick on (called right after the child starts)."""
         self._pid = pid
 
-    def metrics(self, completed: Completed) -> list[Metric]:
-        """Every host figure of the window; one that cannot be measured is missing with a reason."""
+    def metrics(self, completed: Completed, windows: Sequence[tuple[float, float]], tokens: int,
+                no_window: str | None = None) -> list[Metric]:
+        """Every host figure of the process, energy over the engine's `windows`; one that cannot
+        be measured is missing with a reason."""
         sources = self._sources
         if sources is None:
             raise RuntimeError("HostTelemetry.metrics() before the sampler ran: use it as a with block")
@@ -90,7 +98,7 @@ class HostTelemetry:
             *procfs.rss_split_metrics(self.samples, no_proc),
             sysfs.temp_max_metric(self.samples, temps_reason),
             sysfs.cpu_freq_metric(self.samples, freq_reason),
-            *sources.rapl.metrics(self.samples),
+            *self._energy(windows, tokens, no_window),
             *gpu,
             self._overhead(),
         ]
@@ -136,6 +144,13 @@ class HostTelemetry:
                 pass  # e.g. hidepid: the rss metrics then say no sample was taken
         batch.append(Sample(t, "telemetry/tick_cost", (time.monotonic() - t) * 1000, "ms"))
         self.samples.extend(batch)
+
+    def _energy(self, windows: Sequence[tuple[float, float]], tokens: int, no_window: str | None) -> list[Metric]:
+        """RAPL over the windows; no idle baseline is sampled in process, so net figures say so."""
+        assert self._sources is not None
+        trace, reason = self._sources.rapl.trace(self.samples, self.interval_s)
+        return energy.window_metrics([trace] if trace else [], windows, tokens, idle=None, no_power=reason,
+                                     no_window=no_window)
 
     def _overhead(self) -> Metric:
         costs = tuple(s.value for s in self.samples if s.source == "telemetry/tick_cost")

@@ -3,12 +3,15 @@
 `ProbeTelemetry` puts the probe in front of the benchmark's argv (`wrap`); the probe runs the
 benchmark as its child on the device and writes a sample file there, which is read back with
 `driver.run(["cat", ...])` when the window closes. Sources are discovered per device with one
-`devicefs` command, so this works the same over adb and ssh as on the host. Parsing is pure
-(`parse_probe`); figures come from `metrics()`:
+`devicefs` command, so this works the same over adb and ssh as on the host. A board tool that
+is a command (tegrastats, vcgencmd: harness.telemetry.coprocess) runs beside the probe and is
+moved onto its clock. The probe never reads the benchmark's argv or output: the runner says
+which stderr prefix to stamp and which cores the benchmark uses, and hands back the engine's
+measured windows. Parsing is pure (`parse_probe`); figures come from `metrics()`:
 
 - peak_rss_mb from the probe's own wait4 of the benchmark (not the driver's view of the probe);
 - peak_rss_anon_mb / peak_rss_file_mb, temp_max_c, cpu_freq_mhz from the samples;
-- energy over llama-bench's measured windows (see harness.telemetry.energy), gross and net of
+- energy over the engine's measured windows (see harness.telemetry.energy), gross and net of
   the idle baseline sampled just before, per token, for the widest power scope found;
 - foreign_cpu_pct: what everything but the benchmark and the probe used of the device's CPUs
   (see harness.telemetry.contention), from the per-tick /proc/stat and child CPU counters;
@@ -18,7 +21,6 @@ benchmark as its child on the device and writes a sample file there, which is re
 from __future__ import annotations
 
 import csv
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +32,16 @@ from typing import Any
 from harness.plan import cores
 from harness.drivers.base import Completed, Driver, ResourceUsage
 from harness.results.records import Metric
-from harness.telemetry import Sample, contention, energy, procfs, sysfs
+from harness.telemetry import Sample, contention, energy, procfs, rapl, sysfs
 from harness.telemetry.android import detect_power_convention
+from harness.telemetry.coprocess import BoardTool
 from harness.telemetry.devicefs import FileRead, read_files
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # what probe/edgebench-probe.c writes
+# Formats this edgebench reads: 2 is 3 without the `clocks` line, so its board-tool samples
+# cannot be placed on the probe's clock (said as the reason), and nothing else is lost.
+READ_VERSIONS = ("2", "3")
 PROC_COLUMNS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-LLAMA_BENCH_MARK = "llama-bench: "  # the prefix of llama-bench's --progress lines
 # hwmon chips that are power monitors on a board's rails (Jetson INA3221, many INA2xx boards);
 # other chips' in*/power* files (motherboard voltages, a GPU's own power) are not rail power.
 POWER_MONITORS = ("ina3221", "ina2", "ina3")
@@ -80,6 +85,7 @@ class ProbeTrace:
     child_pid: int | None
     exit: ProbeExit | None
     clk_tck: int | None = None  # jiffies per second of the /proc counters
+    boottime_offset_s: float | None = None  # CLOCK_BOOTTIME - CLOCK_MONOTONIC, from the `clocks` line
 
 
 class ProbeFormatError(ValueError):
@@ -87,7 +93,7 @@ class ProbeFormatError(ValueError):
 
 
 def parse_probe(text: str) -> ProbeTrace:
-    """A probe file (format version 2, described in probe/edgebench-probe.c) -> ProbeTrace.
+    """A probe file (format version 3, described in probe/edgebench-probe.c, or 2) -> ProbeTrace.
 
     A file cut short (probe killed) parses up to its last whole line with `exit` None.
     """
@@ -95,14 +101,14 @@ def parse_probe(text: str) -> ProbeTrace:
     if not lines or not lines[0].startswith("edgebench-probe "):
         raise ProbeFormatError("not an edgebench-probe file (no header line)")
     version = lines[0].split()[1]
-    if version != str(FORMAT_VERSION):
-        raise ProbeFormatError(f"probe file format {version}; this edgebench reads {FORMAT_VERSION}")
+    if version not in READ_VERSIONS:
+        raise ProbeFormatError(f"probe file format {version}; this edgebench reads {' and '.join(READ_VERSIONS)}")
     interval_s, cpu = 0.0, None
     sources: list[str] = []
     errors: dict[str, str] = {}
     samples: list[Sample] = []
     marks: list[tuple[float, str]] = []
-    idle_t = start_t = None
+    idle_t = start_t = offset = None
     pid = clk_tck = None
     exit_ = None
     for line in lines[1:]:
@@ -120,6 +126,8 @@ def parse_probe(text: str) -> ProbeTrace:
             samples += _cpu_samples(t, *fields[-3:])
         elif kind == "m" and fields:
             marks.append((int(fields[0]) / 1e9, rest.partition(" ")[2]))
+        elif kind == "clocks" and len(fields) == 2:
+            offset = (int(fields[1]) - int(fields[0])) / 1e9 if fields[1] != "-" else None
         elif kind == "interval_ms":
             interval_s = int(fields[0]) / 1000
         elif kind == "cpu":
@@ -136,7 +144,8 @@ def parse_probe(text: str) -> ProbeTrace:
             start_t, pid = int(fields[0]) / 1e9, int(fields[1])
         elif kind == "exit":
             exit_ = _parse_exit(fields)
-    return ProbeTrace(interval_s, cpu, tuple(sources), errors, tuple(samples), tuple(marks), idle_t, start_t, pid, exit_, clk_tck)
+    return ProbeTrace(interval_s, cpu, tuple(sources), errors, tuple(samples), tuple(marks), idle_t, start_t, pid, exit_,
+                      clk_tck, offset)
 
 
 def _cpu_samples(t: float, stat: str, child: str, self_us: str) -> list[Sample]:
@@ -162,35 +171,6 @@ def _parse_exit(fields: list[str]) -> ProbeExit:
         probe_cpu_s=(int(kv["probe_utime_us"]) + int(kv["probe_stime_us"])) / 1e6,
         samples=int(kv["samples"]),
     )
-
-
-# --- measured windows -------------------------------------------------------------------------
-
-_RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
-
-
-def measured_windows(marks: Sequence[tuple[float, str]], samples_ns: Sequence[int]) -> list[tuple[float, float]]:
-    """[start, end] of each timed repetition: the first `prompt run i` / `generation run i`
-    mark of repetition i (llama-bench prints it right after starting its timer), lasting
-    llama-bench's own samples_ns[i]. Depth prefill and warmup marks start no window."""
-    starts: dict[int, float] = {}
-    for t, text in marks:
-        if (match := _RUN_MARK.search(text)) and match.group(1) == "1":
-            starts.setdefault(int(match.group(3)) - 1, t)
-    if len(starts) != len(samples_ns):
-        return []
-    return [(starts[i], starts[i] + ns / 1e9) for i, ns in enumerate(samples_ns)]
-
-
-def llama_bench_row(stdout: str) -> dict[str, Any] | None:
-    """The one llama-bench JSONL result of the process, or None (another engine, or a failure)."""
-    from harness.engines.llamabench import parse_jsonl
-
-    try:
-        rows = parse_jsonl(stdout)
-    except ValueError:
-        return None
-    return rows[0] if len(rows) == 1 and "samples_ns" in rows[0] else None
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -339,7 +319,7 @@ def power_traces(trace: ProbeTrace, discovery: Discovery) -> list[energy.Trace]:
     out: list[energy.Trace] = []
     packages = [n for n in trace.sources if n.startswith("rapl/") and n in by_source]
     if packages and len(packages) == len([n for n in trace.sources if n.startswith("rapl/")]):
-        out.append(_rapl_sum(packages, by_source, discovery, trace.interval_s))
+        out.append(rapl.package_trace({n: by_source[n] for n in packages}, discovery.rapl_ranges, trace.interval_s))
     for name in sorted({n.rsplit("/", 1)[0] for n in trace.sources if n.startswith("battery/")}):
         watts = _product(by_source.get(f"{name}/current", []), by_source.get(f"{name}/voltage", []), scales,
                          f"{name}/current", f"{name}/voltage")
@@ -367,18 +347,6 @@ def power_traces(trace: ProbeTrace, discovery: Discovery) -> list[energy.Trace]:
     return out
 
 
-def _rapl_sum(packages: list[str], by_source: dict[str, list[Sample]], discovery: Discovery, interval: float) -> energy.Trace:
-    """All package domains summed (one per socket): the CPU's energy, as a counter."""
-    t = tuple(s.t for s in by_source[packages[0]])
-    joules = [0.0] * len(t)
-    for name in packages:
-        series = by_source[name]
-        unwrapped = energy.unwrap_counter([s.value for s in series], discovery.rapl_ranges.get(name, float(2**32)))
-        for i, v in enumerate(unwrapped[: len(t)]):
-            joules[i] += v / 1e6
-    return energy.Trace(energy.CPU_PACKAGE, "+".join(packages), t, tuple(joules), "energy", interval)
-
-
 def _product(current: list[Sample], voltage: list[Sample], scales: dict[str, float], cname: str, vname: str
              ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """|I| x V per tick where both were read in the same tick (discharge sign varies by vendor)."""
@@ -397,16 +365,19 @@ class ProbeTelemetry:
 
     `probe` and `workdir` are paths on the device; `root` prefixes every sysfs path (tests);
     `cpu` pins the probe: a core number, None (no pinning) or "auto" (the slowest core the
-    benchmark's `-C` mask or `-t` count leaves free, see harness.cores.probe_cpu); `idle_s` of
-    idle baseline is sampled before the benchmark when a power sensor exists.
+    benchmark's cores, as `wrap` is told them, leave free: see harness.plan.cores.probe_cpu);
+    `idle_s` of idle baseline is sampled before the benchmark when a power source exists;
+    `beside` is a board tool run next to the probe (SSH boards: tegrastats, vcgencmd).
     """
 
     def __init__(self, driver: Driver, probe: str, workdir: str, *, interval_ms: int = 50, idle_s: float = 1.0,
-                 cpu: int | str | None = "auto", root: str = "", timeout: float = 120) -> None:
+                 cpu: int | str | None = "auto", root: str = "", timeout: float = 120,
+                 beside: BoardTool | None = None) -> None:
         if interval_ms < 1:
             raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
         self.driver, self.probe, self.root = driver, probe, root
         self.interval_ms, self.idle_s, self.cpu, self.timeout = interval_ms, idle_s, cpu, timeout
+        self.beside = beside
         self.out = str(PurePosixPath(workdir) / "probe" / f"{uuid.uuid4().hex}.txt")
         self.discovery: Discovery | None = None
         self.clusters: list[cores.Cluster] = []
@@ -419,9 +390,13 @@ class ProbeTelemetry:
         self.discovery = classify(files)
         self.clusters = cores.clusters_from(files, cores=1)
         self.driver.run(["mkdir", "-p", str(PurePosixPath(self.out).parent)], timeout=self.timeout)
+        if self.beside is not None:
+            self.beside.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.beside is not None:
+            self.beside.stop()
         done = self.driver.run(["cat", self.out], timeout=self.timeout)
         if done.exit_code != 0:
             self.read_error = f"the probe wrote no file ({self.out}): {done.stderr_tail(3)}"
@@ -433,60 +408,73 @@ class ProbeTelemetry:
         except ProbeFormatError as err:
             self.read_error = f"{self.out}: {err}"
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """The probe, its options, then the benchmark; llama-bench also gets `--progress` so its
-        timed repetitions are marked (see harness.telemetry.energy for the method)."""
+    def wrap(self, argv: list[str], marks: str | None = None, cpus: Sequence[int] | None = None) -> list[str]:
+        """The probe, its options, then the benchmark unchanged; stderr lines starting with
+        `marks` are stamped, and the probe keeps off `cpus` (the benchmark's cores)."""
         assert self.discovery is not None, "use ProbeTelemetry as a with block"
         options = ["--out", self.out, "--interval-ms", str(self.interval_ms)]
         if self.root:
             options += ["--root", self.root]
         for source in self.discovery.sources:
             options += ["--source", f"{source.name}={source.path}"]
-        cpu = self._probe_cpu(argv) if self.cpu == "auto" else self.cpu
+        cpu = self._probe_cpu(cpus) if self.cpu == "auto" else self.cpu
         if cpu is not None:
             options += ["--cpu", str(cpu)]
         if self.idle_s > 0 and self._has_power():
-            options += ["--idle-ms", str(round(self.idle_s * 1000))]
-        if PurePosixPath(argv[0]).name == "llama-bench":
-            options += ["--mark", LLAMA_BENCH_MARK]
-            argv = argv if "--progress" in argv else [*argv, "--progress"]
+            options += ["--idle-ms", str(self._idle_ms())]
+        if marks:
+            options += ["--mark", marks]
         return [self.probe, *options, "--", *argv]
 
     def attach(self, pid: int) -> None:
         """Nothing to do: the probe found its child itself (`pid` is the probe's)."""
 
-    def metrics(self, completed: Completed) -> list[Metric]:
-        """Every figure of the window, each measured or missing with its reason."""
+    def marks(self) -> list[tuple[float, str]]:
+        """The stderr lines the probe stamped, on the device's CLOCK_MONOTONIC."""
+        return list(self.trace.marks) if self.trace is not None else []
+
+    def metrics(self, completed: Completed, windows: Sequence[tuple[float, float]], tokens: int,
+                no_window: str | None = None) -> list[Metric]:
+        """Every figure of the process, each measured or missing with its reason; energy over
+        `windows` ((start, duration) on the probe's clock) processing `tokens`."""
         trace, found = self.trace, self.discovery
         if trace is None or found is None or trace.exit is None:
             reason = self.read_error or "the probe was killed before it recorded the benchmark's exit"
             return [Metric.missing(name, unit, reason) for name, unit in _ALL_METRICS]
         samples = self._scaled(trace, found)
         no_proc = f"the benchmark ended before the probe's first /proc sample ({trace.interval_s * 1000:.0f} ms)"
-        return [
+        idle = (trace.idle_t, trace.start_t) if trace.idle_t is not None and trace.start_t is not None else None
+        traces, no_power = self._power(trace, found)
+        own = [
             procfs.peak_rss_metric(trace.exit.rusage),
             *procfs.rss_split_metrics(samples, no_proc),
             sysfs.temp_max_metric(samples, _reasons(found, "thermal", "hwmon") or "every temperature read failed"),
             sysfs.cpu_freq_metric(samples, found.reason("cpufreq") or "every cpufreq read failed"),
-            *self._energy_metrics(trace, found, completed),
-            contention_metric(trace),
+            *energy.window_metrics(traces, windows, tokens, idle=idle, no_power=no_power, no_window=no_window,
+                                   battery_status=found.battery_status),
+            contention_metric(trace, [(start, start + duration) for start, duration in windows]),
             Metric("probe_cpu_s", trace.exit.probe_cpu_s, "s"),
             Metric("probe_tick_ms", fmean(s.value for s in samples if s.source == "probe/cost"), "ms")
             if any(s.source == "probe/cost" for s in samples) else Metric.missing("probe_tick_ms", "ms", "no sample"),
         ]
+        if self.beside is None or trace.boottime_offset_s is None or trace.start_t is None:
+            return own
+        return _merged(own, self.beside.metrics(trace.start_t, trace.exit.t, trace.boottime_offset_s))
 
     def details(self) -> dict[str, Any]:
-        """What the figures rest on, for the execution's raw record: sources, power scope, windows."""
+        """What the figures rest on, for the execution's raw record: sources, power scope, board tool."""
         found, trace = self.discovery, self.trace
         info: dict[str, Any] = {"sampler": "edgebench-probe", "interval_ms": self.interval_ms,
                                 "probe_cpu": trace.cpu if trace else None}
         if found is not None:
             info["sources"] = [s.name for s in found.sources]
             info["unreadable"] = dict(found.unreadable)
-            headline = energy.headline(power_traces(trace, found)) if trace else None
+            headline = energy.headline(self._power(trace, found)[0]) if trace else None
             info["power_scope"] = headline.scope if headline else None
             info["power_source"] = headline.source if headline else None
             info["battery_status"] = dict(found.battery_status)
+        if self.beside is not None:
+            info["board_tool"] = self.beside.details()
         if trace is not None and trace.exit is not None:
             info["exit"] = {"code": trace.exit.exit_code, "samples": trace.exit.samples}
         if self.read_error:
@@ -494,31 +482,51 @@ class ProbeTelemetry:
         return info
 
     def write_csv(self, path: Path) -> None:
-        """Every sample in its unit (the host sampler's columns), plus the probe file as read,
-        raw, beside it (`<name>.probe.txt`), since marks and exit records are not samples."""
+        """Every sample in its unit (the host sampler's columns), a board tool's moved onto the
+        probe's clock, plus the probe file as read, raw, beside it (`<name>.probe.txt`), since
+        marks and exit records are not samples."""
+        rows: list[Sample] = []
+        if self.trace is not None and self.discovery is not None:
+            rows = self._scaled(self.trace, self.discovery)
+            if self.beside is not None and self.trace.boottime_offset_s is not None:
+                rows = sorted(rows + self.beside.on_probe_clock(self.trace.boottime_offset_s), key=lambda s: s.t)
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["t_monotonic_s", "source", "value", "unit"])
-            if self.trace is not None and self.discovery is not None:
-                for s in self._scaled(self.trace, self.discovery):
-                    writer.writerow([f"{s.t:.6f}", s.source, repr(s.value), s.unit])
+            for s in rows:
+                writer.writerow([f"{s.t:.6f}", s.source, repr(s.value), s.unit])
         if self.text is not None:
             path.with_name(path.name.removesuffix(".csv") + ".probe.txt").write_text(self.text, encoding="utf-8")
 
-    def _probe_cpu(self, argv: list[str]) -> int | None:
-        """The core for the probe, from where llama-bench's `-C` mask or `-t` count puts the benchmark."""
+    def _probe_cpu(self, busy: Sequence[int] | None) -> int | None:
+        """The core for the probe: off the benchmark's cores (all of them when not told)."""
         every = [cpu for cluster in self.clusters for cpu in cluster.cpus]
-        busy = every
-        if "-C" in argv[:-1]:
-            mask = int(argv[argv.index("-C") + 1], 16)
-            busy = [cpu for cpu in every if mask >> cpu & 1]
-        elif "-t" in argv[:-1]:
-            busy = every[: int(argv[argv.index("-t") + 1])]
-        return cores.probe_cpu(self.clusters, busy)
+        return cores.probe_cpu(self.clusters, every if busy is None else list(busy))
+
+    def _idle_ms(self) -> int:
+        """The idle baseline's length: `idle_s`, but long enough that a board tool's slower
+        samples still give it a figure (energy refuses spans under MIN_PERIODS periods; a
+        tool's period runs past its interval by what each tick costs, hence the half again)."""
+        tool_ms = energy.MIN_PERIODS * 3 // 2 * self.beside.interval_ms if self.beside and self.beside.tool else 0
+        return max(round(self.idle_s * 1000), tool_ms)
 
     def _has_power(self) -> bool:
         assert self.discovery is not None
-        return any(s.name.startswith(("rapl/", "battery/", "rail/")) for s in self.discovery.sources)
+        on_board = self.beside is not None and self.beside.tool is not None
+        return on_board or any(s.name.startswith(("rapl/", "battery/", "rail/")) for s in self.discovery.sources)
+
+    def _power(self, trace: ProbeTrace, found: Discovery) -> tuple[list[energy.Trace], str]:
+        """Every power trace on the probe's clock (sysfs sensors, then a board tool's), and why
+        there are none."""
+        traces = power_traces(trace, found)
+        reasons = [_reasons(found, "power", "rapl", "battery", "rail") or "every power sensor read failed"]
+        if self.beside is not None:
+            if trace.boottime_offset_s is None:
+                reasons.append("the probe file has no CLOCK_BOOTTIME reading (`clocks`), so board tool samples cannot be placed on its clock")
+            else:
+                traces += self.beside.power_traces(trace.boottime_offset_s)
+                reasons.append(self.beside.no_power())
+        return traces, "; ".join(reasons)
 
     def _scaled(self, trace: ProbeTrace, found: Discovery) -> list[Sample]:
         units = {s.name: (s.unit, s.scale) for s in found.sources}
@@ -531,36 +539,29 @@ class ProbeTelemetry:
                 out.append(s)
         return out
 
-    def _energy_metrics(self, trace: ProbeTrace, found: Discovery, completed: Completed) -> list[Metric]:
-        traces = power_traces(trace, found)
-        headline = energy.headline(traces)
-        if headline is None:
-            reason = _reasons(found, "power", "rapl", "battery", "rail") or "every power sensor read failed"
-            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
-        row = llama_bench_row(completed.stdout)
-        if row is None:
-            reason = "no measured window: only llama-bench's --progress marks delimit one"
-            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
-        windows = measured_windows(trace.marks, [int(v) for v in row["samples_ns"]])
-        if not windows:
-            reason = "llama-bench's --progress marks do not match its repetitions"
-            return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
-        idle = None
-        if trace.idle_t is not None and trace.start_t is not None and headline.t:
-            idle = (max(trace.idle_t, headline.t[0]), trace.start_t)  # from the first idle reading on
-        tokens = (int(row.get("n_prompt", 0)) + int(row.get("n_gen", 0))) * len(windows)
-        result = energy.case_energy(headline, windows, idle, tokens)
-        return energy_metrics(result, found.battery_status)
-
 
 def _reasons(found: Discovery, *prefixes: str) -> str:
     return "; ".join(r for r in (found.reason(p) for p in prefixes) if r)
 
 
-_ENERGY_METRICS = (("energy_j", "J"), ("avg_power_w", "W"), ("idle_power_w", "W"), ("energy_j_net", "J"),
-                   ("energy_j_per_token", "J/token"), ("energy_j_per_token_net", "J/token"))
+def _merged(own: list[Metric], tool: list[Metric]) -> list[Metric]:
+    """The probe's figures with a board tool's: the tool fills what the probe could not
+    measure, adds what only it has (GPU load, throttling), and temp_max_c is the hottest
+    reading of both (the tool reads sensors sysfs may not show)."""
+    out = {m.name: m for m in own}
+    for metric in tool:
+        mine = out.get(metric.name)
+        if mine is None or (mine.value is None and metric.value is not None):
+            out[metric.name] = metric
+        elif mine.value is None and metric.value is None:
+            out[metric.name] = Metric.missing(metric.name, metric.unit, f"{mine.missing_reason}; {metric.missing_reason}")
+        elif metric.name == "temp_max_c" and metric.value is not None:
+            out[metric.name] = Metric("temp_max_c", max(mine.value, metric.value), "C", samples=mine.samples + metric.samples)
+    return list(out.values())
+
+
 _ALL_METRICS = (("peak_rss_mb", "MB"), ("peak_rss_anon_mb", "MB"), ("peak_rss_file_mb", "MB"), ("temp_max_c", "C"),
-                ("cpu_freq_mhz", "MHz"), *_ENERGY_METRICS, ("foreign_cpu_pct", contention.FOREIGN_UNIT), ("probe_cpu_s", "s"))
+                ("cpu_freq_mhz", "MHz"), *energy.ENERGY_METRICS, ("foreign_cpu_pct", contention.FOREIGN_UNIT), ("probe_cpu_s", "s"))
 
 
 def contention_metric(trace: ProbeTrace, windows: Sequence[tuple[float, float]] | None = None) -> Metric:
@@ -588,31 +589,3 @@ def contention_metric(trace: ProbeTrace, windows: Sequence[tuple[float, float]] 
         return Metric.missing("foreign_cpu_pct", contention.FOREIGN_UNIT, "/proc/stat could not be read on the device")
     t, busy, own = zip(*rows) if rows else ((), (), ())
     return contention.foreign_metric(contention.foreign_cpu(contention.CpuSeries(t, busy, own), windows))
-
-
-def energy_metrics(result: energy.CaseEnergy, battery_status: dict[str, str]) -> list[Metric]:
-    """The energy figures of one process; a charging battery voids battery-scope figures."""
-    charging = [name for name, state in battery_status.items() if state in ("Charging", "Full")]
-    if result.scope == energy.BATTERY and charging:
-        reason = f"battery {', '.join(charging)} is charging or full: USB power hides the discharge"
-        return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
-    gross = result.gross
-    if gross.joules is None:
-        reason = gross.reason or "no figure"
-        return [Metric.missing(name, unit, reason) for name, unit in _ENERGY_METRICS]
-    idle_reason = result.idle_reason or "no idle figure"
-    net = result.net_j
-    out = [
-        Metric("energy_j", gross.joules, "J"),
-        Metric("avg_power_w", gross.joules / gross.seconds, "W"),
-        Metric("idle_power_w", result.idle_w, "W") if result.idle_w is not None else Metric.missing("idle_power_w", "W", idle_reason),
-        Metric("energy_j_net", net, "J") if net is not None else Metric.missing("energy_j_net", "J", idle_reason),
-    ]
-    if result.tokens <= 0:
-        out += [Metric.missing("energy_j_per_token", "J/token", "the case produced no tokens"),
-                Metric.missing("energy_j_per_token_net", "J/token", "the case produced no tokens")]
-        return out
-    out.append(Metric("energy_j_per_token", gross.joules / result.tokens, "J/token"))
-    out.append(Metric("energy_j_per_token_net", net / result.tokens, "J/token") if net is not None
-               else Metric.missing("energy_j_per_token_net", "J/token", idle_reason))
-    return out

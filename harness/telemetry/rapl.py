@@ -1,9 +1,10 @@
 """x86 package energy from RAPL (`/sys/class/powercap/intel-rapl:*`).
 
 `energy_uj` is a cumulative counter that wraps at `max_energy_range_uj`; the counter is sampled
-each tick and the energy is the sum of tick-to-tick deltas, so a wrap between two ticks (minutes
-apart at full load) is undone exactly. Since the PLATYPUS fix (CVE-2020-8694) `energy_uj` is
-readable by root only, which is the usual reason this figure is missing.
+each tick and unwrapped (one wrap between two ticks, minutes apart at full load, is undone
+exactly), then integrated over the engine's measured windows by harness.telemetry.energy.
+Since the PLATYPUS fix (CVE-2020-8694) `energy_uj` is readable by root only, which is the
+usual reason this figure is missing.
 """
 
 from __future__ import annotations
@@ -12,20 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.results.records import Metric
-from harness.telemetry import Found, Sample, shown, unreadable_reason
+from harness.telemetry import Found, Sample, energy, shown, unreadable_reason
 
 
 def parse_uj(text: str) -> int:
     """A powercap counter or range file (integer micro-joules)."""
     return int(text.strip())
-
-
-def energy_delta_j(start_uj: int, end_uj: int, max_range_uj: int) -> float:
-    """Joules between two readings of one counter, allowing one wraparound between them."""
-    if end_uj >= start_uj:
-        return (end_uj - start_uj) / 1e6
-    return (max_range_uj - start_uj + end_uj) / 1e6
 
 
 @dataclass(frozen=True)
@@ -93,21 +86,26 @@ class Rapl:
             samples.append(Sample(t, domain.source, float(value), "uJ"))
         return samples
 
-    def metrics(self, samples: Sequence[Sample]) -> list[Metric]:
-        """energy_j (all packages, summed) and avg_power_w over the sampled window."""
+    def trace(self, samples: Sequence[Sample], interval_s: float) -> tuple[energy.Trace | None, str]:
+        """Every package summed as one counter trace (see `package_trace`), or None and why."""
         if self.unreadable or not self.domains:  # a sum over some sockets is not the CPU's energy
-            reason = self.found.reason()
-            return [Metric.missing("energy_j", "J", reason), Metric.missing("avg_power_w", "W", reason)]
-        energy = 0.0
-        span = 0.0
-        for domain in self.domains:
-            readings = [s for s in samples if s.source == domain.source]
-            if len(readings) < 2:
-                reason = f"fewer than two readings of {domain.source} in the window"
-                return [Metric.missing("energy_j", "J", reason), Metric.missing("avg_power_w", "W", reason)]
-            for before, after in zip(readings, readings[1:]):
-                energy += energy_delta_j(int(before.value), int(after.value), domain.max_range_uj)
-            span = max(span, readings[-1].t - readings[0].t)
-        power = Metric("avg_power_w", energy / span, "W") if span > 0 else (
-            Metric.missing("avg_power_w", "W", "the window has zero length"))
-        return [Metric("energy_j", energy, "J"), power]
+            return None, self.found.reason()
+        series = {d.source: [s for s in samples if s.source == d.source] for d in self.domains}
+        short = [name for name, readings in series.items() if len(readings) < 2]
+        if short:
+            return None, f"fewer than two readings of {short[0]} in the window"
+        ranges = {d.source: float(d.max_range_uj) for d in self.domains}
+        return package_trace(series, ranges, interval_s), ""
+
+
+def package_trace(series: dict[str, Sequence[Sample]], ranges: dict[str, float], interval_s: float) -> energy.Trace:
+    """All package domains summed (one per socket), each unwrapped at its own range, on the
+    first domain's ticks: the CPU's energy in joules, as a counter (readings in uJ)."""
+    names = list(series)
+    t = tuple(s.t for s in series[names[0]])
+    joules = [0.0] * len(t)
+    for name in names:
+        unwrapped = energy.unwrap_counter([s.value for s in series[name]], ranges.get(name, float(2**32)))
+        for i, v in enumerate(unwrapped[: len(t)]):
+            joules[i] += v / 1e6
+    return energy.Trace(energy.CPU_PACKAGE, "+".join(names), t, tuple(joules), "energy", interval_s)

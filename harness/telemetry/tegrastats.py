@@ -13,7 +13,7 @@ release. Handled forms (see tests/data/jetson/ for a recorded line of each):
   `VDD_GPU_SOC 5139mW/5139mW/5139mW` (JetPack 7: cur/avg/max), `VDD_IN 6848mW` (cur only)
 
 Lines from the edgebench co-process carry a leading device timestamp (seconds of
-/proc/uptime, see `harness/telemetry/commands.py`); a recorded trace without one is stamped
+/proc/uptime, see `harness/telemetry/coprocess.py`); a recorded trace without one is stamped
 by line number and interval. Only the instantaneous rail value is kept: tegrastats' running
 average covers its own start, not the case window, so averages are recomputed per window.
 """
