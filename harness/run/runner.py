@@ -157,7 +157,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), run_case, completed, timeout_s)
     # energy over the engine's measured windows only (one meaning on every driver)
     windows, tokens = (parsed.windows, parsed.tokens) if parsed else ((), 0)
-    no_window = parsed.no_window if parsed else f"the process ended {status}: no measured window"
+    no_window = parsed.no_window if parsed else f"no measured window: the process ended {status} (see its error)"
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed, windows, tokens, no_window)
     metrics += watch.metrics(metrics, contention_threshold_pct)
     raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,

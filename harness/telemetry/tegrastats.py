@@ -15,7 +15,8 @@ release. Handled forms (see tests/data/jetson/ for a recorded line of each):
 Lines from the edgebench co-process carry a leading device timestamp (seconds of
 /proc/uptime, see `harness/telemetry/coprocess.py`); a recorded trace without one is stamped
 by line number and interval. Only the instantaneous rail value is kept: tegrastats' running
-average covers its own start, not the case window, so averages are recomputed per window.
+average covers its own start, not the measured windows, which the instantaneous values are
+integrated over (harness.telemetry.energy).
 """
 
 from __future__ import annotations
