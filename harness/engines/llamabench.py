@@ -51,7 +51,7 @@ class LlamaBench:
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
-        argv = [binary, "-m", model_path, "-o", "jsonl", "--progress", "-r", str(case.inprocess_reps)]
+        argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
         if case.kind == "pg":
             argv += ["-p", "0", "-n", "0", "-pg", f"{case.n_prompt},{case.n_gen}"]
         else:
@@ -60,6 +60,7 @@ class LlamaBench:
             argv += ["-d", str(case.depth)]
         for key, value in case.settings:
             argv += [LLAMABENCH_SETTINGS[key][0], _flag_value(value)]
+        argv.append("--progress")  # the marks its measured windows start at (see the module doc)
         if not case.warmup:
             argv.append("--no-warmup")
         return argv
