@@ -196,7 +196,8 @@ class Store:
         """Store one process run, its metrics and its files (`<case>/rep<N>.*` in the run's
         folder) atomically, replacing an earlier try. `effective` (the engine's reported
         settings) is kept in the raw JSON under its own key, so it needs no column of its own."""
-        raw = {**raw, "effective": dict(effective or {})}
+        if effective is not None:
+            raw = {**raw, "effective": dict(effective)}
         with self.transaction() as conn:
             conn.execute(delete(executions_t).where(
                 executions_t.c.run_id == run_id, executions_t.c.case_key == case.key, executions_t.c.rep == rep))
