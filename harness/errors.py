@@ -29,3 +29,9 @@ class BuildError(EdgebenchError):
 
 class StoreError(EdgebenchError):
     """The results store cannot be opened, is newer than this code, or lacks a run."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop request by signal (SIGTERM from systemd, cron or CI; SIGHUP from a closed
+    terminal), raised in the main thread so it unwinds exactly like Ctrl-C: the device's
+    processes are killed and the run is left resumable. The message is the signal's name."""

@@ -1,7 +1,10 @@
-"""Where edgebench keeps its caches and results.
+"""Where edgebench keeps its caches, its state and its results.
 
 Builds and extracted models are cached outside any clone (keyed by content hash) so a
-second run, or a fresh clone on the same machine, skips them.
+second run, or a fresh clone on the same machine, skips them. State (device locks, measured
+bandwidth, the local device's working folder) belongs to whoever runs edgebench: a test
+session points `$EDGEBENCH_STATE` at a folder of its own, so a user's run and the tests never
+hold each other's locks, while both share the content-addressed builds.
 """
 
 from __future__ import annotations
@@ -23,3 +26,9 @@ def cache_dir() -> Path:
 def default_results_dir() -> Path:
     """`results/` in the current directory: the folder the README describes."""
     return Path(os.environ.get("EDGEBENCH_RESULTS", "results"))
+
+
+def state_dir() -> Path:
+    """`$EDGEBENCH_STATE`, else the cache folder: device locks, bandwidth figures, local workdir."""
+    explicit = os.environ.get("EDGEBENCH_STATE")
+    return Path(explicit).expanduser() if explicit else cache_dir()

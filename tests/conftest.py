@@ -1,10 +1,13 @@
 """Shared fixtures: the real default model and the real host llama-bench build.
 
 Both are cached under the edgebench cache dir, so only the first session pays for them.
+Each session's state (device locks, bandwidth figures, the local device's folder) is its own,
+so a user's edgebench run and the tests never wait on, or read, each other's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,15 @@ pytest_plugins = ["tests.adb_emulator.fixtures", "tests.pg_fixture", "tests.redi
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`$EDGEBENCH_STATE` for this session (the edgebench subprocesses tests start inherit it)."""
+    folder = tmp_path_factory.mktemp("edgebench-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEBENCH_STATE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

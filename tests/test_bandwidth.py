@@ -9,7 +9,7 @@ import pytest
 
 from harness.results.bandwidth import bandwidth_for, parse_output
 from harness.run.bandwidth import Request, device_bandwidth, requests_for
-from harness.plan.cores import Cluster
+from harness.plan.cores import Cluster, resolve_threads
 from harness.drivers.local import LocalDriver
 from harness.errors import EdgebenchError
 from harness.plan.cases import Case
@@ -78,14 +78,16 @@ def test_real_program_threads_pins_and_checks(runtime_dir):
 def test_requests_follow_the_cases_threads():
     decode = Case("llamabench", "decode", 0, 8, 0)
     clusters = [Cluster((4, 5, 6, 7), 1024, 2800.0), Cluster((0, 1, 2, 3), 400, 1800.0)]
-    cases = [decode, Case("llamabench", "decode", 0, 8, 0, (("threads", 2),)), Case("llamabench", "decode", 0, 8, 0, (("threads", "all"),)),
-             Case("pyllama", "latency", 8, 8, 0)]
-    assert requests_for(cases, clusters) == [Request(4, (4, 5, 6, 7)), Request(2), Request(8, (4, 5, 6, 7, 0, 1, 2, 3))]
-    assert requests_for([decode], [Cluster((0, 1), None, None)]) == [Request(None)]  # one cluster: llama.cpp's default
+    wanted = [decode, Case("llamabench", "decode", 0, 8, 0, (("threads", 2),)), Case("llamabench", "decode", 0, 8, 0, (("threads", "all"),)),
+              Case("pyllama", "latency", 8, 8, 0)]
+    planned = [resolve_threads(case, clusters, takes_mask=case.engine == "llamabench") for case in wanted]  # as the plan does
+    cases, cores = [case for case, _ in planned], {case.key: how for case, how in planned if how}
+    assert requests_for(cases, cores) == [Request(4, (4, 5, 6, 7)), Request(2), Request(8, (4, 5, 6, 7, 0, 1, 2, 3))]
+    assert requests_for([decode], {}) == [Request(None)]  # one cluster: no choice, llama.cpp's default
 
 
 def test_measured_once_then_cached_unless_refreshed(runtime_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("EDGEBENCH_STATE", str(tmp_path))
     driver = LocalDriver()
     facts = {"name": "local", "cores": 2, "extra": {"kernel": "x"}}
     first = device_bandwidth(driver, facts, str(runtime_dir), "sha", [Request(1)])
@@ -102,7 +104,7 @@ def test_measured_once_then_cached_unless_refreshed(runtime_dir, tmp_path, monke
 
 
 def test_failure_is_a_reason_not_a_crash(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("EDGEBENCH_STATE", str(tmp_path))
     data = device_bandwidth(LocalDriver(), {"name": "local"}, str(tmp_path / "nowhere"), "sha", [Request(None)])
     assert data["results"] == [] and data["errors"] and not list(tmp_path.glob("bandwidth/*.json"))
     assert bandwidth_for(data, 2)[0] is None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from harness.plan.suites import load_suite, parse_suite
 from harness.engines.llamabench import LlamaBench
 from harness.plan.cases import Case, build_plan
@@ -60,3 +64,96 @@ def test_latency_cases_with_settings_llama_cpp_python_cannot_apply_are_skipped()
     plan = build_plan(suite, context_length=None, host=True)
     assert [c.kind for c in plan.cases] == ["prefill"]
     assert "cpu_mask=0x1" in dict(plan.skipped)["latency p16+n4 [cpu_mask=0x1]"]
+
+
+# --- threads resolved at plan time, per engine, from the device's clusters ------------------
+
+# A 4+4 big.LITTLE CPU folder as sysfs shows it (cpu_capacity and cpuinfo_max_freq per core).
+MIXED_CORES = {"online": "0-7\n"} | {
+    f"cpu{cpu}/{name}": value
+    for cpus, capacity, khz in (((0, 1, 2, 3), "410", "1804800"), ((4, 5, 6, 7), "1024", "2841600"))
+    for cpu in cpus
+    for name, value in (("cpu_capacity", capacity + "\n"), ("cpufreq/cpuinfo_max_freq", khz + "\n"))
+}
+
+
+def mixed_core_folder(root: Path) -> Path:
+    """The synthetic /sys/devices/system/cpu of a two-cluster device, under `root`."""
+    folder = root / "sys" / "devices" / "system" / "cpu"
+    for rel, text in MIXED_CORES.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return folder
+
+
+def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_takes(tmp_path):
+    from harness.drivers.local import LocalDriver
+    from harness.engines.pyllama import PyLlama, _parser
+    from harness.telemetry.devicefs import read_clusters
+
+    mixed_core_folder(tmp_path)
+    clusters = read_clusters(LocalDriver(), 8, root=str(tmp_path))  # through the driver, as the session reads them
+    assert [c.cpus for c in clusters] == [(4, 5, 6, 7), (0, 1, 2, 3)]
+    plan = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters)
+    latency = [c for c in plan.cases if c.kind == "latency"]
+    assert len(latency) == 2 and plan.skipped == ()
+    for case in latency:
+        assert dict(case.settings) == {"threads": 4}  # the big cluster's size; no mask, which the engine lacks
+        assert PyLlama().unsupported(case) is None
+        args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="", model_path=__file__)[3:])
+        assert unknown == [] and args.threads == 4
+        assert plan.cores[case.key]["cpus"] == [4, 5, 6, 7] and "takes a thread count, not a mask" in plan.cores[case.key]["why"]
+    for case in (c for c in plan.cases if c.engine == "llamabench"):
+        assert dict(case.settings) == {"threads": 4, "cpu_mask": "0xf0"}
+        assert LlamaBench().argv(case, runtime_dir="/rt", model_path="/m.gguf")[-4:] == ["-C", "0xf0", "-t", "4"]
+    alike = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters[:1])
+    assert all("cpu_mask" not in dict(c.settings) for c in alike.cases if c.engine == "pyllama")
+
+
+def test_threads_big_without_readable_cores_is_skipped_with_the_reason():
+    suite = parse_suite('[settings]\nthreads = "big"\n[[prefill]]\nprompt = 16\n', "s.toml")
+    plan = build_plan(suite, context_length=None, host=True, clusters=[])
+    assert plan.cases == () and "cores could not be read" in plan.skipped[0][1]
+
+
+LATENCY_ONLY = """
+name = "latency-only"
+repetitions = 1
+inprocess_repetitions = 1
+[[latency]]
+prompt = 16
+tokens = 4
+"""
+
+
+def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path, default_model):
+    """`edgebench run` on this host seen through a synthetic 4+4 CPU folder (bind-mounted over
+    /sys/devices/system/cpu in a private mount namespace: a mixed-core host cannot exist here):
+    the latency case runs with the plan's thread count, and the stored case is what ran."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from harness.results.store import Store
+
+    from .conftest import REPO
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private mount namespace (unshare -m) needs root and util-linux")
+    folder = mixed_core_folder(tmp_path / "fake")
+    (tmp_path / "latency.toml").write_text(LATENCY_ONLY)
+    results = tmp_path / "results"
+    mounted = ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /sys/devices/system/cpu && exec "$@"', str(folder)]
+    done = subprocess.run([*mounted, sys.executable, "-m", "harness", "run", "--suite", str(tmp_path / "latency.toml"), "--mode", "none",
+                           "--results", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr + done.stdout
+    store = Store(results)
+    run_id = store.run("latest")["id"]
+    (case,), (execution,) = store.cases(run_id), store.executions(run_id)
+    assert dict(case.settings) == {"threads": 4} and execution.status == "ok"
+    argv = execution.raw["argv"]
+    assert argv[argv.index("--threads") + 1] == "4" and "--cpu-mask" not in argv
+    assert execution.raw["records"][0]["settings"]["n_threads"] == 4  # what llama-cpp-python ran with
+    assert store.case_cores(run_id)[case.key]["cpus"] == [4, 5, 6, 7]

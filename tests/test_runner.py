@@ -2,8 +2,8 @@
 cases, and resume after a crash between cases.
 
 The llama-bench here is a stand-in script that replays llama-bench's JSONL shape and can be
-told to crash, hang or be SIGKILLed on its Nth start; the real binary is exercised by the
-slow end-to-end tests.
+told to crash, hang or be SIGKILLed on its Nth start, or what figure its Nth start reports; the
+real binary is exercised by the slow end-to-end tests.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ FAKE = textwrap.dedent(
     count = int((root / "count").read_text() or 0) + 1 if (root / "count").exists() else 1
     (root / "count").write_text(str(count))
     mode = json.loads((root / "modes.json").read_text()).get(str(count), "ok") if (root / "modes.json").exists() else "ok"
+    given = json.loads((root / "values.json").read_text()) if (root / "values.json").exists() else {{}}
     args = sys.argv[1:]
     val = lambda flag: int(args[args.index(flag) + 1]) if flag in args else 0
     if mode == "crash":
@@ -42,7 +43,7 @@ FAKE = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
     reps = val("-r")
     print(json.dumps({{"build_commit": "fake", "build_number": 0, "n_prompt": val("-p"), "n_gen": val("-n"),
-                      "n_depth": val("-d"), "avg_ts": 100.0 + count, "samples_ts": [100.0 + count] * reps,
+                      "n_depth": val("-d"), "avg_ts": given.get(str(count), 100.0 + count), "samples_ts": [given.get(str(count), 100.0 + count)] * reps,
                       "n_threads": 2, "backends": "CPU", "progress": "--progress" in args}}))
     """
 )
@@ -61,9 +62,9 @@ def runtime(tmp_path: Path) -> Path:
 CASES = [Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2), Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)]
 
 
-def _new_run(store: Store, repetitions: int = 2) -> str:
+def _new_run(store: Store, repetitions: int = 2, cases: list[Case] = CASES) -> str:
     return store.create_run(
-        device="local", suite_name="t", suite_text="", repetitions=repetitions, timeout_s=30, cases=CASES,
+        device="local", suite_name="t", suite_text="", repetitions=repetitions, timeout_s=30, cases=cases,
         model_sha256="0" * 64, model_info={"filename": "m.gguf"}, runtime_key=None, runtime_manifest=None,
         facts={"name": "local"}, command=[], version="test",
     )
@@ -217,3 +218,93 @@ def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monk
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", quiet_max_s=0))
     assert {e.raw["cooldown"]["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}
+
+
+# --- precision target ---------------------------------------------------------------------
+
+THREE = [Case("llamabench", "prefill", 16, 0, 0), Case("llamabench", "prefill", 32, 0, 0), Case("llamabench", "decode", 0, 4, 0)]
+
+
+def _figures(runtime: Path, by_start: dict[int, float]) -> None:
+    (runtime / "values.json").write_text(json.dumps({str(k): v for k, v in by_start.items()}))
+
+
+def test_precision_adds_interleaved_rounds_only_for_cases_not_within_target(tmp_path, runtime):
+    from harness.plan.cases import RunPolicy
+
+    # two fixed rounds (starts 1-6): p16 is within ±15% (±1.3%), p32 and decode are not; then rounds
+    # of those two until decode is within target (±14.6% at 5) and p32 reaches the 6-process limit
+    _figures(runtime, {1: 100.0, 2: 50.0, 3: 10.0, 4: 100.2, 5: 80.0, 6: 14.0, 7: 50.0, 8: 12.0, 9: 80.0, 10: 12.0,
+                       11: 50.0, 12: 12.0, 13: 80.0, 14: 12.0})
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=2, cases=THREE)
+    a, b, c = (case.key for case in THREE)
+    results = _run(store, run_id, runtime, policy=RunPolicy(precision=0.15, max_repetitions=6))
+    order = [(r.step.case.key, r.step.rep) for r in results]
+    assert order[:6] == [(a, 0), (b, 0), (c, 0), (a, 1), (b, 1), (c, 1)]
+    assert order[6:] == [(b, 2), (c, 2), (b, 3), (c, 3), (b, 4), (c, 4), (b, 5)]  # interleaved; c stops after round 5
+    stops = store.stops(run_id)
+    assert (stops[a].reason, stops[a].n) == ("within-target", 2) and stops[a].half_width < 0.15
+    assert (stops[b].reason, stops[b].processes) == ("max-repetitions", 6) and stops[b].half_width > 0.15
+    assert (stops[c].reason, stops[c].n) == ("within-target", 5) and stops[c].metric == "decode_tps"
+    assert store.run(run_id)["status"] == "finished" and store.run(run_id)["repetitions"] == 2
+
+
+def test_precision_target_survives_an_interruption_and_resume(tmp_path, runtime):
+    from harness.plan.cases import RunPolicy
+
+    _figures(runtime, {n: 100.0 + 40 * ((n - 1) // 2 % 2) for n in range(1, 30)})  # each case 100, 140, 100...: never within 1%
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=2)
+    policy = RunPolicy(precision=0.01, max_repetitions=4)
+
+    def vanish(step):
+        if step.rep == 2 and step.index == 1:  # mid precision round: case 1 has 3 processes, case 2 has 2
+            raise DeviceUnreachable("device went away")
+
+    with pytest.raises(DeviceUnreachable):
+        _run(store, run_id, runtime, on_start=vanish, policy=policy)
+    assert store.run(run_id)["status"] == "interrupted"
+    assert pending_steps(store, run_id, store.cases(run_id), 2) == []  # the fixed rounds are done
+    _run(store, run_id, runtime, policy=policy)  # as --resume does: no fixed steps left, precision goes on
+    reps = sorted((e.case_key, e.rep) for e in store.executions(run_id))
+    assert reps == sorted((case.key, r) for case in CASES for r in range(4))  # nothing redone, nothing beyond the limit
+    assert {s.reason for s in store.stops(run_id).values()} == {"max-repetitions"}
+    assert store.run(run_id)["status"] == "finished"
+
+
+def test_a_case_whose_last_process_failed_gets_no_more_rounds(tmp_path, runtime):
+    from harness.plan.cases import RunPolicy
+
+    (runtime / "modes.json").write_text(json.dumps({"3": "crash"}))
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store, repetitions=2)
+    results = _run(store, run_id, runtime, policy=RunPolicy(precision=0.0001, max_repetitions=3))
+    stops = store.stops(run_id)
+    assert stops[CASES[0].key].reason == "failed" and stops[CASES[1].key].reason == "max-repetitions"
+    assert [(r.step.case.key, r.step.rep) for r in results][4:] == [(CASES[1].key, 2)]
+
+
+def test_without_a_target_no_round_is_added_and_no_verdict_stored(tmp_path, runtime):
+    store = Store(tmp_path / "results")
+    run_id = _new_run(store)
+    assert len(_run(store, run_id, runtime)) == 4 and store.stops(run_id) == {}
+
+
+def test_the_table_and_json_say_why_each_case_stopped(tmp_path, runtime):
+    from harness.plan.cases import RunPolicy
+
+    from .test_cli import edgebench
+
+    _figures(runtime, {1: 100.0, 2: 50.0, 3: 100.2, 4: 80.0, 5: 50.0, 6: 80.0})
+    results = tmp_path / "results"
+    store = Store(results)
+    run_id = _new_run(store)
+    _run(store, run_id, runtime, policy=RunPolicy(precision=0.02, max_repetitions=4))
+    shown = edgebench("results", "show", run_id, "--results", str(results), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "stopped" in text and "within ±2% after 2" in text and "at the 4-process limit" in text
+    assert "2–4 processes per case" in text and "precision target" in text
+    payload = json.loads(edgebench("results", "show", run_id, "--json", "--results", str(results), cwd=tmp_path).stdout)
+    assert {s["case"]: s["reason"] for s in payload["stops"]} == {"prefill p16": "within-target", "decode n4 @d16": "max-repetitions"}

@@ -8,6 +8,7 @@ import pytest
 
 from harness.plan import cores
 from harness.drivers.local import LocalDriver
+from harness.telemetry.devicefs import read_clusters
 from harness.telemetry.state import capture_state, format_state, parse_ps, wait_for_cool
 
 PS_PROCPS = """    PID %CPU   RSS COMMAND
@@ -94,7 +95,7 @@ def test_cooldown_waits_until_near_idle_and_is_bounded() -> None:
 
 def test_clusters_fastest_first_and_threads_choices(tmp_path: Path) -> None:
     _phone(tmp_path)
-    clusters = cores.read_clusters(LocalDriver(), 8, root=str(tmp_path))
+    clusters = read_clusters(LocalDriver(), 8, root=str(tmp_path))
     assert [c.cpus for c in clusters] == [(4, 5, 6, 7), (0, 1, 2, 3)]
     assert clusters[0].capacity == 1024 and clusters[1].max_mhz == 1804.8
     big = cores.choose(clusters, "big")
@@ -112,7 +113,7 @@ def test_clusters_fastest_first_and_threads_choices(tmp_path: Path) -> None:
 
 def test_a_machine_without_capacity_or_cpufreq_is_one_cluster(tmp_path: Path) -> None:
     _tree(tmp_path, {"/sys/devices/system/cpu/online": "0-1\n"})
-    clusters = cores.read_clusters(LocalDriver(), 2, root=str(tmp_path))
+    clusters = read_clusters(LocalDriver(), 2, root=str(tmp_path))
     assert clusters == [cores.Cluster((0, 1), None, None)]
     assert cores.choose(clusters, "big").why == "all cores (one cluster)"
     assert cores.parse_online("0-3,6,8-9") == [0, 1, 2, 3, 6, 8, 9]

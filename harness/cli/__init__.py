@@ -96,67 +96,80 @@ def run(
     remeasure_bandwidth: bool = typer.Option(False, "--remeasure-bandwidth", help="Measure memory bandwidth again instead of using this device's cached figure."),
     contention_threshold: Optional[float] = typer.Option(
         None, "--contention-threshold", help="Others' CPU (% of one core) above which a figure is marked contended (default: the suite's, 10)."),
+    precision: Optional[str] = typer.Option(None, help="Add rounds until each case's 95% CI is within this share of its mean, e.g. 2%."),
+    max_repetitions: Optional[int] = typer.Option(None, "--max-repetitions", min=1, help="With --precision: the most processes per case (default: the suite's, else 10)."),
 ) -> None:
-    """Benchmark a device with a suite and a model; print the table and write an HTML report."""
-    from harness.plan.suites import parse_setting_overrides
+    """Benchmark a device with a suite and a model; print the table and write an HTML report.
+
+    SIGTERM and SIGHUP stop it as Ctrl-C does: the device's processes are killed, the run
+    stays resumable, and the exit code is 3."""
+    from harness.plan.suites import parse_precision, parse_setting_overrides
     from harness.lab.leases import held, manual_holder
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
+    from harness.run.signals import stop_requests
 
     _check_format(fmt)
-    try:
-        store = _store(results, store_url)
-        options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
-                             str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold)
-        if dry_run:
-            prepared = prepare(options)
-            _print_plan(prepared, estimate_seconds(store, prepared))
-            return
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[last]}"), console=console,
-        )
-        tasks: dict[str, Any] = {}
+    with stop_requests():
+        try:
+            store = _store(results, store_url)
+            options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
+                                 str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold,
+                                 precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions)
+            if dry_run:
+                prepared = prepare(options)
+                _print_plan(prepared, estimate_seconds(store, prepared))
+                return
+            progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[last]}"), console=console,
+            )
+            tasks: dict[str, Any] = {}
+            counts = {"done": 0, "total": 0}
 
-        def on_start(step) -> None:
-            if "run" not in tasks:
-                tasks["run"] = progress.add_task("", total=step.total, last="")
-            label = f"[{step.index + 1}/{step.total}] {step.case.label} (round {step.rep + 1})"
-            progress.update(tasks["run"], description=escape(label))
+            def on_start(step) -> None:
+                if "run" not in tasks:
+                    tasks["run"] = progress.add_task("", total=step.total, last="")
+                if counts["done"] >= counts["total"]:  # the first steps, or a round a precision target or sustained mode added
+                    counts["total"] += step.total
+                label = f"[{step.index + 1}/{step.total}] {step.case.label} (round {step.rep + 1})"
+                progress.update(tasks["run"], description=escape(label), total=counts["total"])
 
-        def on_result(result) -> None:
-            progress.update(tasks["run"], advance=1, last=_figure(result))
+            def on_result(result) -> None:
+                counts["done"] += 1
+                progress.update(tasks["run"], advance=1, last=_figure(result))
 
-        def on_build_event(event) -> None:
-            if "build" not in tasks:
-                tasks["build"] = progress.add_task("llama.cpp", total=100, last="")
-            progress.update(tasks["build"], description=escape(f"llama.cpp {event.stage}"), completed=event.percent or 0, last=escape(event.line[-50:]))
-            if event.stage == "done":
-                progress.remove_task(tasks.pop("build"))
+            def on_build_event(event) -> None:
+                if "build" not in tasks:
+                    tasks["build"] = progress.add_task("llama.cpp", total=100, last="")
+                progress.update(tasks["build"], description=escape(f"llama.cpp {event.stage}"), completed=event.percent or 0, last=escape(event.line[-50:]))
+                if event.stage == "done":
+                    progress.remove_task(tasks.pop("build"))
 
-        callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
-        holder = manual_holder(" ".join(sys.argv[1:]))
+            callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
+            holder = manual_holder(" ".join(sys.argv[1:]))
 
-        def note(message: str) -> None:
-            console.print(f"[yellow]{escape(message)}[/]")
+            def note(message: str) -> None:
+                console.print(f"[yellow]{escape(message)}[/]")
 
-        if resume:
-            row = store.run(resume)
-            with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
-                run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
-        else:
-            prepared = prepare(options, on_status=callbacks.status)
-            for label, reason in prepared.plan.skipped:
-                console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
-            with held(store, prepared.driver.identity(), holder, wait=wait, on_wait=note):
-                run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
-    except KeyboardInterrupt:
-        raise _fail(EdgebenchError("interrupted; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
-    except EdgebenchError as exc:
-        raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
-    _show_run(store, run_id, as_json, fmt)
-    _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
-    if any(r.status != "ok" for r in step_results):
-        raise typer.Exit(EXIT_FAILED)
+            if resume:
+                row = store.run(resume)
+                with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
+                    run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
+            else:
+                prepared = prepare(options, on_status=callbacks.status)
+                for label, reason in prepared.plan.skipped:
+                    console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
+                with held(store, prepared.driver.identity(), holder, wait=wait, on_wait=note):
+                    run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.run.signals names it)
+            by = f" by {exc}" if str(exc) else ""
+            raise _fail(EdgebenchError(f"interrupted{by}; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
+        except EdgebenchError as exc:
+            raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
+        _show_run(store, run_id, as_json, fmt)
+        _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
+        if any(r.status != "ok" for r in step_results):
+            raise typer.Exit(EXIT_FAILED)
 
 
 def _with(progress: Progress, action):
@@ -175,10 +188,12 @@ def _figure(result) -> str:
 
 def _print_plan(prepared, estimate: float | None) -> None:
     table = Table(title=escape(f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}"))
-    for column in ("#", "engine", "case", "context", "in-process reps"):
+    for column in ("#", "engine", "case", "context", "in-process reps", "threads"):
         table.add_column(column)
     for i, case in enumerate(prepared.plan.cases, 1):
-        table.add_row(str(i), case.engine, escape(case.label), str(case.context), str(case.inprocess_reps))
+        how = prepared.plan.cores.get(case.key)
+        threads = f"{how['n_threads']} on cores {','.join(map(str, how['cpus']))} ({how['why']})" if how else str(case.setting("threads", "runtime default"))
+        table.add_row(str(i), case.engine, escape(case.label), str(case.context), str(case.inprocess_reps), escape(threads))
     out.print(table)
     for label, reason in prepared.plan.skipped:
         out.print(f"skipped {escape(label)}: {escape(reason)}")
@@ -198,7 +213,8 @@ def _show_run(store, run_id: str, as_json: bool, fmt: str = "table") -> None:
     summary = summary_frame(tidy_frame(store, [row["id"]]))
     payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
                "contended": contended_processes(store, row["id"]),
-               "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records"))}
+               "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records")),
+               "stops": [{"case": label, **stop.to_json(), "text": stop.describe()} for label, stop in views.stops_by_label(store, row["id"]).items()]}
     out.print_json(json.dumps(payload, default=str))
 
 

@@ -227,25 +227,41 @@ def cell_text(cell: Any) -> str:
     return _fmt(cell.mean) + ("" if cell.half_width is None else f" ± {_fmt(cell.half_width)}")
 
 
-def summary_caption(row: Any, wide: Any) -> tuple[str, ...]:
+def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) -> tuple[str, ...]:
     from harness.results.analysis import HEADLINE
 
-    lines = [f"mean ± 95% CI over {row['repetitions']} processes per case; — = not measured for that case"]
+    processes = f"{row['repetitions']} processes per case"
+    if stops:  # a precision target gave the cases as many processes as each needed
+        counts = sorted(stop.processes for stop in stops.values())
+        first = next(iter(stops.values()))
+        spread = f"{counts[0]}–{counts[-1]}" if counts[0] != counts[-1] else str(counts[0])
+        processes = (f"{spread} processes per case (precision target: a 95% CI within ±{first.target * 100:g}% of each case's tok/s,"
+                     f" TTFT for latency cases; at most {first.max_repetitions} processes)")
+    lines = [f"mean ± 95% CI over {processes}; — = not measured for that case"]
     lines += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
     lines += [f"* {label}: {c.note()}" for (_, label), c in wide.contended.items()]
     return tuple(lines)
 
 
-def summary_grid(row: Any, summary: Any) -> Grid:
-    """One row per case, one column per headline metric the run measured."""
+def summary_grid(row: Any, summary: Any, stops: dict[str, Any] | None = None) -> Grid:
+    """One row per case, one column per headline metric the run measured; with a precision
+    target (`stops`, by case label), a last column says where each case stopped and why."""
     from harness.results.analysis import HEADLINE, wide_table
 
     facts = json.loads(row["facts_json"])
     wide = wide_table(summary)
     title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
-    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended) for m in wide.columns))
+    stopped = (lambda label: (stops[label].describe() if label in stops else "—",)) if stops else (lambda label: ())
+    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended) for m in wide.columns), *stopped(label))
                  for run_id, label, cells in wide.rows)
-    return Grid(title, ("case", *(HEADLINE[m] for m in wide.columns)), rows, caption=summary_caption(row, wide))
+    header = ("case", *(HEADLINE[m] for m in wide.columns)) + (("stopped",) if stops else ())
+    return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(row, wide, stops))
+
+
+def stops_by_label(store: Any, run_id: str) -> dict[str, Any]:
+    """Why a precision target stopped each case's rounds, by case label (empty without a target)."""
+    labels = {case.key: case.label for case in store.cases(run_id)}
+    return {labels[key]: stop for key, stop in store.stops(run_id).items()}
 
 
 def _marked(cell: Any, contended: bool) -> str:
@@ -318,7 +334,7 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
     from harness.results.analysis import failures_frame, summary_frame, tidy_frame
 
     row = store.run(run_id)
-    show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]]))), fmt)
+    show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
     show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
     show_roofline(console, store, [row["id"]], fmt)
     show_lines(console, condition_lines(store, row["id"]), fmt)

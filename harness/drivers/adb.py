@@ -171,11 +171,15 @@ class AdbDriver:
     def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
             cwd: str | None = None, on_start: Callable[[int], None] | None = None) -> Completed:
         process = self.spawn(argv, env=env, cwd=cwd)
-        if on_start is not None:
-            pid = process.wait_pid(timeout)
-            if pid is not None:
-                on_start(pid)
-        return process.wait(timeout)
+        try:
+            if on_start is not None:
+                pid = process.wait_pid(timeout)
+                if pid is not None:
+                    on_start(pid)
+            return process.wait(timeout)
+        except BaseException:  # Ctrl-C, SIGTERM (harness.run.signals), a bug: nothing stays running on the phone
+            process.kill()
+            raise
 
     def _check(self, argv: Sequence[str], timeout: float = 120) -> Completed:
         done = self.run(argv, timeout=timeout)

@@ -25,7 +25,7 @@ import psutil
 from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError, Telemetry
 from harness.drivers.identity import IDENTITY_FILES, identity_from
 from harness.hashing import sha256_file
-from harness.paths import cache_dir
+from harness.paths import state_dir
 
 REAPER = Path(__file__).with_name("reaper.py")
 
@@ -72,7 +72,7 @@ class LocalDriver:
 
     def __init__(self, name: str = "local", workdir: str | None = None, pseudo: str | None = None) -> None:
         self.name = name
-        self.workdir = workdir or str(cache_dir() / "device-local")
+        self.workdir = workdir or str(state_dir() / "device-local")
         self.pseudo = pseudo
 
     def facts(self) -> DeviceFacts:
@@ -142,20 +142,23 @@ class LocalDriver:
         finally:
             os.close(report_w)
         with os.fdopen(report_r, encoding="utf-8") as report:
-            first = report.readline()
-            child = int(first.split()[1]) if first.startswith("pid ") else None
-            if on_start and child:
-                on_start(child)
-            streams = [_Drain(proc.stdout), _Drain(proc.stderr)]
-            timed_out = threading.Event()
-            # On timeout kill the benchmark, not the reaper, so its rusage still comes back.
-            timer = threading.Timer(timeout, _kill, (child or proc.pid, timed_out))
-            timer.start()
+            timer: threading.Timer | None = None
             try:
+                first = report.readline()
+                child = int(first.split()[1]) if first.startswith("pid ") else None
+                if on_start and child:
+                    on_start(child)
+                streams = [_Drain(proc.stdout), _Drain(proc.stderr)]
+                timed_out = threading.Event()
+                # On timeout kill the benchmark, not the reaper, so its rusage still comes back.
+                timer = threading.Timer(timeout, _kill, (child or proc.pid, timed_out))
+                timer.start()
                 proc.wait()
             finally:
-                timer.cancel()
-                _kill_group(proc.pid)  # anything the benchmark left behind
+                if timer is not None:
+                    timer.cancel()
+                # anything the benchmark left behind; everything, on Ctrl-C or SIGTERM (harness.run.signals)
+                _kill_group(proc.pid)
             final = report.readline()
         stdout, stderr = (s.text() for s in streams)
         if not final:  # the reaper itself died or could not start

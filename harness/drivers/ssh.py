@@ -199,9 +199,13 @@ class SshDriver:
         on_start: Callable[[int], None] | None = None,
     ) -> Completed:
         process = self.spawn(argv, env=env, cwd=cwd)
-        if on_start is not None and process.wait_pid(timeout):
-            on_start(process.pid)
-        return process.wait(timeout)
+        try:
+            if on_start is not None and process.wait_pid(timeout):
+                on_start(process.pid)
+            return process.wait(timeout)
+        except BaseException:  # Ctrl-C, SIGTERM (harness.run.signals), a bug: nothing stays running on the board
+            process.kill()
+            raise
 
     def _check(self, argv: Sequence[str], timeout: float = 120) -> Completed:
         done = self.run(argv, timeout=timeout)

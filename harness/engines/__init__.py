@@ -64,6 +64,7 @@ class Engine(Protocol):
     name: str
     host_only: bool  # True: runs only on the machine running edgebench (in-process Python)
     marks: str | None
+    settings: tuple[str, ...]  # the suite settings it can apply (the plan resolves threads to these)
 
     def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
 

@@ -29,7 +29,6 @@ EFFECTIVE_FIELDS = (
     "n_batch", "n_ubatch", "load_mode", "backends", "cpu_info", "gpu_info", "devices",
     "model_type", "model_size", "model_n_params",
 )
-_METRIC_OF_KIND = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps"}
 MARK_PREFIX = "llama-bench: "  # the prefix of llama-bench's --progress lines
 _RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
 
@@ -44,6 +43,7 @@ class LlamaBench:
     name = "llamabench"
     host_only = False
     marks = MARK_PREFIX
+    settings = tuple(LLAMABENCH_SETTINGS)
 
     def unsupported(self, case: Case) -> str | None:
         """llama-bench takes every suite setting."""
@@ -70,7 +70,7 @@ class LlamaBench:
         row = _the_row(rows, case, completed)
         samples = tuple(float(v) for v in row.get("samples_ts", []))
         metric = Metric(
-            name=_METRIC_OF_KIND[case.kind],
+            name=case.primary_metric,
             value=float(row["avg_ts"]),
             unit="tok/s",
             samples=samples,

@@ -77,10 +77,11 @@ class PyLlama:
     name = "pyllama"
     host_only = True
     marks = None  # the worker stamps its own windows (see the module doc)
+    settings = SUPPORTED_SETTINGS  # a thread count, no CPU mask: llama-cpp-python's Llama takes none
 
     def unsupported(self, case: Case) -> str | None:
         """Why llama-cpp-python's `Llama` cannot apply this case's settings, or None."""
-        bad = [f"{k}={v}" for k, v in case.settings if k not in SUPPORTED_SETTINGS]
+        bad = [f"{k}={v}" for k, v in case.settings if k not in self.settings]
         bad += [f"flash_attn={v}" for k, v in case.settings if k == "flash_attn" and v == "auto"]
         bad += [f"load_mode={v}" for k, v in case.settings if k == "load_mode" and v not in LOAD_MODES]
         return f"llama-cpp-python cannot apply {', '.join(bad)}" if bad else None

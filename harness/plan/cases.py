@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from harness.plan.cores import Cluster
     from harness.plan.suites import Suite
 
 # llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
@@ -29,6 +31,9 @@ LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
     "load_mode": ("-lm", "load_mode"),
     "delay": ("--delay", "delay"),  # seconds of cool-off before the test, outside its measured repetitions
 }
+
+# The figure a case is run for: what a precision target is about, and what the progress shows.
+PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class Case:
 
     def setting(self, name: str, default: Any = None) -> Any:
         return dict(self.settings).get(name, default)
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.kind]
 
     @property
     def label(self) -> str:
@@ -103,18 +112,24 @@ class Case:
 
 @dataclass(frozen=True)
 class Plan:
-    """The cases to run, and the ones the suite asked for that cannot run here, with why."""
+    """The cases to run, and the ones the suite asked for that cannot run here, with why.
+
+    `cores`: per case key, how its threads (and mask) were chosen from the device's clusters.
+    """
 
     cases: tuple[Case, ...]
     skipped: tuple[tuple[str, str], ...] = ()
     repetitions: int = 1
     timeout_s: float = 900.0
     policy: "RunPolicy" = field(default_factory=lambda: RunPolicy())
+    cores: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RunPolicy:
-    """How cases are paced: see `harness.config.MODES`."""
+    """How cases are paced (see `harness.plan.suites.MODES`), and how many rounds they get:
+    with a `precision` target (0.02 = a 95% CI within ±2% of the mean), a case not yet within
+    it gets further rounds, up to `max_repetitions` processes (harness.run.precision)."""
 
     mode: str = "none"
     cooldown_tolerance_c: float = 3.0
@@ -123,38 +138,53 @@ class RunPolicy:
     cooldown_poll_s: float = 2.0
     contention_threshold_pct: float = 10.0  # others' CPU (% of one core) above which a figure is contended
     quiet_max_s: float = 30.0  # burst mode: longest wait for others' CPU to drop under that threshold
+    precision: float | None = None
+    max_repetitions: int = 10
 
 
 _ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama"}
 
 
-def build_plan(suite: "Suite", *, context_length: int | None, host: bool) -> Plan:
-    """Expand every sweep of the suite into cases, dropping those that cannot run here.
+def build_plan(suite: "Suite", *, context_length: int | None, host: bool, clusters: Sequence["Cluster"] = ()) -> Plan:
+    """Expand every sweep of the suite into cases for this device, dropping those that cannot run here.
 
-    Cases longer than the model's context, and in-process (host only) engines on a remote
-    device, are listed in `skipped` with their reason rather than silently dropped.
+    `threads` is resolved here from the device's core `clusters` into what the case's engine
+    takes (llama-bench: a count and a mask; llama-cpp-python: a count), so the case that is
+    checked, stored and compared is the one that runs. Cases longer than the model's context,
+    in-process (host only) engines on a remote device, and settings an engine cannot apply
+    are listed in `skipped` with their reason rather than silently dropped.
     """
     from harness.engines import get_engine  # engines import Case from here
+    from harness.plan.cores import resolve_threads  # cores imports Case from here
 
     cases: list[Case] = []
+    cores: dict[str, dict[str, Any]] = {}
     skipped: list[tuple[str, str]] = []
     for spec in suite.tests:
         settings = {**suite.settings, **spec.settings}
         for values in _product(spec.values):
             for chosen in _product(settings):
-                case = _make_case(spec.kind, values, chosen, suite)
+                engine = get_engine(_ENGINE_OF_KIND[spec.kind])
+                case, how = resolve_threads(_make_case(spec.kind, values, chosen, suite), clusters,
+                                            takes_mask="cpu_mask" in engine.settings)
                 tokens = case.n_prompt + case.n_gen + case.depth
                 if context_length is not None and tokens > context_length:
                     skipped.append((case.label, f"needs {tokens} tokens of context; the model has {context_length}"))
-                elif get_engine(case.engine).host_only and not host:
+                elif engine.host_only and not host:
                     skipped.append((case.label, f"the {case.engine} engine runs on the host only"))
-                elif reason := get_engine(case.engine).unsupported(case):
+                elif case.setting("threads") in ("big", "all"):
+                    skipped.append((case.label, f"threads = {case.setting('threads')!r}: the device's cores could not be read"))
+                elif reason := engine.unsupported(case):
                     skipped.append((case.label, reason))
                 elif case not in cases:
                     cases.append(case)
+                    if how:
+                        cores[case.key] = how
     policy = RunPolicy(suite.mode, suite.cooldown_tolerance_c, suite.cooldown_max_s, suite.sustained_minutes,
-                       contention_threshold_pct=suite.contention_threshold_pct, quiet_max_s=suite.quiet_max_s)
-    return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s, policy=policy)
+                       contention_threshold_pct=suite.contention_threshold_pct, quiet_max_s=suite.quiet_max_s,
+                       precision=suite.precision, max_repetitions=suite.max_repetitions)
+    return Plan(cases=tuple(cases), skipped=tuple(skipped), repetitions=suite.repetitions, timeout_s=suite.timeout_s,
+                policy=policy, cores=cores)
 
 
 def _product(sweeps: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:

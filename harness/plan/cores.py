@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.drivers.base import Driver
 from harness.plan.cases import Case
-from harness.telemetry.devicefs import FileRead, read_files
+
+if TYPE_CHECKING:  # pure: the files are read by harness.telemetry.devicefs.read_clusters
+    from harness.telemetry.devicefs import FileRead
 
 CORE_GLOBS = (
     "/sys/devices/system/cpu/cpu[0-9]*/cpu_capacity",
@@ -54,7 +55,7 @@ def parse_online(text: str) -> list[int]:
     return cpus
 
 
-def clusters_from(files: dict[str, FileRead], cores: int) -> list[Cluster]:
+def clusters_from(files: dict[str, "FileRead"], cores: int) -> list[Cluster]:
     """Group cores by (capacity, max frequency), fastest first (pure)."""
     online = files.get("/sys/devices/system/cpu/online")
     cpus = parse_online(online.value) if online and online.value else list(range(cores))
@@ -68,11 +69,6 @@ def clusters_from(files: dict[str, FileRead], cores: int) -> list[Cluster]:
         groups.setdefault(key, []).append(cpu)
     ranked = sorted(groups.items(), key=lambda kv: (-(kv[0][0] or 0), -(kv[0][1] or 0)))
     return [Cluster(tuple(c), cap, mhz) for (cap, mhz), c in ranked]
-
-
-def read_clusters(driver: Driver, cores: int, root: str = "") -> list[Cluster]:
-    """The device's clusters, read through its driver."""
-    return clusters_from(read_files(driver, CORE_GLOBS, root), cores)
 
 
 def _mask(cpus: Sequence[int]) -> str:
@@ -112,11 +108,13 @@ def probe_cpu(clusters: Sequence[Cluster], busy: Sequence[int]) -> int | None:
     return None
 
 
-def resolve_threads(case: Case, clusters: Sequence[Cluster]) -> tuple[Case, dict[str, Any] | None]:
-    """The case as it runs on this device: `threads = "big" | "all"` become a thread count and a
-    CPU mask (unless the suite set `cpu_mask` itself). An unset `threads` means "big" where the
-    cores differ (the performance cluster, not the little cores), and is left to the runtime's
-    own default where they are all alike. Returns the case to run and what was chosen, or None."""
+def resolve_threads(case: Case, clusters: Sequence[Cluster], *, takes_mask: bool = True) -> tuple[Case, dict[str, Any] | None]:
+    """The case as it runs on this device: `threads = "big" | "all"` become a thread count and,
+    for an engine that takes one (`takes_mask`), a CPU mask (unless the suite set `cpu_mask`
+    itself). An unset `threads` means "big" where the cores differ (the performance cluster,
+    not the little cores), and is left to the runtime's own default where they are all alike.
+    Returns the case to run and what was chosen, or None. The plan calls this once, so the
+    stored case is the one that runs."""
     settings = dict(case.settings)
     wanted = settings.get("threads")
     if wanted is None and len(clusters) > 1:
@@ -125,9 +123,13 @@ def resolve_threads(case: Case, clusters: Sequence[Cluster]) -> tuple[Case, dict
         return case, None
     choice = choose(clusters, wanted)
     settings["threads"] = choice.threads
-    settings.setdefault("cpu_mask", choice.mask)
+    why = choice.why
+    if takes_mask:
+        settings.setdefault("cpu_mask", choice.mask)
+    else:
+        why += f"; {case.engine} takes a thread count, not a mask: the scheduler places the threads"
     chosen = {"threads": wanted, "n_threads": choice.threads, "cpus": list(choice.cpus),
-              "cpu_mask": settings["cpu_mask"], "why": choice.why}
+              "cpu_mask": settings.get("cpu_mask"), "why": why}
     return replace(case, settings=tuple(sorted(settings.items()))), chosen
 
 

@@ -34,6 +34,27 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
     return lambda v: v in choices
 
 
+PRECISION_EXPECTED = 'a percentage above 0 and below 100, like "2%"'
+
+
+def _percent(value: Any) -> float | None:
+    """"2%" (or 2, or "2") -> 0.02; None when it is not a percentage in (0, 100)."""
+    text = value.strip().removesuffix("%").strip() if isinstance(value, str) else value
+    try:
+        number = float(text) if not isinstance(text, bool) else None
+    except (TypeError, ValueError):
+        return None
+    return number / 100 if number is not None and 0 < number < 100 else None
+
+
+def parse_precision(value: Any, source: str = "--precision") -> float:
+    """A precision target as given (`--precision 2%`) -> the share of the mean (0.02)."""
+    share = _percent(value)
+    if share is None:
+        raise ConfigError(source, "precision", PRECISION_EXPECTED, value)
+    return share
+
+
 # setting -> (check, what was expected). Booleans are accepted where llama-bench takes 0|1.
 SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     # "big": the performance cluster, "all": every core (resolved per device by harness.plan.cores)
@@ -76,6 +97,9 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     # others' CPU (% of one core) above which a figure is marked contended; burst mode waits for less
     "contention_threshold_pct": (lambda v: _is_number(v) and v > 0, "a positive number (% of one core)"),
     "quiet_max_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+    # a 95% CI half-width target for each case's primary figure, as a share of its mean
+    "precision": (lambda v: _percent(v) is not None, PRECISION_EXPECTED),
+    "max_repetitions": (_int_in(1), "a positive integer (the most processes a precision target may give a case)"),
 }
 
 
@@ -107,13 +131,24 @@ class Suite:
     sustained_minutes: float = 10.0
     contention_threshold_pct: float = 10.0
     quiet_max_s: float = 30.0
+    precision: float | None = None  # share of the mean, e.g. 0.02; None: `repetitions` rounds, no more
+    max_repetitions: int = 10
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run
 
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            return
+        if self.mode == "sustained":
+            raise ConfigError(self.source, "precision", "no precision target in sustained mode (its minutes decide the rounds)", f"{self.precision * 100:g}%")
+        if self.max_repetitions < self.repetitions:
+            raise ConfigError(self.source, "max_repetitions", f"at least repetitions ({self.repetitions})", self.max_repetitions)
+
     def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None,
                        mode: str | None = None, minutes: float | None = None,
-                       contention_threshold_pct: float | None = None) -> "Suite":
+                       contention_threshold_pct: float | None = None, *,
+                       precision: float | None = None, max_repetitions: int | None = None) -> "Suite":
         from dataclasses import replace
 
         if mode is not None and mode not in MODES:
@@ -127,6 +162,8 @@ class Suite:
             contention_threshold_pct=contention_threshold_pct or self.contention_threshold_pct,
             sustained_minutes=minutes or self.sustained_minutes,
             repetitions=repetitions or self.repetitions,
+            precision=precision or self.precision,
+            max_repetitions=max_repetitions or self.max_repetitions,
             settings={**self.settings, **(settings or {})},
         )
 
@@ -163,6 +200,8 @@ def parse_suite(text: str, source: str) -> Suite:
             if not check(data[key]):
                 raise ConfigError(source, key, expected, data[key])
             top[key] = data[key]
+    if "precision" in top:
+        top["precision"] = parse_precision(top["precision"], source)
     settings = _settings(data.get("settings", {}), source, "settings")
     tests = tuple(spec for kind in TEST_SECTIONS for spec in _tests(data, kind, source))
     if not tests:

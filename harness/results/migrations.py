@@ -45,7 +45,13 @@ def _v5(conn: Connection) -> None:
         table.create(conn)
 
 
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(conn: Connection) -> None:
+    """Per case: the plan's thread choice for the device, and a precision target's verdict."""
+    conn.execute(text("ALTER TABLE cases ADD COLUMN cores_json TEXT"))
+    conn.execute(text("ALTER TABLE cases ADD COLUMN stop_json TEXT"))
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 
 
 def migrate(conn: Connection, where: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -46,6 +46,8 @@ cases = Table(
     Column("case_key", Text, primary_key=True),
     Column("position", Integer, nullable=False),
     Column("case_json", Text, nullable=False),
+    Column("cores_json", Text),  # how the plan chose its threads on this device (harness.plan.cores); NULL: no choice
+    Column("stop_json", Text),  # why a precision target stopped its rounds (harness.results.records.Stop); NULL: no target
 )
 
 executions = Table(

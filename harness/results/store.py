@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import URL, Connection, Engine, Executable, RowMapping, create_engine, delete, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +25,7 @@ from harness.plan.cases import Case
 from harness.results import artifacts, schema
 from harness.results.location import masked, store_url
 from harness.results.migrations import migrate
-from harness.results.records import Metric
+from harness.results.records import Metric, Stop
 from harness.results.sql import upsert
 from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
 from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
@@ -156,9 +156,11 @@ class Store:
         version: str,
         device_identity: str | None = None,
         run_id: str | None = None,
+        cores: Mapping[str, dict[str, Any]] | None = None,
     ) -> str:
-        """Record a new run; `run_id` (from `new_run_id`) when the caller chose it beforehand, as a
-        lab job does so that a redelivered job finds the run its first attempt created."""
+        """Record a new run and its cases (with how each one's threads were chosen, `cores`);
+        `run_id` (from `new_run_id`) when the caller chose it beforehand, as a lab job does so
+        that a redelivered job finds the run its first attempt created."""
         run_id = run_id or new_run_id()
         with self.transaction() as conn:
             upsert(conn, models, ["sha256"], {"sha256": model_sha256, "info_json": json.dumps(model_info)})
@@ -171,7 +173,8 @@ class Store:
                 edgebench_version=version, device_identity=device_identity,
             ))
             conn.execute(cases_t.insert(), [
-                {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json())}
+                {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json()),
+                 "cores_json": json.dumps(cores[c.key]) if cores and c.key in cores else None}
                 for i, c in enumerate(cases)
             ])
         self.artifacts_dir(run_id)
@@ -231,6 +234,12 @@ class Store:
         """Sustained mode decides the number of rounds as it goes."""
         self._update_run(run_id, repetitions=repetitions)
 
+    def set_stop(self, run_id: str, stop: Stop) -> None:
+        """Why a precision target gave its case no more rounds (replacing an earlier verdict)."""
+        with self.transaction() as conn:
+            conn.execute(update(cases_t).where(cases_t.c.run_id == run_id, cases_t.c.case_key == stop.case_key)
+                         .values(stop_json=json.dumps(stop.to_json())))
+
     def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         """Add to a run's device facts what is measured after the run is created (bandwidth)."""
         self._update_run(run_id, facts_json=json.dumps(facts))
@@ -275,6 +284,18 @@ class Store:
     def cases(self, run_id: str) -> list[Case]:
         rows = self._read(select(cases_t.c.case_json).where(cases_t.c.run_id == run_id).order_by(cases_t.c.position))
         return [Case.from_json(json.loads(r["case_json"])) for r in rows]
+
+    def case_cores(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Per case key: how its threads were chosen for the device (cases without a choice are absent)."""
+        c = cases_t.c
+        rows = self._read(select(c.case_key, c.cores_json).where(c.run_id == run_id, c.cores_json.is_not(None)))
+        return {r["case_key"]: json.loads(r["cores_json"]) for r in rows}
+
+    def stops(self, run_id: str) -> dict[str, Stop]:
+        """Per case key: why a precision target stopped its rounds (absent: no target)."""
+        c = cases_t.c
+        rows = self._read(select(c.stop_json).where(c.run_id == run_id, c.stop_json.is_not(None)).order_by(c.position))
+        return {stop.case_key: stop for stop in (Stop.from_json(json.loads(r["stop_json"])) for r in rows)}
 
     def executions(self, run_id: str) -> list[Execution]:
         rows = self._read(select(executions_t).where(executions_t.c.run_id == run_id).order_by(executions_t.c.id))

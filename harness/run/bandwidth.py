@@ -20,9 +20,8 @@ from typing import Any
 
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
-from harness.paths import cache_dir
+from harness.paths import state_dir
 from harness.plan.cases import Case
-from harness.plan.cores import Cluster, resolve_threads
 from harness.results.bandwidth import parse_output
 from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.results.store import now_iso
@@ -43,16 +42,15 @@ class Request:
     cpus: tuple[int, ...] = ()
 
 
-def requests_for(cases: Iterable[Case], clusters: list[Cluster]) -> list[Request]:
-    """The thread counts (and cores) the run's llama-bench cases will use, each once, resolved
-    the way the runner resolves them ("big"/"all" become a count and cores)."""
+def requests_for(cases: Iterable[Case], cores: Mapping[str, Mapping[str, Any]]) -> list[Request]:
+    """The thread counts (and cores) the run's llama-bench cases use, each once: the plan's
+    choice for the device (`cores`, by case key) where it made one, else the case's own count."""
     found: list[Request] = []
     for case in cases:
         if case.engine != "llamabench":
             continue
-        run_case, chosen = resolve_threads(case, clusters)
-        threads = run_case.setting("threads")
-        if chosen:
+        threads = case.setting("threads")
+        if chosen := cores.get(case.key):
             request = Request(chosen["n_threads"], tuple(chosen["cpus"]))
         else:
             request = Request(threads if isinstance(threads, int) and not isinstance(threads, bool) else None)
@@ -91,7 +89,7 @@ def device_bandwidth(driver: Driver, facts: Mapping[str, Any], runtime_dir: str,
     every request succeeded). `refresh` measures again whatever the cache holds."""
     identity = {k: facts.get(k) for k in _IDENTITY_FACTS} | {k: facts.get("extra", {}).get(k) for k in _IDENTITY_EXTRA}
     blob = json.dumps([identity, binary_sha256, [asdict(r) for r in requests]], sort_keys=True, default=str)
-    path = cache_dir() / "bandwidth" / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
+    path = state_dir() / "bandwidth" / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
     if not refresh and path.is_file():
         try:
             return {**json.loads(path.read_text()), "cached": True}

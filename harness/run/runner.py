@@ -1,7 +1,8 @@
 """Runs a plan on a device: interleaved rounds of separate processes, each stored as it ends.
 
 Round r runs every case once (case 1..n, then again 1..n), so slow drift such as heating or
-background load spreads over all cases instead of landing on the last ones. A failing
+background load spreads over all cases instead of landing on the last ones; a precision target
+adds rounds for the cases not yet within it (harness.run.precision). A failing
 process (crash, out of memory, timeout) is recorded with its stderr tail and the run goes
 on; a device that vanishes stops the run, keeping everything finished so far (resumable).
 """
@@ -20,9 +21,11 @@ from harness.errors import EdgebenchError
 from harness.plan.cases import Case, RunPolicy
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
-from harness.plan.cores import Cluster, benchmark_cpus, read_clusters, resolve_threads
+from harness.plan.cores import Cluster, benchmark_cpus
 from harness.run.contention import Watch, quiet_sample
+from harness.run.precision import further_rounds
 from harness.telemetry.contention import wait_for_quiet
+from harness.telemetry.devicefs import read_clusters
 from harness.telemetry.state import capture_state, wait_for_cool
 
 
@@ -90,12 +93,20 @@ def execute(
             if on_result:
                 on_result(result)
     except (DriverError, KeyboardInterrupt) as exc:
-        reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        store.finish_run(run_id, "interrupted", f"{reason}; resume with: edgebench run --resume {run_id}")
+        mark_interrupted(store, run_id, exc)
         raise
     failed = [r for r in results if r.status != "ok"]
     store.finish_run(run_id, "failed" if failed else "finished", f"{len(failed)} process(es) failed" if failed else None)
     return results
+
+
+def mark_interrupted(store: Store, run_id: str, exc: DriverError | KeyboardInterrupt) -> None:
+    """The run stopped early (Ctrl-C, SIGTERM/SIGHUP, a lost device): say why and how to resume."""
+    if isinstance(exc, KeyboardInterrupt):
+        reason = f"interrupted by {exc}" if str(exc) else "interrupted by the user"  # Interrupted names its signal
+    else:
+        reason = str(exc)
+    store.finish_run(run_id, "interrupted", f"{reason}; resume with: edgebench run --resume {run_id}")
 
 
 class _Pacer:
@@ -123,8 +134,13 @@ class _Pacer:
 
 
 def _paced(steps: list[Step], policy: RunPolicy, store: Store, run_id: str) -> Iterator[Step]:
-    """The steps; in sustained mode, then further rounds of the same cases until time is up."""
+    """The steps; then, with a precision target, rounds for the cases not yet within it; in
+    sustained mode, further rounds of the same cases until time is up."""
     yield from steps
+    if policy.precision is not None:
+        for todo in further_rounds(store, run_id, policy):
+            yield from (Step(i, len(todo), case, rep) for i, (case, rep) in enumerate(todo))
+        return
     if policy.mode != "sustained" or not steps:
         return
     deadline = time.monotonic() + policy.sustained_minutes * 60
@@ -142,25 +158,23 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     case = step.case
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
-    # threads = "big"/"all" (or unset on mixed cores) become a count and mask for this device
-    run_case, chosen_cores = resolve_threads(case, clusters)
-    argv = engine.argv(run_case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
+    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
     started = now_iso()
     with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
-        wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(run_case, clusters))
+        wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))
         completed = driver.run(wrapped, timeout=timeout_s, on_start=telemetry.attach)
     artifacts = store.artifacts_dir(run_id) / case.key
     artifacts.mkdir(parents=True, exist_ok=True)
     _write_artifacts(artifacts, step.rep, completed)
     telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
     marks = telemetry.marks()
-    status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), run_case, completed, timeout_s)
+    status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), case, completed, timeout_s)
     # energy over the engine's measured windows only (one meaning on every driver)
     windows, tokens = (parsed.windows, parsed.tokens) if parsed else ((), 0)
     no_window = parsed.no_window if parsed else f"no measured window: the process ended {status} (see its error)"
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed, windows, tokens, no_window)
     metrics += watch.metrics(metrics, contention_threshold_pct)
-    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cores": chosen_cores, "cooldown": cooldown,
+    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cooldown": cooldown,
            # what the figures rest on (power scope, sources) where the sampler says so
            "telemetry": telemetry.details(), "contention": watch.details(), "windows": [list(w) for w in windows]}
     store.record_execution(
@@ -173,7 +187,8 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
 
 def _device_state(driver: Driver) -> tuple[dict[str, Any], list[Cluster]]:
     """The device's state right before the case (governors, caps, heat, load, memory), and its
-    core clusters; a device whose files cannot be read gets the reason and no clusters."""
+    core clusters (which cores the case's settings name, so the probe keeps off them); a
+    device whose files cannot be read gets the reason and no clusters."""
     try:
         return capture_state(driver), read_clusters(driver, cores=1)
     except DriverError as exc:

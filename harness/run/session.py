@@ -15,14 +15,15 @@ from harness import __version__
 from harness.results.bandwidth import Bandwidth
 from harness.run.bandwidth import device_bandwidth, requests_for
 from harness.plan.suites import Suite, load_suite, parse_suite
-from harness.plan.cores import read_clusters
-from harness.drivers.base import Driver, DriverError
+from harness.plan.cores import Cluster
+from harness.telemetry.devicefs import read_clusters
+from harness.drivers.base import CommandFailed, Driver, DriverError
 from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
 from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
 from harness.plan.cases import Plan, build_plan
 from harness.results.roofline import model_traffic
-from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps
+from harness.run.runner import RunTargets, Step, StepResult, execute, mark_interrupted, pending_steps
 from harness.runtimes import BuildProgress, Runtime, build_runtime
 from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
@@ -45,6 +46,8 @@ class RunOptions:
     minutes: float | None = None
     remeasure_bandwidth: bool = False  # ignore the cached memory-bandwidth figure for this device
     contention_threshold: float | None = None  # % of one core; None: the suite's
+    precision: float | None = None  # a 95% CI target per case, as a share of its mean (0.02 = ±2%)
+    max_repetitions: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -78,15 +81,27 @@ class Prepared:
 def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
     """Validate everything the run needs (suite, device, model) without running anything."""
     suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings, options.mode, options.minutes,
-                                                                options.contention_threshold)
+                                                                options.contention_threshold, precision=options.precision,
+                                                                max_repetitions=options.max_repetitions)
     device = resolve_device(options.device, Path(options.inventory) if options.inventory else None)
     driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)
     model = inspect_model(model_path)
-    plan = build_plan(suite, context_length=model.context_length, host=driver.is_host)
+    plan = build_plan(suite, context_length=model.context_length, host=driver.is_host, clusters=_clusters(driver, on_status))
     if not plan.cases:
         raise EdgebenchError(f"suite {suite.name} has no case that can run here: " + "; ".join(r for _, r in plan.skipped))
     return Prepared(options, device, driver, suite, model_path, model, plan)
+
+
+def _clusters(driver: Driver, on_status: Callable[[str], None] | None) -> list[Cluster]:
+    """The device's core clusters, read once for the plan; a device that is there but whose
+    files cannot be read runs the runtime's default threads, saying so."""
+    try:
+        return read_clusters(driver, cores=1)
+    except CommandFailed as exc:
+        if on_status:
+            on_status(f"core clusters of {driver.name} unreadable ({exc}): the runtime's default threads")
+        return []
 
 
 def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
@@ -110,6 +125,7 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | 
         repetitions=prepared.plan.repetitions,
         timeout_s=prepared.plan.timeout_s,
         cases=list(prepared.plan.cases),
+        cores=prepared.plan.cores,
         model_sha256=prepared.model.sha256,
         # the tensor-table counts the decode roofline needs, kept with the model's facts
         model_info={**prepared.model.to_json(), "traffic": model_traffic(prepared.model_path, prepared.model.sha256).to_json()},
@@ -130,17 +146,24 @@ def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[S
     options = RunOptions.from_json(json.loads(row["command_json"]))
     suite = parse_suite(row["suite_text"], f"run {row['id']}")
     prepared = prepare(options, suite, callbacks.status)
+    mixed = "resuming would mix two of them in one run's figures; start a new run"
     if prepared.model.sha256 != row["model_sha256"]:
-        raise EdgebenchError(f"run {row['id']} used model sha256 {row['model_sha256'][:12]}, but {options.model} is now {prepared.model.sha256[:12]}")
+        raise EdgebenchError(f"run {row['id']} used model sha256 {row['model_sha256'][:12]}, but {options.model} is now "
+                             f"{prepared.model.sha256[:12]}: {mixed} (or put the original file back)")
     runtime = _runtime_if_needed(prepared, callbacks)
     if runtime and runtime.manifest.key != row["runtime_key"]:
-        raise EdgebenchError(f"run {row['id']} used runtime {row['runtime_key']}, which this build ({runtime.manifest.key}) is not")
+        raise EdgebenchError(f"run {row['id']} used runtime {str(row['runtime_key'])[:12]}, but this build is {runtime.manifest.key[:12]} "
+                             f"(llama.cpp {runtime.manifest.llama_cpp_commit}): {mixed}")
     return row["id"], _execute(store, row["id"], prepared, runtime, callbacks)
 
 
 def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> list[StepResult]:
-    targets = _stage(prepared, runtime, callbacks)
-    _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
+    try:
+        targets = _stage(prepared, runtime, callbacks)
+        _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
+    except (DriverError, KeyboardInterrupt) as exc:  # stopped before its first case: still resumable
+        mark_interrupted(store, run_id, exc)
+        raise
     steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
     callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
     return execute(
@@ -161,12 +184,7 @@ def _measure_bandwidth(store: Store, run_id: str, prepared: Prepared, runtime: R
         facts["bandwidth"] = {"error": f"the runtime has no {BANDWIDTH_NAME} (no llama-bench case, or built on the device)"}
     else:
         callbacks.status(f"measuring memory bandwidth on {prepared.driver.name}")
-        try:
-            clusters = read_clusters(prepared.driver, cores=1)
-        except DriverError as exc:
-            clusters = []
-            callbacks.status(f"core clusters unreadable ({exc}): bandwidth at the default thread count")
-        requests = requests_for(prepared.plan.cases, clusters)
+        requests = requests_for(store.cases(run_id), store.case_cores(run_id))
         facts["bandwidth"] = device_bandwidth(prepared.driver, facts, targets.runtime_dir, binary_sha, requests,
                                               refresh=prepared.options.remeasure_bandwidth)
         cached = " (cached)" if facts["bandwidth"]["cached"] else ""
