@@ -12,6 +12,7 @@ while the first unwinds (killing processes on the device) would cut that cleanup
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -23,7 +24,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 @contextmanager
 def stop_requests() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into `Interrupted` for the duration (main thread only)."""
+    """Turn SIGTERM and SIGHUP into `Interrupted` for the duration. Python runs handlers in the
+    main thread only, so called from another thread (an embedding program) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     raised = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
