@@ -10,8 +10,10 @@ import json
 import shutil
 
 import pytest
+from sqlalchemy import update
 
 from harness.errors import EdgebenchError
+from harness.results.schema import runs
 from harness.results.store import Store
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 
@@ -69,8 +71,8 @@ def test_resume_refuses_a_runtime_other_than_the_runs(tmp_path, host_runtime, de
     manifest = json.loads((store.artifacts_dir(run_id) / "runtime.json").read_text())
     assert store.run(run_id)["runtime_key"] == manifest["key"] == host_runtime.manifest.key
     other = "f" * 64  # as if the run had been made with another llama.cpp build (an upgrade, other flags)
-    with store.db:
-        store.db.execute("UPDATE runs SET runtime_key=?, status='interrupted' WHERE id=?", (other, run_id))
+    with store.transaction() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(runtime_key=other, status="interrupted"))
     with pytest.raises(EdgebenchError, match=rf"run {run_id} used runtime ffffffffffff, but this build is {host_runtime.manifest.key[:12]}"):
         resume(store, run_id, Callbacks())
     assert store.run(run_id)["status"] == "interrupted"  # refused before anything ran

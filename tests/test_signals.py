@@ -71,12 +71,20 @@ def test_sigterm_kills_the_benchmark_marks_the_run_interrupted_and_resume_finish
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)})
     try:
-        def decoding() -> list[psutil.Process]:
-            tree = psutil.Process(run.pid).children(recursive=True)
-            return tree if any(p.name() == "llama-bench" and "512" in p.cmdline() for p in tree) else []
+        def decoding() -> dict[int, str]:
+            """The run's process tree (pid -> name) once llama-bench decodes; short-lived helpers
+            may end while it is read."""
+            tree, decodes = {}, False
+            for proc in psutil.Process(run.pid).children(recursive=True):
+                try:
+                    tree[proc.pid] = proc.name()
+                    decodes = decodes or (tree[proc.pid] == "llama-bench" and "512" in proc.cmdline())
+                except psutil.Error:
+                    pass
+            return tree if decodes else {}
 
         tree = _wait_for(decoding, 600, "llama-bench decoding 512 tokens")
-        assert {p.name() for p in tree} >= {"llama-bench", "edgebench-probe"}
+        assert set(tree.values()) >= {"llama-bench", "edgebench-probe"}
         run.send_signal(signal.SIGTERM)
         _, stderr = run.communicate(timeout=120)
     finally:
@@ -84,7 +92,7 @@ def test_sigterm_kills_the_benchmark_marks_the_run_interrupted_and_resume_finish
             run.kill()
     assert run.returncode == 3, stderr
     assert "interrupted by SIGTERM" in " ".join(stderr.split())
-    assert _alive([p.pid for p in tree]) == []  # llama-bench, the probe and the reaper went with it
+    assert _alive(list(tree)) == []  # llama-bench, the probe and the reaper went with it
     store = Store(results)
     row = store.run("latest")
     assert row["status"] == "interrupted" and f"--resume {row['id']}" in row["note"] and "SIGTERM" in row["note"]
