@@ -22,8 +22,10 @@ from harness.runtimes.models import resolve_model
 from harness.plan.cases import build_plan
 from harness.runtimes import build_runtime
 
+# mode "none": the raw pass has no cooldown or quiet wait either, so both sides pace alike.
 SUITE = """
 name = "overhead"
+mode = "none"
 repetitions = 3
 inprocess_repetitions = 2
 [[prefill]]
