@@ -634,7 +634,8 @@ def runtime_build(
     jobs: Optional[int] = typer.Option(None, "-j", help="Parallel compile jobs (default: CPU count)."),
     ndk: Optional[Path] = typer.Option(None, "--ndk", help="Android NDK for --target android-ndk (default: $ANDROID_NDK_HOME)."),
 ) -> None:
-    """Build llama-bench from the llama.cpp source pinned by llama-cpp-python (cached by content)."""
+    """Build the runtime (llama-bench, llama-perplexity; llama-quantize on the host) from the llama.cpp
+    source pinned by llama-cpp-python (cached by content)."""
     from harness.runtimes import build_runtime
     from harness.runtimes.targets import effective_target
 
@@ -650,7 +651,8 @@ def runtime_build(
         raise _fail(exc)
     m = runtime.manifest
     verdict = "already built (cache hit), nothing to do" if cached else f"built in {m.build_seconds:.0f} s"
-    out.print(f"{target}: {verdict}\n  key {m.key}\n  llama.cpp {m.llama_cpp_commit} (llama-cpp-python {m.llama_cpp_python_version})\n  {runtime.binary()}")
+    programs = "\n  ".join(str(runtime.root / rel) for rel in sorted(m.files))
+    out.print(f"{target}: {verdict}\n  key {m.key}\n  llama.cpp {m.llama_cpp_commit} (llama-cpp-python {m.llama_cpp_python_version})\n  {programs}")
 
 
 @results_app.command("list")

@@ -1,16 +1,18 @@
-"""Build llama-bench for a target and keep it in a content-addressed runtime cache.
+"""Build the llama.cpp programs for a target and keep them in a content-addressed runtime cache.
 
-A runtime is `cache_dir()/runtimes/<key>/` holding `bin/llama-bench`, `bin/edgebench-probe`,
-`bin/edgebench-bandwidth`,
-`manifest.json` and `build.log`, where key = sha256(source sha256, target, final CMake flags,
-probe source sha256): the same inputs
+A runtime is `cache_dir()/runtimes/<key>/` holding the target's programs (`bin/llama-bench`,
+`bin/llama-perplexity`, and on the host `bin/llama-quantize`), `bin/edgebench-probe`,
+`bin/edgebench-bandwidth`, `manifest.json` and `build.log`, where key = sha256(source sha256,
+target, final CMake flags, the programs, probe source sha256): the same inputs
 never build twice, and any changed input gets its own folder, so results can always name
 exactly which binary produced them. A runtime is assembled in a hidden folder and renamed
 into place last, and builds of one key hold a file lock, so an interrupted or concurrent
 build never leaves something that looks like a finished runtime.
 
-llama-bench itself is kept under `cache_dir()/llama-bench/<key without the probe>/`, so a
-changed probe (a sub-second C compile) never costs another multi-minute llama.cpp build.
+The llama.cpp programs are kept under `cache_dir()/llama-cpp/<key without the probe>/`, so a
+changed probe (a sub-second C compile) never costs another multi-minute llama.cpp build. A
+runtime built before a program was added has another key, so it is rebuilt once, never used
+without the program.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from harness.runtimes.probe import NATIVE_PROGRAMS, compile_probe, probe_compile
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
 MANIFEST_VERSION = 1
-BINARIES: tuple[str, ...] = ("llama-bench",)
 
 _TAIL_LINES = 30
 _MAKE_PERCENT = re.compile(r"^\[\s*(\d{1,3})%\]")
@@ -134,11 +135,12 @@ def parse_percent(line: str) -> float | None:
     return None
 
 
-def runtime_key(source_sha256: str, target: str, flags: Sequence[str], probe: str = "") -> str:
+def runtime_key(source_sha256: str, target: str, flags: Sequence[str], probe: str = "",
+                programs: Sequence[str] = ("llama-bench",)) -> str:
     """The cache key: every input that changes the binaries, and nothing that does not
     (job count, generator, paths). Without `probe` (the probe source's sha256) it is the
-    key of llama-bench alone."""
-    inputs: list[object] = [source_sha256, target, list(flags)] + ([probe] if probe else [])
+    key of the llama.cpp programs alone."""
+    inputs: list[object] = [source_sha256, target, list(flags), list(programs)] + ([probe] if probe else [])
     payload = json.dumps(inputs, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -216,7 +218,7 @@ def find_runtime(
     src = directory_source(source) if source is not None else cached_pinned_source()
     if src is None:
         return None
-    key = runtime_key(src.sha256, spec.name, final_flags(spec, src, extra_flags), probe_sha256())
+    key = runtime_key(src.sha256, spec.name, final_flags(spec, src, extra_flags), probe_sha256(), spec.programs)
     return load_runtime(_runtimes_dir() / key)
 
 
@@ -242,7 +244,7 @@ def build_runtime(
     else:
         src = fetch_pinned_source(on_line=lambda line: report("download", line))
     flags = final_flags(spec, src, extra_flags)
-    key = runtime_key(src.sha256, spec.name, flags, probe_sha256())
+    key = runtime_key(src.sha256, spec.name, flags, probe_sha256(), spec.programs)
     root = _runtimes_dir() / key
     with file_lock(root.parent / f"{key}.lock"):
         cached = None if force else load_runtime(root)
@@ -277,16 +279,17 @@ class _Reporter:
 def _build(
     target: Target, src: Source, flags: tuple[str, ...], root: Path, jobs: int, report: _Reporter, force: bool
 ) -> Runtime:
-    """llama-bench (cached on its own key), plus the probe compiled for the target, installed
-    as one runtime folder. Work happens in `cache_dir()/builds/<key>/`, kept on failure."""
+    """The llama.cpp programs (cached on their own key), plus the probe compiled for the
+    target, installed as one runtime folder. Work happens in `cache_dir()/builds/<key>/`, kept on failure."""
     started = time.monotonic()
-    llama = _llama_bench(target, src, flags, jobs, report, force)
+    llama = _llama_programs(target, src, flags, jobs, report, force)
     work = cache_dir() / "builds" / root.name
     shutil.rmtree(work, ignore_errors=True)
     (work / "bin").mkdir(parents=True)
     log_path = work / "build.log"
     shutil.copyfile(llama / "build.log", log_path)
-    shutil.copy2(llama / "bin" / "llama-bench", work / "bin" / "llama-bench")
+    for name in target.programs:
+        shutil.copy2(llama / "bin" / name, work / "bin" / name)
     compiler = probe_compiler(flags)
     with log_path.open("a") as log:
         for name in NATIVE_PROGRAMS:
@@ -305,20 +308,20 @@ def _build(
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - started, 3),
     )
-    runtime = _install(work, log_path, manifest, root)
+    runtime = _install(work, log_path, manifest, root, (*target.programs, *NATIVE_PROGRAMS))
     shutil.rmtree(work, ignore_errors=True)
     return runtime
 
 
-def _llama_bench(
+def _llama_programs(
     target: Target, src: Source, flags: tuple[str, ...], jobs: int, report: _Reporter, force: bool
 ) -> Path:
-    """The folder holding `bin/llama-bench`, `build.log` and `compiler.txt` for these inputs:
-    cached, or configured and built in `cache_dir()/builds/<key>/` (kept on failure)."""
-    key = runtime_key(src.sha256, target.name, flags)
-    done = cache_dir() / "llama-bench" / key
+    """The folder holding the target's programs in `bin/`, `build.log` and `compiler.txt` for
+    these inputs: cached, or configured and built in `cache_dir()/builds/<key>/` (kept on failure)."""
+    key = runtime_key(src.sha256, target.name, flags, programs=target.programs)
+    done = cache_dir() / "llama-cpp" / key
     if not force and (done / "compiler.txt").is_file():
-        report("build", f"llama-bench from cache {done}")
+        report("build", f"{', '.join(target.programs)} from cache {done}")
         return done
     cmake = find_tool("cmake")
     if cmake is None:
@@ -333,16 +336,17 @@ def _llama_bench(
     with log_path.open("w") as log:
         configure = [cmake, "-S", str(src.cmake_dir), "-B", str(tree), *generator, *flags]
         _run(configure, "configure", log, log_path, report)
-        compile_ = [cmake, "--build", str(tree), "--target", *BINARIES, "-j", str(jobs)]
+        compile_ = [cmake, "--build", str(tree), "--target", *target.programs, "-j", str(jobs)]
         _run(compile_, "build", log, log_path, report)
         log.write(f"llama.cpp build took {time.monotonic() - started:.1f} s\n")
-    built = tree / "bin" / "llama-bench"
-    if not built.is_file():
-        raise BuildError(f"the build finished without producing bin/llama-bench; full log: {log_path}")
     staged = done.with_name(f".{key}.partial")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "bin").mkdir(parents=True)
-    shutil.copy2(built, staged / "bin" / "llama-bench")
+    for name in target.programs:
+        built = tree / "bin" / name
+        if not built.is_file():
+            raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")
+        shutil.copy2(built, staged / "bin" / name)
     shutil.copy2(log_path, staged / "build.log")
     (staged / "compiler.txt").write_text(compiler_description(tree) + "\n")
     shutil.rmtree(done, ignore_errors=True)
@@ -380,13 +384,13 @@ def _failure_message(stage: str, status: int, log_path: Path) -> str:
     return f"{stage} failed (exit {status}); last lines of the log:\n{tail}\nfull log: {log_path}"
 
 
-def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path) -> Runtime:
+def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path, names: Sequence[str]) -> Runtime:
     """Assemble the runtime in a hidden folder, then rename it over `root` in one step."""
     staged = root.with_name(f".{root.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "bin").mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in (*BINARIES, *NATIVE_PROGRAMS):
+    for name in names:
         built = tree / "bin" / name
         if not built.is_file():
             raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")

@@ -1,11 +1,11 @@
-"""Build llama-bench on the device itself (target "device"), e.g. with CUDA on a Jetson.
+"""Build the runtime's programs on the device itself (target "device"), e.g. with CUDA on a Jetson.
 
 The pinned llama.cpp source (or a local tree) is packed once into a tarball, pushed (sha256
 skipped when the device has it), unpacked, configured with the inventory's CMake flags and
 built there. The native probe is compiled there too, with the board's `cc` (static where the
 board has a static libc), since every device samples through it. The finished runtime is
-`<workdir>/runtimes/<key16>/` with `bin/llama-bench`, `bin/edgebench-probe` and
-`manifest.json`, key = hash(source, "device", flags, probe source) as for host builds; a later
+`<workdir>/runtimes/<key16>/` with `bin/llama-bench`, `bin/llama-perplexity`, `bin/edgebench-probe`
+and `manifest.json`, key = hash(source, "device", flags, programs, probe source) as for host builds; a later
 run finds it by key and checks the binaries' sha256 against the manifest, so nothing builds twice.
 Parallel jobs are bounded by the board's free memory (a llama.cpp CUDA compile job takes
 1-2 GB; an 8 GB Orin Nano running out of memory mid-build is the failure this avoids).
@@ -25,14 +25,14 @@ from typing import Any, Callable, Sequence
 from harness.drivers.base import Driver
 from harness.errors import BuildError
 from harness.paths import cache_dir
-from harness.runtimes.build import BINARIES, BuildProgress, Manifest, _Reporter, final_flags, runtime_key
+from harness.runtimes.build import BuildProgress, Manifest, _Reporter, final_flags, runtime_key
 from harness.runtimes.probe import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
 from harness.runtimes.source import Source, directory_source, fetch_pinned_source, file_lock
 from harness.runtimes.targets import Target
 
 TARGET = Target("device", "cmake on the device itself over SSH (flags from the inventory)", lambda _user: ())
 MB_PER_JOB = 1536
-# Not needed to build llama-bench, and most of the tree's size (vocab GGUFs, images).
+# Not needed to build the programs, and most of the tree's size (vocab GGUFs, images).
 _SKIP_DIRS = {".git", "models", "media", "docs", "gguf-py", "examples"}
 _BUILD_TIMEOUT_S = 4 * 3600
 
@@ -78,7 +78,7 @@ def build_on_device(
     report = _Reporter(on_progress)
     src = directory_source(source) if source is not None else fetch_pinned_source(on_line=lambda line: report("download", line))
     flags = final_flags(TARGET, src, extra_flags)
-    key = runtime_key(src.sha256, TARGET.name, flags, probe_sha256())
+    key = runtime_key(src.sha256, TARGET.name, flags, probe_sha256(), TARGET.programs)
     work = PurePosixPath(driver.workdir)
     remote = str(work / "runtimes" / key[:16])
     if not force and (cached := _cached(driver, remote, key)) is not None:
@@ -95,7 +95,7 @@ def build_on_device(
     build = str(work / "builds" / key[:16])
     started = time.monotonic()
     _stream(driver, ["cmake", "-S", f"{src_remote}/src", "-B", build, *flags], "configure", report)
-    _stream(driver, ["cmake", "--build", build, "--target", *BINARIES, "-j", str(jobs)], "build", report)
+    _stream(driver, ["cmake", "--build", build, "--target", *TARGET.programs, "-j", str(jobs)], "build", report)
     compiler = driver.run(["sh", "-c", "c++ --version 2>/dev/null | head -n 1"], timeout=60).stdout.strip() or "unknown"
     manifest = Manifest(
         key=key, target=TARGET.name, llama_cpp_commit=src.llama_cpp_commit, llama_cpp_python_version=src.llama_cpp_python_version,
@@ -128,7 +128,7 @@ def _install(driver: Driver, build: str, remote: str, manifest: Manifest) -> Dev
     staged = f"{remote}.partial"
     _sh(driver, 'rm -rf "$0" && mkdir -p "$0/bin"', staged)
     files: dict[str, str] = {}
-    for name in (*BINARIES, PROBE_NAME):
+    for name in (*TARGET.programs, PROBE_NAME):
         _sh(driver, 'cp -- "$1" "$0/bin/"', staged, f"{build}/bin/{name}")
         sha = driver.sha256(f"{staged}/bin/{name}")
         if sha is None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from harness.errors import BuildError, EdgebenchError
 
-# Every target gets these. Only llama-bench is wanted, statically linked against llama/ggml
-# so the runtime folder is one relocatable binary, and nothing that talks to the network.
+# Every target gets these. Only the runtime's programs are wanted, statically linked against
+# llama/ggml so each is one relocatable binary, and nothing that talks to the network.
 COMMON_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -34,10 +34,16 @@ _DEFINE = re.compile(r"(?:-D)?([A-Za-z_][A-Za-z0-9_]*)(?::[A-Z]+)?=(.*)", re.DOT
 
 FlagsFn = Callable[[Mapping[str, str]], tuple[str, ...]]
 
+# What every runtime holds: the speed benchmark and the quality (perplexity/KLD) check, which
+# must come from one build so the quality case measures the backend the speed cases ran on.
+DEVICE_PROGRAMS: tuple[str, ...] = ("llama-bench", "llama-perplexity")
+# The host makes quantized variants too (`--quantize`); devices never need to.
+HOST_PROGRAMS: tuple[str, ...] = (*DEVICE_PROGRAMS, "llama-quantize")
+
 
 @dataclass(frozen=True)
 class Target:
-    """One way to build llama-bench; `flags` gets the user's definitions (NAME -> value)
+    """One way to build the runtime's programs; `flags` gets the user's definitions (NAME -> value)
     so a target can step aside where the user already decided (e.g. CUDA architectures)."""
 
     name: str
@@ -45,6 +51,7 @@ class Target:
     flags: FlagsFn
     # From the device's CPU feature words (/proc/cpuinfo) to definitions; None: device-independent.
     device_flags: Callable[[Sequence[str]], tuple[str, ...]] | None = None
+    programs: tuple[str, ...] = DEVICE_PROGRAMS  # the CMake targets built and installed in bin/
 
 
 def parse_defines(flags: Iterable[str]) -> dict[str, str]:
@@ -200,8 +207,8 @@ def _arm_device_flags(features: Sequence[str]) -> tuple[str, ...]:
 _REGISTRY: dict[str, Target] = {
     target.name: target
     for target in (
-        Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags),
-        Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags),
+        Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags, programs=HOST_PROGRAMS),
+        Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags, programs=HOST_PROGRAMS),
         Target("linux-aarch64", "static aarch64 cross build (Android from /data/local/tmp, Linux boards)",
                _linux_aarch64_flags, _arm_device_flags),
         Target("android-ndk", "Android NDK build for bionic (OpenCL/Vulkan capable); needs --ndk",
