@@ -98,6 +98,11 @@ def run(
         None, "--contention-threshold", help="Others' CPU (% of one core) above which a figure is marked contended (default: the suite's, 10)."),
     precision: Optional[str] = typer.Option(None, help="Add rounds until each case's 95% CI is within this share of its mean, e.g. 2%."),
     max_repetitions: Optional[int] = typer.Option(None, "--max-repetitions", min=1, help="With --precision: the most processes per case (default: the suite's, else 10)."),
+    no_quality: bool = typer.Option(False, "--no-quality", help="Skip the suite's quality cases (KLD/top-1 against the reference)."),
+    corpus: Optional[str] = typer.Option(None, help="Text the quality cases score (default: CPython's pydoc_data.topics)."),
+    reference: Optional[str] = typer.Option(None, help="Reference for the quality cases: a GGUF, or a llama-perplexity logits file (default: the model itself)."),
+    quantize: Optional[str] = typer.Option(None, help="Sweep: make these variants of --model with llama-quantize (e.g. Q8_0,Q4_K_M,Q2_K) and measure each."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="With --quantize: allow a base that is itself quantized."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report.
 
@@ -107,6 +112,7 @@ def run(
     from harness.lab.leases import held, manual_holder
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
     from harness.run.signals import stop_requests
+    from harness.runtimes.quantize import parse_types
 
     _check_format(fmt)
     with stop_requests():
@@ -114,7 +120,11 @@ def run(
             store = _store(results, store_url)
             options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
                                  str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold,
-                                 precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions)
+                                 precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions,
+                                 quality=not no_quality, corpus=corpus, reference=reference)
+            types = parse_types(quantize) if quantize else []
+            if quantize and resume:
+                raise EdgebenchError("--quantize and --resume: resume each run of the sweep by its id instead")
             if dry_run:
                 prepared = prepare(options)
                 _print_plan(prepared, estimate_seconds(store, prepared))
@@ -151,24 +161,35 @@ def run(
             def note(message: str) -> None:
                 console.print(f"[yellow]{escape(message)}[/]")
 
-            if resume:
-                row = store.run(resume)
-                with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
-                    run_id, step_results = _with(progress, lambda: resume_run(store, resume, callbacks))
-            else:
-                prepared = prepare(options, on_status=callbacks.status)
+            def one(options_: RunOptions):
+                prepared = prepare(options_, on_status=callbacks.status)
                 for label, reason in prepared.plan.skipped:
                     console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
                 with held(store, prepared.driver.identity(), holder, wait=wait, on_wait=note):
-                    run_id, step_results = _with(progress, lambda: start(store, prepared, callbacks))
+                    return _with(progress, lambda: start(store, prepared, callbacks))
+
+            if resume:
+                row = store.run(resume)
+                with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
+                    done = [_with(progress, lambda: resume_run(store, resume, callbacks))]
+            elif types:
+                from harness.run.sweep import sweep_options
+
+                done = []
+                for options_ in _with(progress, lambda: sweep_options(options, types, allow_requantize=allow_requantize, callbacks=callbacks)):
+                    console.print(f"[bold]sweep {escape(str(options_.sweep))}: {escape(options_.variant or 'base')} ({escape(options_.model)})[/]")
+                    done.append(one(options_))
+            else:
+                done = [one(options)]
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.run.signals names it)
             by = f" by {exc}" if str(exc) else ""
             raise _fail(EdgebenchError(f"interrupted{by}; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
         except EdgebenchError as exc:
             raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
-        _show_run(store, run_id, as_json, fmt)
-        _write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
-        if any(r.status != "ok" for r in step_results):
+        run_ids = [run_id for run_id, _ in done]
+        _show_runs(store, run_ids, as_json, fmt, sweep=bool(types))
+        _write_report(store, run_ids, report or store.artifacts_dir(run_ids[-1]) / "report.html")
+        if any(r.status != "ok" for _, results_ in done for r in results_):
             raise typer.Exit(EXIT_FAILED)
 
 
@@ -202,20 +223,35 @@ def _print_plan(prepared, estimate: float | None) -> None:
     out.print(f"{n} processes ({prepared.plan.repetitions} rounds of {len(prepared.plan.cases)} cases); {when}")
 
 
-def _show_run(store, run_id: str, as_json: bool, fmt: str = "table") -> None:
-    if not as_json:
-        views.show_run(out, store, run_id, fmt)
+def _show_runs(store, run_ids: list[str], as_json: bool, fmt: str = "table", *, sweep: bool = False) -> None:
+    """Each run; after a sweep, its frontier (with --json: one document holding them all)."""
+    from harness.results.quality import frontier_frame
+
+    frontier = frontier_frame(store, run_ids) if sweep else None
+    if as_json:
+        payload = _run_payload(store, run_ids[0]) if frontier is None else {
+            "runs": [_run_payload(store, run_id) for run_id in run_ids], "frontier": json.loads(frontier.to_json(orient="records"))}
+        out.print_json(json.dumps(payload, default=str))
         return
+    for run_id in run_ids:
+        views.show_run(out, store, run_id, fmt)
+    if frontier is not None:
+        views.show(out, views.frontier_grid(frontier), fmt)
+
+
+def _run_payload(store, run_id: str) -> dict[str, Any]:
     from harness.results.analysis import contended_processes, summary_frame, tidy_frame
+    from harness.results.quality import quality_results
     from harness.results.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
     payload = {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
+               "quality": [q.to_json() for q in quality_results(store, row["id"])],
                "contended": contended_processes(store, row["id"]),
                "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records")),
                "stops": [{"case": label, **stop.to_json(), "text": stop.describe()} for label, stop in views.stops_by_label(store, row["id"]).items()]}
-    out.print_json(json.dumps(payload, default=str))
+    return payload
 
 
 def _write_report(store, run_ids: list[str], output: Path) -> None:
@@ -674,7 +710,7 @@ def results_show(run_id: str = typer.Argument("latest"), results: Optional[Path]
     """The summary table of one run (statistics recomputed from its raw values)."""
     _check_format(fmt)
     try:
-        _show_run(_store(results, store_url), run_id, as_json, fmt)
+        _show_runs(_store(results, store_url), [run_id], as_json, fmt)
     except EdgebenchError as exc:
         raise _fail(exc)
 

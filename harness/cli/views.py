@@ -240,6 +240,7 @@ def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) ->
     lines = [f"mean ± 95% CI over {processes}; — = not measured for that case"]
     lines += [f"not measured here: {HEADLINE[m]}: {reason}" for m, reason in wide.missing.items()]
     lines += [f"* {label}: {c.note()}" for (_, label), c in wide.contended.items()]
+    lines += [f"† {label}: {mark}" for (_, label), mark in wide.differs.items()]
     return tuple(lines)
 
 
@@ -252,7 +253,8 @@ def summary_grid(row: Any, summary: Any, stops: dict[str, Any] | None = None) ->
     wide = wide_table(summary)
     title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
     stopped = (lambda label: (stops[label].describe() if label in stops else "—",)) if stops else (lambda label: ())
-    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended) for m in wide.columns), *stopped(label))
+    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended, (run_id, label) in wide.differs)
+                           for m in wide.columns), *stopped(label))
                  for run_id, label, cells in wide.rows)
     header = ("case", *(HEADLINE[m] for m in wide.columns)) + (("stopped",) if stops else ())
     return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(row, wide, stops))
@@ -264,10 +266,13 @@ def stops_by_label(store: Any, run_id: str) -> dict[str, Any]:
     return {labels[key]: stop for key, stop in store.stops(run_id).items()}
 
 
-def _marked(cell: Any, contended: bool) -> str:
-    """A figure measured while others used the device gets a "*" (the caption says how much)."""
+def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
+    """A figure measured while others used the device gets a "*", one from a backend whose
+    output differs from the host reference a "†" (the caption says how much)."""
     text = cell_text(cell)
-    return f"{text} *" if contended and text != "—" else text
+    if text == "—":
+        return text
+    return text + (" *" if contended else "") + (" †" if differs else "")
 
 
 def contended_lines(store: Any, run_id: str) -> list[str]:
@@ -333,8 +338,12 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
     failures and note."""
     from harness.results.analysis import failures_frame, summary_frame, tidy_frame
 
+    from harness.results.quality import quality_results
+
     row = store.run(run_id)
     show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
+    for quality in quality_results(store, row["id"]):
+        show_lines(console, [quality.line()], fmt, "bold red" if quality.differs else "")
     show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
     show_roofline(console, store, [row["id"]], fmt)
     show_lines(console, condition_lines(store, row["id"]), fmt)
@@ -358,12 +367,23 @@ def compare_grid(a: str, b: str, rows: Sequence[Any], threshold: float) -> Grid:
     for r in rows:
         interval = "—" if r.ci_low is None else f"{r.ci_low:.3f} – {r.ci_high:.3f}"
         p = "—" if r.p_value is None else f"{r.p_value:.3f}"
-        verdict = ("REGRESSION " if r.regression else "") + r.verdict
+        verdict = ("REGRESSION " if r.regression else "") + r.verdict + "".join(f"\n{mark}" for mark in r.output_differs)
         cells.append((r.case, TITLES.get(r.metric, r.metric), f"{r.mean_a:,.1f}", f"{r.mean_b:,.1f}", f"{r.ratio:.3f}", interval, p, verdict))
         styles.append("bold red" if r.regression else "")
     return Grid(f"B = {b} vs A = {a}", ("case", "metric", "A", "B", "B/A", "95% interval", "p", "verdict"), tuple(cells), keys=2,
                 text=frozenset({"verdict"}), styles=tuple(styles),
                 caption=(f"interval: 95% bootstrap over processes; regression: interval wholly beyond {threshold:g}% worse",))
+
+
+def frontier_grid(frontier: Any) -> Grid:
+    """A sweep's models side by side: size, decode speed, J/token, KLD, PPL; ★ = Pareto-best."""
+    rows = tuple((str(r.variant), r.model or "—", _fmt(r.size_bytes / 1e6), _fmt(r.decode_tps), _fmt(r.energy_j_per_token),
+                  _fmt(r.kld_mean), _fmt(r.top1_agreement), _fmt(r.ppl), "★" if r.pareto else "")
+                 for r in frontier.itertuples())
+    return Grid("speed-quality frontier", ("variant", "model", "size MB", "decode tok/s", "J/token", "KLD mean", "top-1 %", "PPL", "Pareto"),
+                rows, text=frozenset({"model"}),
+                caption=("decode tok/s and J/token: the shallowest decode case, mean over processes; KLD, top-1 and PPL: the quality case "
+                         "against the base's reference logits; ★ = no other model is at least as fast with at most its KLD",))
 
 
 def claims_grid(checks: Sequence[Any]) -> Grid:

@@ -6,7 +6,7 @@ in-process clock of llama-cpp-python); the orchestrator never times anything its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,7 +68,8 @@ class Engine(Protocol):
 
     def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
 
-    def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]: ...
+    # inputs: other files the case reads, staged on the device (e.g. "logits": the reference's)
+    def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]: ...
 
     def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult: ...
 
@@ -76,6 +77,7 @@ class Engine(Protocol):
 _REGISTRY = {
     "llamabench": "harness.engines.llamabench:LlamaBench",
     "pyllama": "harness.engines.pyllama:PyLlama",
+    "perplexity": "harness.engines.perplexity:Perplexity",
 }
 
 

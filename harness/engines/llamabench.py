@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -49,7 +49,7 @@ class LlamaBench:
         """llama-bench takes every suite setting."""
         return None
 
-    def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
+    def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
         argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
         if case.kind == "pg":

@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -86,7 +86,7 @@ class PyLlama:
         bad += [f"load_mode={v}" for k, v in case.settings if k == "load_mode" and v not in LOAD_MODES]
         return f"llama-cpp-python cannot apply {', '.join(bad)}" if bad else None
 
-    def argv(self, case: Case, *, runtime_dir: str, model_path: str) -> list[str]:
+    def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
         """The worker's command line; `runtime_dir` is unused (the runtime is the installed wheel)."""
         argv = [
             sys.executable, "-m", "harness.engines.pyllama",

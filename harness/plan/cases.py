@@ -33,7 +33,7 @@ LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 # The figure a case is run for: what a precision target is about, and what the progress shows.
-PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms"}
+PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms", "quality": "kld_mean"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,11 @@ class Case:
     """One benchmark test, run as `repetitions` separate processes by the runner.
 
     kind: "prefill" (n_prompt tokens, no generation), "decode" (n_gen tokens after `depth`
-    tokens of context), "pg" (prompt then generation in one test), or "latency" (pyllama:
-    time to first token and inter-token latency for an n_prompt prompt and n_gen tokens).
+    tokens of context), "pg" (prompt then generation in one test), "latency" (pyllama:
+    time to first token and inter-token latency for an n_prompt prompt and n_gen tokens), or
+    "quality" (llama-perplexity: the output against the reference's over `chunks` windows of
+    n_prompt tokens; `quality` names the chunks, corpus and reference by sha256, so a case
+    scored against another reference is another case).
     """
 
     engine: str
@@ -53,9 +56,18 @@ class Case:
     settings: tuple[tuple[str, Any], ...] = ()
     inprocess_reps: int = 1
     warmup: bool = True
+    quality: tuple[tuple[str, Any], ...] = ()
 
     def setting(self, name: str, default: Any = None) -> Any:
         return dict(self.settings).get(name, default)
+
+    def quality_value(self, name: str) -> Any:
+        return dict(self.quality).get(name)
+
+    @property
+    def runs_once(self) -> bool:
+        """A quality case computes the same figures every time: one process, not one per round."""
+        return self.kind == "quality"
 
     @property
     def primary_metric(self) -> str:
@@ -69,6 +81,8 @@ class Case:
             "decode": f"n{self.n_gen}" + (f" @d{self.depth}" if self.depth else ""),
             "pg": f"p{self.n_prompt}+n{self.n_gen}",
             "latency": f"p{self.n_prompt}+n{self.n_gen}",
+            "quality": f"c{self.n_prompt} x{self.quality_value('chunks')}"
+            + (f" override {self.quality_value('override_kv')}" if self.quality_value("override_kv") else ""),
         }[self.kind]
         extra = " ".join(f"{k}={v}" for k, v in self.settings)
         return f"{self.kind} {parts}" + (f" [{extra}]" if extra else "")
@@ -76,10 +90,12 @@ class Case:
     @property
     def context(self) -> int:
         """The context length the case exercises: what tables and plots use as x."""
-        return {"prefill": self.n_prompt, "decode": self.depth, "pg": self.n_prompt, "latency": self.n_prompt}[self.kind]
+        return {"prefill": self.n_prompt, "decode": self.depth, "pg": self.n_prompt, "latency": self.n_prompt,
+                "quality": self.n_prompt}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        # "quality" only where there is one, so the keys of the speed cases stay what they were
+        return ({"quality": dict(self.quality)} if self.quality else {}) | {
             "engine": self.engine,
             "kind": self.kind,
             "n_prompt": self.n_prompt,
@@ -101,6 +117,7 @@ class Case:
             settings=tuple(sorted(data["settings"].items())),
             inprocess_reps=data["inprocess_reps"],
             warmup=data["warmup"],
+            quality=tuple(sorted(data.get("quality", {}).items())),
         )
 
     @property
@@ -142,17 +159,31 @@ class RunPolicy:
     max_repetitions: int = 10
 
 
-_ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama"}
+_ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama",
+                   "quality": "perplexity"}
 
 
-def build_plan(suite: "Suite", *, context_length: int | None, host: bool, clusters: Sequence["Cluster"] = ()) -> Plan:
+@dataclass(frozen=True)
+class QualityInputs:
+    """What the quality cases are scored on: the corpus, and each [[quality]] reference as the
+    suite names it ("self", a path) -> the sha256 of the reference model (or logits file)."""
+
+    corpus_sha256: str
+    references: Mapping[str, str]
+
+
+def build_plan(suite: "Suite", *, context_length: int | None, host: bool, clusters: Sequence["Cluster"] = (),
+               quality: QualityInputs | None = None) -> Plan:
     """Expand every sweep of the suite into cases for this device, dropping those that cannot run here.
 
     `threads` is resolved here from the device's core `clusters` into what the case's engine
     takes (llama-bench: a count and a mask; llama-cpp-python: a count), so the case that is
     checked, stored and compared is the one that runs. Cases longer than the model's context,
     in-process (host only) engines on a remote device, and settings an engine cannot apply
-    are listed in `skipped` with their reason rather than silently dropped.
+    are listed in `skipped` with their reason rather than silently dropped. A quality case
+    keeps only the settings that change what the backend computes (so a batch-size sweep does
+    not repeat it); without `quality` (--no-quality) it is skipped, and one longer than the
+    model's context is an error, since its figure would be of another case.
     """
     from harness.engines import get_engine  # engines import Case from here
     from harness.plan.cores import resolve_threads  # cores imports Case from here
@@ -161,11 +192,16 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool, cluste
     cores: dict[str, dict[str, Any]] = {}
     skipped: list[tuple[str, str]] = []
     for spec in suite.tests:
+        engine = get_engine(_ENGINE_OF_KIND[spec.kind])
         settings = {**suite.settings, **spec.settings}
+        if spec.kind == "quality":
+            settings = {k: v for k, v in settings.items() if k in engine.settings}
         for values in _product(spec.values):
+            if spec.kind == "quality" and (why := _quality_problem(values, context_length, quality, suite.source)):
+                skipped.append((f"quality c{values['context']}", why))
+                continue
             for chosen in _product(settings):
-                engine = get_engine(_ENGINE_OF_KIND[spec.kind])
-                case, how = resolve_threads(_make_case(spec.kind, values, chosen, suite), clusters,
+                case, how = resolve_threads(_make_case(spec.kind, values, chosen, suite, quality), clusters,
                                             takes_mask="cpu_mask" in engine.settings)
                 tokens = case.n_prompt + case.n_gen + case.depth
                 if context_length is not None and tokens > context_length:
@@ -194,7 +230,25 @@ def _product(sweeps: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     return combos
 
 
-def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: "Suite") -> Case:
+def _quality_problem(values: dict[str, Any], context_length: int | None, quality: QualityInputs | None, source: str) -> str | None:
+    """Why a quality case is not planned (skipped), or None; raises where it is an input error."""
+    from harness.errors import ConfigError
+
+    if quality is None:
+        return "quality cases are off (--no-quality)"
+    if context_length is not None and values["context"] > context_length:
+        raise ConfigError(source, "quality.context", f"at most the model's context length ({context_length})", values["context"])
+    return None
+
+
+def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: "Suite",
+               quality: QualityInputs | None = None) -> Case:
+    if kind == "quality" and quality is not None:
+        chosen = {"chunks": values["chunks"], "corpus": quality.corpus_sha256,
+                  "reference": quality.references[values["reference"]], "override_kv": values.get("override_kv")}
+        return Case(engine="perplexity", kind=kind, n_prompt=values["context"], n_gen=0, depth=0,
+                    settings=tuple(sorted(settings.items())), inprocess_reps=1, warmup=False,
+                    quality=tuple(sorted((k, v) for k, v in chosen.items() if v is not None)))
     n_prompt = values.get("prompt", 0) if kind != "decode" else 0
     n_gen = values.get("tokens", 0)
     return Case(

@@ -24,6 +24,10 @@ LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
 # sustained: repeat the suite's rounds for `sustained_minutes` and report the drift;
 # none: run back to back.
 MODES = ("burst", "sustained", "none")
+# Gate defaults, set from measurements (see the quality section of the README): a device whose
+# backend computes right stays far inside both; a lossy setting or a wrong kernel lands outside.
+QUALITY_MAX_KLD = 0.01
+QUALITY_MIN_TOP1 = 97.0
 
 
 def _int_in(lo: int, hi: int | None = None) -> Callable[[Any], bool]:
@@ -76,12 +80,21 @@ assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS), "every llama-bench setti
 # test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
 _COUNT = (_int_in(1), "a positive integer or a list of them")
 _DEPTH = (_int_in(0), "a non-negative integer or a list of them")
+_TEXT = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string or a list of them")
 TEST_SECTIONS: dict[str, dict[str, tuple[bool, Callable[[Any], bool], str]]] = {
     "prefill": {"prompt": (True, *_COUNT)},
     "decode": {"tokens": (True, *_COUNT), "depth": (False, *_DEPTH)},
     "pg": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
     "latency": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
+    # output quality against a reference: "self" (the model under test: a check of the device's
+    # backend) or a GGUF / logits file path; override_kv (KEY=TYPE:VALUE) changes the model on the
+    # device side only, which is how a test makes a backend that computes wrongly
+    "quality": {"context": (False, _int_in(16), "an integer >= 16 or a list of them"), "chunks": (False, *_COUNT),
+                "reference": (False, *_TEXT),
+                "override_kv": (False, lambda v: isinstance(v, str) and "=" in v, "KEY=TYPE:VALUE (llama.cpp --override-kv)")},
 }
+# what a [[quality]] entry leaves out
+QUALITY_DEFAULTS: dict[str, tuple[Any, ...]] = {"context": (512,), "chunks": (1,), "reference": ("self",)}
 
 TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
@@ -100,6 +113,10 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     # a 95% CI half-width target for each case's primary figure, as a share of its mean
     "precision": (lambda v: _percent(v) is not None, PRECISION_EXPECTED),
     "max_repetitions": (_int_in(1), "a positive integer (the most processes a precision target may give a case)"),
+    # the correctness gate: a quality case against the model under test past either of these
+    # marks the run's speed figures "output differs from the host reference"
+    "quality_max_kld": (lambda v: _is_number(v) and v > 0, "a positive number (mean KL divergence, nats)"),
+    "quality_min_top1": (lambda v: _is_number(v) and 0 < v <= 100, "a percentage above 0, at most 100"),
 }
 
 
@@ -133,6 +150,8 @@ class Suite:
     quiet_max_s: float = 30.0
     precision: float | None = None  # share of the mean, e.g. 0.02; None: `repetitions` rounds, no more
     max_repetitions: int = 10
+    quality_max_kld: float = QUALITY_MAX_KLD
+    quality_min_top1: float = QUALITY_MIN_TOP1
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run
@@ -283,5 +302,7 @@ def _tests(data: dict[str, Any], kind: str, source: str) -> list[TestSpec]:
         for key, (required, _, expected) in schema.items():
             if required and key not in values:
                 raise ConfigError(source, f"{where}.{key}", expected, "missing")
+        if kind == "quality":
+            values = {**QUALITY_DEFAULTS, **values}
         specs.append(TestSpec(kind=kind, values=values, settings=overrides))
     return specs

@@ -152,6 +152,30 @@ def history_chart(history: pd.DataFrame) -> str | None:
     return _png(fig)
 
 
+def speed_quality(frontier: pd.DataFrame) -> str | None:
+    """Decode tok/s (and J/token where measured) against mean KLD, one point per model of a sweep
+    (labelled with its variant); the Pareto-best points are stars joined by a line."""
+    data = frontier.dropna(subset=["decode_tps", "kld_mean"]) if not frontier.empty else frontier
+    if data.empty:
+        return None
+    panels = [("decode_tps", "decode tokens/s")] + ([("energy_j_per_token", "J/token")] if data["energy_j_per_token"].notna().any() else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (metric, unit) in zip(axes[0], panels):
+        for (sweep, device), points in data.dropna(subset=[metric]).groupby(["sweep", "device"], sort=False):
+            dots = ax.scatter(points["kld_mean"], points[metric], label=f"{device} · sweep {sweep}")
+            best = points[points["pareto"]].sort_values("kld_mean")
+            ax.plot(best["kld_mean"], best[metric], marker="*", markersize=12, color=dots.get_facecolor()[0], label="Pareto-best")
+            for r in points.itertuples():
+                ax.annotate(str(r.variant), (r.kld_mean, getattr(r, metric)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_xlabel("mean KL divergence vs the reference (nats; lower is closer)")
+        ax.set_ylabel(unit)
+        ax.grid(True, alpha=0.3)
+        _legend_below(ax)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _legend_below(ax: plt.Axes) -> None:
     """Series names are long (run · device · model · engine): below the axes they hide no data."""
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)

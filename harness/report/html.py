@@ -32,8 +32,10 @@ from harness.report.figures import (
     memory_vs_context,
     power_over_time,
     ratio_chart,
+    speed_quality,
     throughput_vs_context,
 )
+from harness.results.quality import frontier_frame, quality_results
 from harness.results.roofline import roofline_frame
 from harness.results.store import Store, now_iso
 
@@ -101,6 +103,7 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     comparisons = comparisons_frame(compare_frames(tidy[tidy["run_id"] == ids[0]], tidy[tidy["run_id"] == ids[1]], settings)) if len(ids) == 2 else pd.DataFrame()
     power = pd.concat([power_series(store, i) for i in ids], ignore_index=True)
     roofline = roofline_frame(store, ids)
+    frontier = frontier_frame(store, ids)
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
         table=wide_table(summary),
@@ -112,7 +115,10 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
         regressions=regressions_since_previous(store, ids, settings) if lab else [],
         roofline=_records(roofline),
         claims=_claims(store, ids),
+        quality=[q.to_json() for run_id in ids for q in quality_results(store, run_id)],
+        frontier=_records(frontier),
         figures={
+            "Speed against quality": speed_quality(frontier),
             "Tokens/s vs context length": throughput_vs_context(summary) if not summary.empty else None,
             "Decode vs its memory-bandwidth roofline": decode_roofline(roofline),
             "Memory vs context length": memory_vs_context(summary) if not summary.empty else None,

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.plan.cases import Case
+from harness.results.quality import output_differs
 from harness.results.stats import drift, percentile, pooled_cv, summarize
 from harness.results.store import Store
 
@@ -44,8 +45,10 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     """One row per (run, case, repetition, metric), with device, model and build beside it."""
     cases: dict[tuple[str, str], Case] = {}
     runs: dict[str, dict[str, Any]] = {}
+    differs: dict[tuple[str, str], str] = {}
     for run_id in run_ids:
         row = store.run(run_id)
+        differs |= {(row["id"], key): mark for key, mark in output_differs(store, row["id"]).items()}
         model = store.model_info(row["model_sha256"])
         runs[row["id"]] = {
             "device": row["device"],
@@ -79,6 +82,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
                 "unit": m["unit"],
                 "missing_reason": m["missing_reason"],
                 "samples": json.loads(m["samples_json"]),
+                "output_differs": differs.get((m["run_id"], m["case_key"])),
             }
         )
     return pd.DataFrame.from_records(records, columns=_TIDY_COLUMNS)
@@ -87,13 +91,14 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
 _TIDY_COLUMNS = [
     "run_id", "device", "model", "quantization", "runtime", "case_key", "case", "engine", "kind", "context",
     "n_prompt", "n_gen", "depth", "rep", "status", "build", "metric", "value", "unit", "missing_reason", "samples",
+    "output_differs",  # the correctness gate's mark for the case's figures (harness.results.quality), or None
 ]
 
 
 def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
     """Per (run, case, metric): n processes, mean, median, stdev, 95% CI, in-process CV, or why missing."""
     rows = []
-    keys = ["run_id", "device", "model", "case_key", "case", "engine", "kind", "context", "metric", "unit"]
+    keys = ["run_id", "device", "model", "case_key", "case", "engine", "kind", "context", "metric", "unit", "output_differs"]
     for key, group in tidy[tidy["status"] == "ok"].groupby(keys, sort=False, dropna=False):
         values = [float(v) for v in group["value"].dropna()]
         row = dict(zip(keys, key))
@@ -183,19 +188,21 @@ class WideTable:
 
     Metrics measured nowhere are not columns: they are listed once in `missing` with the
     reason, so a sensor the device lacks is said once rather than per row. A row whose
-    figures were measured while others used the device is in `contended`.
+    figures were measured while others used the device is in `contended`; one whose run's
+    backend failed the correctness gate is in `differs`. Quality cases have their own table.
     """
 
     columns: list[str]  # metric names, HEADLINE order
     rows: list[tuple[str, str, dict[str, Cell | str]]]  # (run_id, case label, metric -> cell or missing reason)
     missing: dict[str, str]
     contended: dict[tuple[str, str], Contention] = field(default_factory=dict)
+    differs: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def wide_table(summary: pd.DataFrame) -> WideTable:
     if summary.empty:
         return WideTable([], [], {})
-    present = summary[summary["metric"].isin(HEADLINE)]
+    present = summary[summary["metric"].isin(HEADLINE) & (summary["kind"] != "quality")]
     measured = set(present.loc[present["n"] > 0, "metric"])
     columns = [m for m in HEADLINE if m in measured]
     missing = {
@@ -216,7 +223,9 @@ def wide_table(summary: pd.DataFrame) -> WideTable:
             else:
                 cells[r["metric"]] = str(r["missing_reason"])
         rows.append((run_id, label, cells))
-    return WideTable(columns, rows, missing, contention_by_case(summary))
+    marked = present[present["output_differs"].notna()] if "output_differs" in present else present.iloc[0:0]
+    differs = {(r.run_id, r.case): r.output_differs for r in marked.itertuples()}
+    return WideTable(columns, rows, missing, contention_by_case(summary), differs)
 
 
 def _none(value: Any) -> float | None:

@@ -6,7 +6,9 @@ independent repetitions), Welch's t-test for significance, and a verdict that ne
 significance and a minimum effect size. A regression is flagged only when the whole interval
 lies beyond the threshold in the worse direction, so noise alone does not fail a CI job.
 A case with a process measured while others used the device (`contended`) on either side is
-not judged: its verdict says so, since the difference may be the other job's.
+not judged: its verdict says so, since the difference may be the other job's. Nor is a case
+whose backend failed the correctness gate on either side (`output differs`): a fast figure of
+a wrong output is never called faster.
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ class Comparison:
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
-    verdict: str  # faster | slower | no significant change | too few repetitions | contended: not compared
+    verdict: str  # faster | slower | no significant change | too few repetitions | contended / output differs: not compared
     regression: bool
     differs: tuple[str, ...] = field(default=())  # settings that are not the same in A and B
     contended: tuple[str, ...] = field(default=())  # "A: ..." / "B: ..." where others used the device
+    output_differs: tuple[str, ...] = field(default=())  # "A: ..." / "B: ..." where the gate marked the figures
 
 
 def ratio_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, confidence: float = 0.95) -> tuple[float, float]:
@@ -120,6 +123,10 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, settings: CompareSettings =
                           for k in dict.fromkeys(group["case"]) if k in busy[side])
         if contended:
             row = replace(row, verdict="contended: not compared", regression=False, contended=contended)
+        wrong = tuple(f"{side}: {mark}" for side, group in (("A", group_a), ("B", group_b))
+                      for mark in dict.fromkeys(group.get("output_differs", pd.Series(dtype=object)).dropna()))
+        if wrong:
+            row = replace(row, verdict="output differs: not compared", regression=False, output_differs=wrong)
         out.append((order, row))
     return [row for _, row in sorted(out, key=lambda pair: pair[0])]
 

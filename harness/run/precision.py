@@ -63,7 +63,7 @@ def relative_half_width(values: Sequence[float]) -> float | None:
 def further_rounds(store: Store, run_id: str, policy: RunPolicy) -> Iterator[list[tuple[Case, int]]]:
     """Rounds of (case, rep) for the cases not yet within target, judged again from the store
     after each round is run; every verdict reached is stored with its case."""
-    cases = store.cases(run_id)
+    cases = [case for case in store.cases(run_id) if not case.runs_once]
     while True:
         progress = progress_of(store, run_id, cases)
         todo = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,16 +50,20 @@ class StepResult:
 
 @dataclass(frozen=True)
 class RunTargets:
-    """Where the runtime and the model are, as paths on the device."""
+    """Where the runtime and the model are, as paths on the device, and per case key the other
+    files a case reads there (a quality case: "logits", the reference's)."""
 
     runtime_dir: str | None
     model_path: str
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def pending_steps(store: Store, run_id: str, cases: list[Case], repetitions: int) -> list[Step]:
-    """Interleaved rounds of (case, rep) that have no successful execution yet."""
+    """Interleaved rounds of (case, rep) that have no successful execution yet; a case that
+    runs once (quality) is in the first round only."""
     done = {(e.case_key, e.rep) for e in store.executions(run_id) if e.status == "ok"}
-    todo = [(rep, case) for rep in range(repetitions) for case in cases if (case.key, rep) not in done]
+    todo = [(rep, case) for rep in range(repetitions) for case in cases
+            if (case.key, rep) not in done and not (case.runs_once and rep > 0)]
     return [Step(i, len(todo), case, rep) for i, (rep, case) in enumerate(todo)]
 
 
@@ -141,10 +145,10 @@ def _paced(steps: list[Step], policy: RunPolicy, store: Store, run_id: str) -> I
         for todo in further_rounds(store, run_id, policy):
             yield from (Step(i, len(todo), case, rep) for i, (case, rep) in enumerate(todo))
         return
-    if policy.mode != "sustained" or not steps:
+    cases = list(dict.fromkeys(s.case for s in steps if not s.case.runs_once))
+    if policy.mode != "sustained" or not cases:
         return
     deadline = time.monotonic() + policy.sustained_minutes * 60
-    cases = list(dict.fromkeys(s.case for s in steps))
     rep = max(s.rep for s in steps) + 1
     while time.monotonic() < deadline:
         for i, case in enumerate(cases):
@@ -158,7 +162,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     case = step.case
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
-    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path)
+    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path, inputs=targets.inputs.get(case.key))
     started = now_iso()
     with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
         wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))

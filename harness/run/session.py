@@ -7,6 +7,7 @@ process starts, so a typo never costs a half-finished run.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -22,9 +23,11 @@ from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
 from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
 from harness.plan.cases import Plan, build_plan
+from harness.run.quality import QualitySources, quality_sources, references_for
 from harness.results.roofline import model_traffic
 from harness.run.runner import RunTargets, Step, StepResult, execute, mark_interrupted, pending_steps
 from harness.runtimes import BuildProgress, Runtime, build_runtime
+from harness.runtimes.reference import Reference
 from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
 from harness.results.store import Store
@@ -48,6 +51,11 @@ class RunOptions:
     contention_threshold: float | None = None  # % of one core; None: the suite's
     precision: float | None = None  # a 95% CI target per case, as a share of its mean (0.02 = ±2%)
     max_repetitions: int | None = None
+    quality: bool = True  # False: skip the suite's quality cases (--no-quality)
+    corpus: str | None = None  # None: CPython's pydoc_data.topics text
+    reference: str | None = None  # None: each [[quality]] entry's own ("self": the model under test)
+    sweep: str | None = None  # the speed-quality sweep this run belongs to (--quantize), and its variant
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -76,6 +84,7 @@ class Prepared:
     model_path: Path
     model: ModelInfo
     plan: Plan
+    quality: QualitySources | None = None
 
 
 def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable[[str], None] | None = None) -> Prepared:
@@ -87,10 +96,14 @@ def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable
     driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)
     model = inspect_model(model_path)
-    plan = build_plan(suite, context_length=model.context_length, host=driver.is_host, clusters=_clusters(driver, on_status))
+    quality = quality_sources(suite, options.corpus, options.reference, model, on_status) if options.quality else None
+    plan = build_plan(suite, context_length=model.context_length, host=driver.is_host, clusters=_clusters(driver, on_status),
+                      quality=quality.inputs if quality else None)
     if not plan.cases:
         raise EdgebenchError(f"suite {suite.name} has no case that can run here: " + "; ".join(r for _, r in plan.skipped))
-    return Prepared(options, device, driver, suite, model_path, model, plan)
+    if quality:
+        quality.check_cases(plan.cases)
+    return Prepared(options, device, driver, suite, model_path, model, plan, quality)
 
 
 def _clusters(driver: Driver, on_status: Callable[[str], None] | None) -> list[Cluster]:
@@ -113,10 +126,14 @@ def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
 
 
 def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | None = None) -> tuple[str, list[StepResult]]:
-    """Build/stage the runtime, record the run (as `run_id` when given), and execute every case."""
+    """Build/stage the runtime, compute the quality cases' references (their errors come before the
+    device runs anything), record the run (as `run_id` when given), and execute every case."""
     runtime = _runtime_if_needed(prepared, callbacks)
+    references = references_for(prepared.quality, prepared.plan.cases, lambda: build_host(callbacks.build), callbacks.status)
     identity = prepared.driver.identity()
     facts = {**asdict(prepared.driver.facts()), "identity": identity}
+    if prepared.quality:
+        facts["quality"] = prepared.quality.facts(references)
     run_id = store.create_run(
         device=prepared.options.device,
         device_identity=identity,
@@ -137,7 +154,7 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | 
         run_id=run_id,
     )
     _write_run_artifacts(store, run_id, prepared, runtime, facts)
-    return run_id, _execute(store, run_id, prepared, runtime, callbacks)
+    return run_id, _execute(store, run_id, prepared, runtime, callbacks, references)
 
 
 def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
@@ -154,12 +171,21 @@ def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[S
     if runtime and runtime.manifest.key != row["runtime_key"]:
         raise EdgebenchError(f"run {row['id']} used runtime {str(row['runtime_key'])[:12]}, but this build is {runtime.manifest.key[:12]} "
                              f"(llama.cpp {runtime.manifest.llama_cpp_commit}): {mixed}")
-    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks)
+    stored = {c.key for c in store.cases(row["id"])}
+    references = references_for(prepared.quality, [c for c in prepared.plan.cases if c.key in stored], lambda: build_host(callbacks.build),
+                                callbacks.status)
+    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks, references)
 
 
-def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> list[StepResult]:
+def build_host(on_progress: Callable[[BuildProgress], None] | None = None) -> Runtime:
+    """The host CPU runtime (cached): where references are computed and variants are made."""
+    return build_runtime("host", on_progress=on_progress)[0]
+
+
+def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks,
+             references: dict[str, Reference]) -> list[StepResult]:
     try:
-        targets = _stage(prepared, runtime, callbacks)
+        targets = _stage(prepared, runtime, callbacks, references)
         _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
     except (DriverError, KeyboardInterrupt) as exc:  # stopped before its first case: still resumable
         mark_interrupted(store, run_id, exc)
@@ -197,7 +223,7 @@ def _measure_bandwidth(store: Store, run_id: str, prepared: Prepared, runtime: R
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
-    if not any(c.engine == "llamabench" for c in prepared.plan.cases):
+    if not any(c.engine in ("llamabench", "perplexity") for c in prepared.plan.cases):
         return None
     target = prepared.options.target or prepared.device.target
     flags = prepared.device.build_flags + prepared.options.build_flags
@@ -216,22 +242,29 @@ def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | No
     return runtime
 
 
-def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks) -> RunTargets:
-    """Put the runtime and the model on the device (content-addressed; skipped when present)."""
+def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks, references: dict[str, Reference]) -> RunTargets:
+    """Put the runtime, the model and the quality cases' reference logits on the device
+    (content-addressed; skipped when present)."""
     driver = prepared.driver
     if driver.is_host:
-        return RunTargets(runtime_dir=str(runtime.root) if runtime else None, model_path=str(prepared.model_path))
+        return RunTargets(runtime_dir=str(runtime.root) if runtime else None, model_path=str(prepared.model_path),
+                          inputs={key: {"logits": str(ref.path)} for key, ref in references.items()})
     work = PurePosixPath(driver.workdir)
     model_remote = str(work / "models" / prepared.model.sha256[:16] / prepared.model.filename)
     callbacks.status(f"staging {prepared.model.filename} on {driver.name}")
     sent = driver.push(prepared.model_path, model_remote) or 0
+    inputs = {}
+    for key, ref in references.items():
+        logits_remote = str(work / "references" / ref.sha256[:16] / "base.logits")
+        sent += driver.push(ref.path, logits_remote) or 0
+        inputs[key] = {"logits": logits_remote}
     runtime_remote = getattr(runtime, "remote_dir", None)  # built on the device: already there
     if runtime and runtime_remote is None:
         runtime_remote = str(work / "runtimes" / runtime.manifest.key[:16])
         for rel in runtime.manifest.files:
             sent += driver.push(runtime.root / rel, f"{runtime_remote}/{rel}") or 0
     callbacks.status(f"staged on {driver.name}: {sent} bytes transferred")
-    return RunTargets(runtime_dir=runtime_remote, model_path=model_remote)
+    return RunTargets(runtime_dir=runtime_remote, model_path=model_remote, inputs=inputs)
 
 
 def _write_run_artifacts(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, facts: dict[str, Any]) -> None:
@@ -239,5 +272,7 @@ def _write_run_artifacts(store: Store, run_id: str, prepared: Prepared, runtime:
     (folder / "facts.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
     (folder / "model.json").write_text(json.dumps(prepared.model.to_json(), indent=2), encoding="utf-8")
     (folder / "suite.toml").write_text(prepared.suite.text, encoding="utf-8")
+    if prepared.quality and any(c.kind == "quality" for c in prepared.plan.cases):
+        shutil.copyfile(prepared.quality.corpus.path, folder / "corpus.txt")  # stored once per sha256 (blobs)
     if runtime:
         (folder / "runtime.json").write_text(json.dumps(runtime.manifest.to_json(), indent=2), encoding="utf-8")

@@ -22,7 +22,7 @@ import sys
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -109,6 +109,9 @@ class ModelInfo:
     n_head_kv: int | None
     tensor_count: int
     gguf_version: int
+    # the tokenizer: a quality reference must share it (facts stored before it was read lack it)
+    vocab_size: int | None = None
+    vocab_sha256: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -117,10 +120,10 @@ class ModelInfo:
     def from_json(cls, d: dict) -> ModelInfo:
         """Unknown keys are ignored so results written by newer code still load."""
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING]
         if missing:
             raise ModelError(f"stored model info lacks keys {missing}")
-        return cls(**{n: d[n] for n in names})
+        return cls(**{n: d[n] for n in names if n in d})
 
 
 # ---------------------------------------------------------------------------- resolving
@@ -324,7 +327,7 @@ def inspect_model(path: Path) -> ModelInfo:
     path = Path(path)
     size = _check_header(path)
     known = _cached(path, "info")  # parsing a GGUF's vocabulary takes seconds; an unchanged file's facts do not change
-    if isinstance(known, dict):
+    if isinstance(known, dict) and "vocab_sha256" in known:
         return ModelInfo.from_json({**known, "path": str(path), "filename": path.name})
     info = _inspect(path, size)
     _remember(path, info=info.to_json())
@@ -353,7 +356,17 @@ def _inspect(path: Path, size: int) -> ModelInfo:
         n_head_kv=_int_field(reader, f"{arch}.attention.head_count_kv"),
         tensor_count=len(reader.tensors),
         gguf_version=int(_field(reader, "GGUF.version")),
+        **_vocabulary(reader),
     )
+
+
+def _vocabulary(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """The token list's length and sha256 (of its JSON), or None for both without one."""
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    if not isinstance(tokens, list):
+        return {"vocab_size": None, "vocab_sha256": None}
+    blob = json.dumps(tokens, ensure_ascii=False).encode("utf-8")
+    return {"vocab_size": len(tokens), "vocab_sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def _check_header(path: Path) -> int:
