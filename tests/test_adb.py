@@ -269,3 +269,24 @@ def test_phone_lost_mid_run_keeps_finished_cases(adb_server, phone, tmp_path, aa
     assert status == "interrupted" and "resume with" in note
     done = db.execute("select count(*) from executions where status = 'ok'").fetchone()[0]
     assert done == 1  # the prefill case finished before the phone went away, and stays stored
+
+
+@pytest.mark.slow
+def test_quality_on_the_emulated_phone_passes_the_gate(adb_server, phone, tmp_path, aarch64_binfmt, default_model):
+    """The linux-aarch64 llama-perplexity (ARM kernels, under qemu) scored against the host CPU's
+    logits (x86 kernels) of the same model: close, not equal, and inside the gate."""
+    args = _run_args(tmp_path, adb_server, phone)
+    (tmp_path / "tiny.toml").write_text(TINY + "[[quality]]\ncontext = 256\nchunks = 1\n")  # 127 tokens scored: over the 100 statistics need
+    run = edgebench(*args, "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    payload = json.loads(run.stdout)
+    (quality,) = payload["quality"]
+    print(f"aarch64 vs host: KLD {quality['kld_mean']} (p99 {quality['kld_p99']}), top-1 {quality['top1_agreement']}%, "
+          f"RMS dp {quality['rms_dp']}%, PPL {quality['ppl']} vs base {quality['ppl_base']}")
+    assert quality["status"] == "ok" and quality["against_model"] and quality["differs"] is False
+    assert quality["kld_mean"] < 0.02 and quality["top1_agreement"] >= 95
+    assert not any(r["output_differs"] for r in payload["summary"])
+    run_dir = tmp_path / "results" / "runs" / payload["run"]["id"]
+    quality_case = next(c for c in json.loads(payload["run"]["facts_json"])["quality"]["references"])
+    argv = json.loads((run_dir / quality_case / "rep0.argv.json").read_text())
+    assert f"{WORK}/references/" in " ".join(argv) and any(a.endswith("bin/llama-perplexity") for a in argv)

@@ -411,3 +411,19 @@ def test_a_worker_serves_the_devices_that_answer_and_names_the_others(tmp_path, 
         assert [r["name"] for r in _until(lambda: served_devices(store), 60, "registration")] == ["on-a"]
     _until(lambda: "off-board: not served" in worker.text(), 30, "the board named")
     assert worker.process.poll() is None
+
+
+def test_a_quantize_sweep_gives_each_device_its_own_sweep_of_jobs(tmp_path):
+    """`lab submit --quantize`: the variants made on the submitting host are models of the lab,
+    each job carrying its variant and the base as reference; each device's jobs are one sweep."""
+    from harness.lab.jobs import create_jobs
+
+    store = Store(tmp_path / "results")
+    sweeps = {"/m/base.gguf": {"sweep": "s1", "variant": None, "reference": "/m/base.gguf"},
+              "/m/base.Q8_0.gguf": {"sweep": "s1", "variant": "Q8_0", "reference": "/m/base.gguf"}}
+    request = LabRequest(("a", "b"), "quick", tuple(sweeps), sweeps=sweeps)
+    assert LabRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    jobs = create_jobs(store, "lab-q", request, "quick", "", {d: (f"board:{d}", queue_for(f"board:{d}")) for d in ("a", "b")})
+    got = {(j.device, j.options.variant): (j.options.sweep, j.options.reference, j.options.model) for j in jobs}
+    assert got == {("a", None): ("s1.a", "/m/base.gguf", "/m/base.gguf"), ("a", "Q8_0"): ("s1.a", "/m/base.gguf", "/m/base.Q8_0.gguf"),
+                   ("b", None): ("s1.b", "/m/base.gguf", "/m/base.gguf"), ("b", "Q8_0"): ("s1.b", "/m/base.gguf", "/m/base.Q8_0.gguf")}

@@ -44,9 +44,13 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def write_tiny_gguf(path: Path, *, file_type: bool = True, tensors: bool = True) -> Path:
-    """A 2-layer 'llama' with a few F32/F16 tensors: every field inspect_model reads."""
+def write_tiny_gguf(path: Path, *, file_type: bool = True, tensors: bool = True, tokens: list[str] | None = None) -> Path:
+    """A 2-layer 'llama' with a few F32/F16 tensors: every field inspect_model reads (a token
+    list only when given)."""
     writer = gguf.GGUFWriter(str(path), "llama")
+    if tokens:
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
     writer.add_name("tiny-test")
     writer.add_context_length(128)
     writer.add_block_count(2)

@@ -8,15 +8,57 @@ import pytest
 
 from harness.plan.suites import load_suite, parse_suite
 from harness.engines.llamabench import LlamaBench
-from harness.plan.cases import Case, build_plan
+from harness.errors import ConfigError
+from harness.plan.cases import Case, QualityInputs, build_plan
+
+QUALITY = QualityInputs("c" * 64, {"self": "a" * 64})
 
 
-def test_quick_suite_plans_prefill_decode_and_latency_cases():
-    plan = build_plan(load_suite("quick"), context_length=8192, host=True)
+def test_quick_suite_plans_prefill_decode_latency_and_one_quality_case():
+    plan = build_plan(load_suite("quick"), context_length=8192, host=True, quality=QUALITY)
     labels = [c.label for c in plan.cases]
     assert labels[:6] == ["prefill p128", "prefill p512", "prefill p2048", "decode n64", "decode n64 @d512", "decode n64 @d2048"]
-    assert {c.engine for c in plan.cases} == {"llamabench", "pyllama"}
+    assert labels[-1] == "quality c512 x1"
+    assert {c.engine for c in plan.cases} == {"llamabench", "pyllama", "perplexity"}
     assert plan.skipped == ()
+    assert dict(plan.cases[-1].quality) == {"chunks": 1, "corpus": "c" * 64, "reference": "a" * 64}
+
+
+def test_no_quality_skips_the_quality_case_saying_so():
+    plan = build_plan(load_suite("quick"), context_length=8192, host=True, quality=None)
+    assert "quality" not in {c.kind for c in plan.cases}
+    assert plan.skipped == (("quality c512", "quality cases are off (--no-quality)"),)
+
+
+def test_quality_case_keeps_only_the_settings_that_change_the_output():
+    suite = parse_suite('[settings]\ncache_type_k = ["f16", "q4_0"]\nbatch = [128, 256]\nload_mode = "mmap"\n'
+                        "[[decode]]\ntokens = 8\n[[quality]]\ncontext = 256\n", "t.toml")
+    plan = build_plan(suite, context_length=8192, host=True, quality=QUALITY)
+    quality = [c for c in plan.cases if c.kind == "quality"]
+    assert [dict(c.settings) for c in quality] == [{"cache_type_k": "f16"}, {"cache_type_k": "q4_0"}]  # one per KV type, not per batch
+    assert len({c.key for c in quality}) == 2 and all(c.runs_once for c in quality)
+    assert len([c for c in plan.cases if c.kind == "decode"]) == 4
+
+
+def test_a_quality_context_longer_than_the_model_is_an_error_naming_the_key():
+    suite = parse_suite("[[quality]]\ncontext = 4096\n", "q.toml")
+    with pytest.raises(ConfigError, match=r"q.toml: key 'quality.context': expected at most the model's context length \(2048\)"):
+        build_plan(suite, context_length=2048, host=True, quality=QUALITY)
+
+
+def test_another_reference_or_corpus_is_another_case():
+    suite = load_suite("quick")
+    mine = build_plan(suite, context_length=8192, host=True, quality=QUALITY).cases[-1]
+    other_ref = build_plan(suite, context_length=8192, host=True, quality=QualityInputs("c" * 64, {"self": "b" * 64})).cases[-1]
+    other_corpus = build_plan(suite, context_length=8192, host=True, quality=QualityInputs("d" * 64, {"self": "a" * 64})).cases[-1]
+    assert len({mine.key, other_ref.key, other_corpus.key}) == 3
+    assert Case.from_json(mine.to_json()) == mine
+
+
+def test_speed_case_keys_do_not_change_with_the_quality_field():
+    case = Case("llamabench", "decode", 0, 64, 0)
+    assert "quality" not in case.to_json()
+    assert case.key == "fdfde54f6a3a0366"  # as before quality cases existed: stored runs still match
 
 
 def test_context_sweep_is_cut_at_the_model_context_with_reasons():
@@ -94,7 +136,7 @@ def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_
     mixed_core_folder(tmp_path)
     clusters = read_clusters(LocalDriver(), 8, root=str(tmp_path))  # through the driver, as the session reads them
     assert [c.cpus for c in clusters] == [(4, 5, 6, 7), (0, 1, 2, 3)]
-    plan = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters)
+    plan = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters, quality=QUALITY)
     latency = [c for c in plan.cases if c.kind == "latency"]
     assert len(latency) == 2 and plan.skipped == ()
     for case in latency:
@@ -107,7 +149,7 @@ def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_
         assert dict(case.settings) == {"threads": 4, "cpu_mask": "0xf0"}
         argv = LlamaBench().argv(case, runtime_dir="/rt", model_path="/m.gguf")
         assert argv[argv.index("-C") + 1] == "0xf0" and argv[argv.index("-t") + 1] == "4"
-    alike = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters[:1])
+    alike = build_plan(load_suite("quick"), context_length=8192, host=True, clusters=clusters[:1], quality=QUALITY)
     assert all("cpu_mask" not in dict(c.settings) for c in alike.cases if c.engine == "pyllama")
 
 
@@ -158,3 +200,11 @@ def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path
     assert argv[argv.index("--threads") + 1] == "4" and "--cpu-mask" not in argv
     assert execution.raw["records"][0]["settings"]["n_threads"] == 4  # what llama-cpp-python ran with
     assert store.case_cores(run_id)[case.key]["cpus"] == [4, 5, 6, 7]
+
+
+def test_a_quality_case_scoring_too_few_tokens_for_statistics_is_an_error():
+    """llama-perplexity prints no KLD statistics under 100 scored tokens (and still exits 0)."""
+    with pytest.raises(ConfigError, match=r"quality.chunks': expected enough chunks to score at least 100 tokens .*63 at context 128"):
+        build_plan(parse_suite("[[quality]]\ncontext = 128\n", "q.toml"), context_length=2048, host=True, quality=QUALITY)
+    plan = build_plan(parse_suite("[[quality]]\ncontext = 128\nchunks = 2\n", "q.toml"), context_length=2048, host=True, quality=QUALITY)
+    assert [c.label for c in plan.cases] == ["quality c128 x2"]

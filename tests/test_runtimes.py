@@ -51,6 +51,8 @@ cmake_minimum_required(VERSION 3.16)
 project(tiny C)
 set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
 add_executable(llama-bench main.c)
+add_executable(llama-perplexity main.c)
+add_executable(llama-quantize main.c)
 """
 GOOD_C = '#include <stdio.h>\nint main(void) {\n    return puts("tiny llama-bench") < 0;\n}\n'
 BAD_C = "int main(void) {\n    return edgebench_undeclared_symbol;\n}\n"
@@ -265,6 +267,7 @@ def test_find_runtime_before_any_fetch_is_none(cache: Path) -> None:
 
 @needs_cmake
 def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
+    """Every program of the host target lands in the runtime, each listed with its sha256."""
     project = _tiny_project(tmp_path / "tiny", GOOD_C)
     events: list[BuildProgress] = []
 
@@ -278,7 +281,7 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
     manifest = runtime.manifest
     probe = runtime.binary("edgebench-probe")
     assert manifest.files == {
-        "bin/llama-bench": hashlib.sha256(binary.read_bytes()).hexdigest(),
+        **{f"bin/{name}": hashlib.sha256(runtime.binary(name).read_bytes()).hexdigest() for name in ("llama-bench", "llama-perplexity", "llama-quantize")},
         "bin/edgebench-probe": hashlib.sha256(probe.read_bytes()).hexdigest(),
         "bin/edgebench-bandwidth": hashlib.sha256(runtime.binary("edgebench-bandwidth").read_bytes()).hexdigest(),
     }
@@ -403,3 +406,14 @@ def test_real_host_build_from_pinned_sdist() -> None:
     again, from_cache = build_runtime("host")
     assert from_cache and again == runtime
     assert find_runtime("host") == runtime
+
+
+def test_a_runtime_built_before_llama_perplexity_has_another_key() -> None:
+    """A cached runtime holding llama-bench alone is rebuilt once, never used without the quality tools."""
+    from harness.runtimes.targets import DEVICE_PROGRAMS, HOST_PROGRAMS
+
+    flags = ("-DGGML_NATIVE=ON",)
+    old = runtime_key("a" * 64, "host", flags, "p" * 64, ("llama-bench",))
+    assert len({old, runtime_key("a" * 64, "host", flags, "p" * 64, HOST_PROGRAMS),
+                runtime_key("a" * 64, "host", flags, "p" * 64, DEVICE_PROGRAMS)}) == 3
+    assert get_target("host").programs == HOST_PROGRAMS and get_target("linux-aarch64").programs == DEVICE_PROGRAMS

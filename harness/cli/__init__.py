@@ -43,6 +43,8 @@ StoreOpt = typer.Option(None, "--store", help="Results database URL, e.g. postgr
 InventoryOpt = typer.Option(None, "--inventory", help="Device inventory TOML (default: $EDGEBENCH_INVENTORY, else devices/local.toml).")
 FormatOpt = typer.Option("table", "--format", help="table (folds to the terminal's width, never cutting a figure), plain (no box lines), "
                          "csv or markdown (for pasting).")
+QuantizeOpt = typer.Option(None, "--quantize", help="Sweep: make these variants of --model with llama-quantize (e.g. Q8_0,Q4_K_M,Q2_K) and measure each.")
+AllowRequantizeOpt = typer.Option(False, "--allow-requantize", help="With --quantize: allow a base that is itself quantized.")
 
 
 def _check_format(fmt: str) -> str:
@@ -101,8 +103,8 @@ def run(
     no_quality: bool = typer.Option(False, "--no-quality", help="Skip the suite's quality cases (KLD/top-1 against the reference)."),
     corpus: Optional[str] = typer.Option(None, help="Text the quality cases score (default: CPython's pydoc_data.topics)."),
     reference: Optional[str] = typer.Option(None, help="Reference for the quality cases: a GGUF, or a llama-perplexity logits file (default: the model itself)."),
-    quantize: Optional[str] = typer.Option(None, help="Sweep: make these variants of --model with llama-quantize (e.g. Q8_0,Q4_K_M,Q2_K) and measure each."),
-    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="With --quantize: allow a base that is itself quantized."),
+    quantize: Optional[str] = QuantizeOpt,
+    allow_requantize: bool = AllowRequantizeOpt,
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report.
 
@@ -272,18 +274,23 @@ def claims_cmd(
 ) -> None:
     """Published figures against stored runs: measured / claimed, with every differing condition
     named; the claims no stored run tests are one line saying which devices and models would."""
-    from harness.results.claims import CLAIMS_DIR, check_claims, load_claims
+    from harness.results.claims import CLAIMS_DIR, check_claims, load_claims, ratio_checks_for
 
     _check_format(fmt)
     try:
         store = _store(results, store_url)
-        checks = check_claims(store, load_claims(claims_dir or CLAIMS_DIR), [store.run(run)["id"]] if run else None)
+        claims = load_claims(claims_dir or CLAIMS_DIR)
+        run_ids = [store.run(run)["id"]] if run else None
+        checks = check_claims(store, claims, run_ids)
+        # ratio claims need a sweep's base and variants: every stored run unless one is named
+        ratios = ratio_checks_for(store, claims, run_ids or [r["id"] for r in store.runs()])
     except EdgebenchError as exc:
         raise _fail(exc)
     if as_json:
-        out.print_json(json.dumps([c.to_json() for c in checks]))
+        out.print_json(json.dumps([c.to_json() for c in checks] + [c.to_json() for c in ratios]))
         return
     views.show(out, views.claims_grid(checks), fmt)
+    views.show_lines(out, [c.describe() for c in ratios], fmt)
 
 
 @app.command("report")
@@ -386,13 +393,24 @@ def beat_cmd(broker: Optional[str] = BrokerOpt, results: Optional[Path] = Result
 
 
 def _lab_request(inventory: Path, suite: str, model: list[str], set_: list[str], repeat: Optional[int], tags: list[str],
-                 devices: Optional[str], retries: int, backoff: float):
+                 devices: Optional[str], retries: int, backoff: float, quantize: Optional[str] = None, allow_requantize: bool = False):
+    """The lab's request; with --quantize, each model's variants are made here first and join
+    the models, each job knowing its sweep, variant and reference (the base)."""
     from harness.lab.jobs import LabRequest
     from harness.lab.worker import select_devices
     from harness.plan.suites import parse_setting_overrides
+    from harness.run.session import Callbacks, RunOptions
+    from harness.run.sweep import sweep_options
+    from harness.runtimes.quantize import parse_types
 
     chosen = tuple(d.name for d in select_devices(inventory, _names(devices), tuple(tags)))
-    return LabRequest(chosen, suite, tuple(model or ["default"]), parse_setting_overrides(set_), repeat, retries, backoff)
+    models, sweeps = list(model or ["default"]), {}
+    if quantize:
+        types, callbacks = parse_types(quantize), Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        runs = [o for m in models for o in sweep_options(RunOptions(model=m), types, allow_requantize=allow_requantize, callbacks=callbacks)]
+        models = [o.model for o in runs]
+        sweeps = {o.model: {"sweep": o.sweep, "variant": o.variant, "reference": o.reference} for o in runs}
+    return LabRequest(chosen, suite, tuple(models), parse_setting_overrides(set_), repeat, retries, backoff, sweeps)
 
 
 def _submit(store, broker: str, inventory: Path, request, lab_id: Optional[str] = None) -> str:
@@ -455,13 +473,15 @@ def lab_submit(
     broker: Optional[str] = BrokerOpt,
     results: Optional[Path] = ResultsOpt,
     store_url: Optional[str] = StoreOpt,
+    quantize: Optional[str] = QuantizeOpt,
+    allow_requantize: bool = AllowRequantizeOpt,
 ) -> None:
     """Queue devices x models x settings as jobs on the devices' queues; print the lab id."""
     from harness.lab.app import broker_url
 
     try:
         store = _store(results, store_url)
-        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize)
         lab_id = _submit(store, broker_url(store.root, broker), inventory, request)
     except EdgebenchError as exc:
         raise _fail(exc)
@@ -482,6 +502,8 @@ def lab_run(
     broker: Optional[str] = BrokerOpt,
     results: Optional[Path] = ResultsOpt,
     store_url: Optional[str] = StoreOpt,
+    quantize: Optional[str] = QuantizeOpt,
+    allow_requantize: bool = AllowRequantizeOpt,
 ) -> None:
     """Submit a lab and wait for it; with the embedded broker, serve its devices from here too.
     Exit 0 only if every job is done. Ctrl-C or SIGTERM stops the waiting, not the jobs."""
@@ -505,7 +527,7 @@ def lab_run(
     try:
         store = _store(results, store_url)
         url = broker_url(store.root, broker)
-        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize)
         if is_embedded(url):
             worker = start_embedded(inventory, request.devices, store.root, store_url, url)
         # A signal while submitting waits until every job is on its queue: none is left behind half-submitted.

@@ -40,6 +40,8 @@ class LabRequest:
     repeat: int | None = None
     retries: int = 2
     backoff_s: float = 5.0
+    # model -> its place in a `--quantize` sweep made on the submitting host: sweep, variant, reference
+    sweeps: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "devices": list(self.devices), "models": list(self.models), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -99,7 +101,10 @@ def create_jobs(store: Store, lab_id: str, request: LabRequest, suite_name: str,
     rows = []
     for device, model, point in itertools.product(request.devices, request.models, request.points()):
         identity, queue = queues[device]
-        options = RunOptions(device=device, suite=suite_name, model=model, repetitions=request.repeat, settings=point)
+        sweep = dict(request.sweeps.get(model, {}))
+        if sweep:  # each device's runs are a sweep of their own (one base each)
+            sweep["sweep"] = f"{sweep['sweep']}.{device}"
+        options = RunOptions(device=device, suite=suite_name, model=model, repetitions=request.repeat, settings=point, **sweep)
         rows.append({
             "id": f"{lab_id}.{len(rows) + 1}", "lab_id": lab_id, "device": device, "identity": identity, "queue": queue,
             "options_json": json.dumps(options.to_json()), "suite_text": suite_text, "run_id": new_run_id(),

@@ -163,6 +163,10 @@ _ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llama
                    "quality": "perplexity"}
 
 
+# llama-perplexity --kl-divergence prints its statistics only over this many scored tokens or more
+MIN_SCORED_TOKENS = 100
+
+
 @dataclass(frozen=True)
 class QualityInputs:
     """What the quality cases are scored on: the corpus, and each [[quality]] reference as the
@@ -238,6 +242,11 @@ def _quality_problem(values: dict[str, Any], context_length: int | None, quality
         return "quality cases are off (--no-quality)"
     if context_length is not None and values["context"] > context_length:
         raise ConfigError(source, "quality.context", f"at most the model's context length ({context_length})", values["context"])
+    scored = (values["context"] - 1 - values["context"] // 2) * values["chunks"]
+    if scored < MIN_SCORED_TOKENS:  # below this llama-perplexity prints no statistics at all
+        raise ConfigError(source, "quality.chunks", f"enough chunks to score at least {MIN_SCORED_TOKENS} tokens (each chunk scores "
+                          f"the second half of its window: {values['context'] - 1 - values['context'] // 2} at context {values['context']})",
+                          values["chunks"])
     return None
 
 

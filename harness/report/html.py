@@ -23,7 +23,7 @@ from harness.results.analysis import (
     tidy_frame,
     wide_table,
 )
-from harness.results.claims import ClaimsError, check_claims, load_claims, untested_line
+from harness.results.claims import ClaimsError, check_claims, load_claims, ratio_checks_for, untested_line
 from harness.results.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
 from harness.report.figures import (
     bars,
@@ -139,10 +139,13 @@ def _claims(store: Store, run_ids: list[str]) -> dict[str, Any]:
     """The claims section: a row per claim these runs test, one line for the rest; a broken
     claims file is shown as its error, never stops the report."""
     try:
-        checks = check_claims(store, load_claims(), run_ids)
+        claims = load_claims()
+        checks = check_claims(store, claims, run_ids)
+        ratios = ratio_checks_for(store, claims, run_ids)
     except ClaimsError as exc:
-        return {"rows": [], "untested": None, "error": str(exc)}
-    return {"rows": [c.to_json() for c in checks if c.run_id is not None], "untested": untested_line(checks), "error": None}
+        return {"rows": [], "ratios": [], "untested": None, "error": str(exc)}
+    return {"rows": [c.to_json() for c in checks if c.run_id is not None], "ratios": [{**c.to_json(), "text": c.describe()} for c in ratios],
+            "untested": untested_line(checks), "error": None}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

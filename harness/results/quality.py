@@ -184,7 +184,7 @@ def _pareto(frame: pd.DataFrame) -> list[bool]:
         if pd.isna(r.decode_tps) or pd.isna(r.kld_mean):
             out.append(False)
             continue
-        rivals = frame[(frame["sweep"] == r.sweep) & frame["decode_tps"].notna() & frame["kld_mean"].notna()]
+        rivals = frame[(frame["sweep"] == r.sweep) & (frame["device"] == r.device) & frame["decode_tps"].notna() & frame["kld_mean"].notna()]
         dominated = ((rivals["decode_tps"] >= r.decode_tps) & (rivals["kld_mean"] <= r.kld_mean)
                      & ((rivals["decode_tps"] > r.decode_tps) | (rivals["kld_mean"] < r.kld_mean))).any()
         out.append(not bool(dominated))
