@@ -206,6 +206,8 @@ def _figure(result) -> str:
     for metric in result.metrics:
         if metric.value is not None and metric.name in ("prefill_tps", "decode_tps", "pg_tps", "ttft_ms"):
             return f"{metric.value:,.1f} {metric.unit}"
+        if metric.value is not None and metric.name == "kld_mean":
+            return f"KLD {metric.value:.3g}"
     return ""
 
 
