@@ -1,5 +1,6 @@
-"""llama.cpp runtimes: llama-bench built from the source pinned by llama-cpp-python, cached by
-content hash under `cache_dir()/runtimes/<key>/` (see `build.py` for the layout)."""
+"""llama.cpp runtimes: llama-bench and llama-perplexity (and on the host llama-quantize) built from
+the source pinned by llama-cpp-python, cached by content hash under `cache_dir()/runtimes/<key>/`
+(see `build.py` for the layout); and what the quality cases read: corpus, reference logits, variants."""
 
 from __future__ import annotations
 
