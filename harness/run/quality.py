@@ -84,7 +84,7 @@ def _source(spec: str, model: ModelInfo, on_status: Callable[[str], None] | None
     if spec == SELF:
         return ReferenceSource(spec, Path(model.path), model.sha256, model)
     path = Path(spec)
-    if path.is_file() and path.open("rb").read(len(MAGIC)) == MAGIC:
+    if path.is_file() and _starts_with(path, MAGIC):
         given = given_reference(path)
         if model.vocab_size is not None and given.header.n_vocab != model.vocab_size:
             raise LogitsError(f"--reference {spec}: computed over a vocabulary of {given.header.n_vocab} tokens, {model.filename} has "
@@ -96,6 +96,11 @@ def _source(spec: str, model: ModelInfo, on_status: Callable[[str], None] | None
                              f"{model.vocab_size} tokens{', same count, other tokens' if info.vocab_size == model.vocab_size else ''}): "
                              "KL divergence compares the same tokens' probabilities, so the reference must share the model's tokenizer")
     return ReferenceSource(spec, Path(info.path), info.sha256, info)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def references_for(quality: QualitySources | None, cases: Sequence[Case], host_runtime: Callable[[], Runtime],
