@@ -96,14 +96,14 @@ def _venv_with_the_wheel(tmp_path: Path, wheel: Path) -> Path:
 
 
 def _cache_sharing_the_builds(tmp_path: Path) -> Path:
-    """An empty runtime cache that borrows the shared cache's llama.cpp source, llama-bench
+    """An empty runtime cache that borrows the shared cache's llama.cpp source, llama.cpp
     build and models: the run must build its runtime, which compiles the probe from the
     installed sources (a sub-second compile), without rebuilding llama.cpp."""
     from harness.paths import cache_dir
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    for shared in ("sources", "llama-bench", "models"):
+    for shared in ("sources", "llama-cpp", "models"):
         assert (cache_dir() / shared).is_dir(), f"{cache_dir() / shared}: the fixtures should have made it"
         (cache / shared).symlink_to(cache_dir() / shared, target_is_directory=True)
     return cache
