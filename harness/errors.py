@@ -5,6 +5,8 @@ The CLI prints these without a traceback and exits non-zero; anything else is a 
 
 from __future__ import annotations
 
+import signal
+
 
 class EdgebenchError(Exception):
     """Base of every error the tool reports to the user as a plain message."""
@@ -35,3 +37,16 @@ class Interrupted(KeyboardInterrupt):
     """A stop request by signal (SIGTERM from systemd, cron or CI; SIGHUP from a closed
     terminal), raised in the main thread so it unwinds exactly like Ctrl-C: the device's
     processes are killed and the run is left resumable. The message is the signal's name."""
+
+
+def exited(code: int) -> str:
+    """"exited with 1", or "was killed by SIGSEGV (exit -11)": a negative status is the signal
+    that ended the program (subprocess's convention and the drivers'), which means a crash or
+    a kill, not a refusal, so the message names it."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name} (exit {code})"

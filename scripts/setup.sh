@@ -40,5 +40,16 @@ fi
 extra=""
 [ "$want_tests" = 1 ] && extra="[test]"
 # llama-cpp-python compiles from source the first time (~5 min); pip caches the wheel after that.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+# Its llama.cpp is built native like the host runtime, so it gets the runtime's AMX-off flags
+# where native code would hold llama.cpp's crashing AMX kernels (see no_amx_flags in
+# harness/runtimes/targets.py; stdlib only, so it runs before anything is installed).
+no_amx=$(python3 -S -c 'from harness.runtimes.targets import no_amx_flags; print(";".join(no_amx_flags()))')
+[ -n "$no_amx" ] && export SKBUILD_CMAKE_ARGS="$no_amx"
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install -q -e ".${extra}"
+if [ -n "$no_amx" ] && .venv/bin/python -c 'import sys, llama_cpp; sys.exit(b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info())'; then
+  echo "setup: the llama-cpp-python wheel pip had cached holds llama.cpp's AMX kernels (they crash); building it without them"
+  "${pip[@]}" cache remove -q 'llama_cpp_python*' || true
+  "${pip[@]}" install -q --force-reinstall --no-deps "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+fi
 echo "setup: ready (.venv)"

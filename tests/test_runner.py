@@ -41,6 +41,8 @@ FAKE = textwrap.dedent(
         time.sleep(60)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
     reps = val("-r")
     print(json.dumps({{"build_commit": "fake", "build_number": 0, "n_prompt": val("-p"), "n_gen": val("-n"),
                       "n_depth": val("-d"), "avg_ts": given.get(str(count), 100.0 + count), "samples_ts": [given.get(str(count), 100.0 + count)] * reps,
@@ -97,7 +99,8 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime):
     assert execution.raw["windows"] == []  # no probe in this runtime: nothing stamped them
 
 
-@pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"), ("hang", "timeout", "timeout")])
+@pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"),
+                                               ("segv", "failed", "was killed by SIGSEGV (exit -11)"), ("hang", "timeout", "timeout")])
 def test_a_failing_process_is_recorded_and_the_run_goes_on(tmp_path, runtime, mode, status, text):
     (runtime / "modes.json").write_text(json.dumps({"2": mode}))
     store = Store(tmp_path / "results")

@@ -29,9 +29,10 @@ from harness.runtimes import (
     target_names,
 )
 from harness.runtimes import build
-from harness.runtimes.build import find_tool, parse_percent, runtime_key
+from harness.runtimes.build import final_flags, find_tool, parse_percent, runtime_key
 from harness.runtimes.source import (
     SdistPin,
+    Source,
     cached_pinned_source,
     directory_source,
     fetch_pinned_source,
@@ -391,6 +392,33 @@ def test_configure_error_is_reported(tmp_path: Path, cache: Path) -> None:
 
 
 # --- the real thing ---------------------------------------------------------------------------
+
+
+def _fake_cc(folder: Path, defines: str, status: int = 0) -> str:
+    """A C compiler whose `-dM -E` prints these predefined macros (what `-march=native` would give)."""
+    folder.mkdir(exist_ok=True)
+    cc = folder / "cc"
+    cc.write_text(f"#!/bin/sh\nprintf '{defines}'\nexit {status}\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def test_host_build_leaves_out_amx_where_native_code_would_hold_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's AMX matmul segfaults (llama.cpp #20824), so the host targets compile it out on
+    an AMX CPU, in flags the key carries; elsewhere their flags stay as they were."""
+    no_amx = ("-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+              "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+    monkeypatch.setenv("CC", _fake_cc(tmp_path / "amx", r"#define __AVX512F__ 1\n#define __AMX_INT8__ 1\n"))
+    host = get_target("host")
+    assert host.flags({})[-2:] == no_amx
+    assert get_target("host-cuda").flags({"CMAKE_CUDA_ARCHITECTURES": "90"})[-3:-1] == no_amx
+    flags = final_flags(host, Source(tmp_path, "a" * 64, "0c1e570", "0.3.36"), ["CMAKE_C_FLAGS=", "CMAKE_CXX_FLAGS="])
+    assert "-DCMAKE_C_FLAGS=" in flags and "-DCMAKE_CXX_FLAGS=" in flags and not set(no_amx) & set(flags)
+    for cc in (_fake_cc(tmp_path / "avx", r"#define __AVX512F__ 1\n"), _fake_cc(tmp_path / "old", "", status=1),
+               str(tmp_path / "missing")):
+        monkeypatch.setenv("CC", cc)
+        assert host.flags({}) == ("-DGGML_NATIVE=ON",)
+    assert host.flags({"CMAKE_C_COMPILER": _fake_cc(tmp_path / "amx", r"#define __AMX_INT8__ 1\n")})[-2:] == no_amx
 
 
 @pytest.mark.slow

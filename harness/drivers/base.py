@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 
 
 class DriverError(EdgebenchError):
@@ -24,7 +24,7 @@ class DeviceUnreachable(DriverError):
 class CommandFailed(DriverError):
     def __init__(self, argv: Sequence[str], exit_code: int, stderr_tail: str) -> None:
         self.argv, self.exit_code, self.stderr_tail = list(argv), exit_code, stderr_tail
-        super().__init__(f"{argv[0]} exited with {exit_code}: {stderr_tail.strip()[-500:]}")
+        super().__init__(f"{argv[0]} {exited(exit_code)}: {stderr_tail.strip()[-500:]}")
 
 
 class CommandTimeout(DriverError):

@@ -42,6 +42,7 @@ import psutil
 
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult, Mark, Window
+from harness.errors import exited
 from harness.plan.cases import Case
 from harness.results.records import Metric
 from harness.results.stats import percentile
@@ -116,7 +117,7 @@ def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
     """The worker's one JSON line, checked against the case it was asked to run."""
     tail = completed.stderr_tail(10)
     if completed.exit_code != 0:
-        raise EngineOutputError(f"pyllama worker exited with {completed.exit_code}; stderr tail:\n{tail}")
+        raise EngineOutputError(f"pyllama worker {exited(completed.exit_code)}; stderr tail:\n{tail}")
     lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
     if len(lines) != 1:
         raise EngineOutputError(f"pyllama worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from harness.drivers.base import Completed, Driver, DriverError
 from harness.engines import EngineResult, get_engine
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 from harness.plan.cases import Case, RunPolicy
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
@@ -208,7 +208,7 @@ def _outcome(
     if completed.oom_killed:
         return "oom", f"killed by SIGKILL (exit {completed.exit_code}): out of memory?; stderr tail:\n{tail}", None
     if completed.exit_code != 0:
-        return "failed", f"exited with {completed.exit_code}; stderr tail:\n{tail}", None
+        return "failed", f"{exited(completed.exit_code)}; stderr tail:\n{tail}", None
     try:
         return "ok", None, parse(case, completed)
     except EdgebenchError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gguf
 
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 from harness.paths import cache_dir
 from harness.runtimes.build import Runtime
 from harness.runtimes.models import ModelInfo, inspect_model
@@ -80,7 +80,7 @@ def _variant(runtime: Runtime, base: ModelInfo, qtype: str, requantize: bool, on
         if done.returncode != 0 or not partial.is_file():
             partial.unlink(missing_ok=True)
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
-            raise EdgebenchError(f"llama-quantize {qtype} of {base.filename} failed (exit {done.returncode}):\n{tail}")
+            raise EdgebenchError(f"llama-quantize {qtype} of {base.filename} {exited(done.returncode)}:\n{tail}")
         os.replace(partial, target)
     inspect_model(target)
     return Variant(qtype, target, requantize, False)

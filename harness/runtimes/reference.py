@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
 from harness.runtimes.build import Runtime
@@ -114,7 +114,7 @@ def _checked(done: subprocess.CompletedProcess[str], logits: Path, corpus: Corpu
                              "and wants two windows): give a longer --corpus or a smaller context")
     tail = "\n".join(log.strip().splitlines()[-15:])
     if done.returncode != 0:
-        raise EdgebenchError(f"computing the reference logits failed (exit {done.returncode}); last lines:\n{tail}")
+        raise EdgebenchError(f"computing the reference logits failed: llama-perplexity {exited(done.returncode)}; last lines:\n{tail}")
     try:
         header = read_header(logits)
     except LogitsError as exc:

@@ -78,16 +78,47 @@ def merge_flags(*groups: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"-D{name}={value}" for name, value in merged.items())
 
 
-def _host_flags(_user: Mapping[str, str]) -> tuple[str, ...]:
+# What turns llama.cpp's AMX kernels off under `-march=native` (its GGML_AMX_* options only act
+# without it): the compiler then leaves __AMX_INT8__ undefined and ggml never compiles them.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def native_amx(compiler: str) -> bool:
+    """Whether `-march=native` turns AMX on with this C compiler on this CPU (Sapphire Rapids and
+    later); False where the compiler cannot say (it is then not one that knows AMX either)."""
+    argv = [compiler, "-march=native", "-dM", "-E", "-x", "c", os.devnull]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "#define __AMX_INT8__ 1" in done.stdout
+
+
+def no_amx_flags(user: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The definitions that keep llama.cpp's AMX kernels out of a native build here (none where
+    native code has no AMX). setup.sh passes them to llama-cpp-python's build too, so the
+    in-process engine is built like the runtime."""
+    compiler = (user or {}).get("CMAKE_C_COMPILER") or os.environ.get("CC") or "cc"
+    return (f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}") if native_amx(compiler) else ()
+
+
+def _host_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     """Native CPU code (`-march=native`), so a host runtime only runs on CPUs like this one.
 
     On macOS llama.cpp turns Metal on by default; we leave it so, and say it explicitly so the
     manifest and the cache key show that the "host" runtime there offloads to the GPU.
+
+    On a CPU with AMX, native code includes llama.cpp's AMX matmul, which segfaults in
+    `ggml_backend_amx_mul_mat` on the first prompt batch (llama.cpp #20824, closed unfixed; seen
+    here on a Xeon with AMX: llama-bench, llama-perplexity and llama-cpp-python all crashed on
+    the default model). A benchmark that crashes measures nothing, so the host build turns AMX
+    off, in flags the manifest and the cache key carry; `CMAKE_C_FLAGS`/`CMAKE_CXX_FLAGS` of your
+    own replace ours (e.g. empty, to measure AMX where it works).
     """
-    flags = ("-DGGML_NATIVE=ON",)
+    flags: tuple[str, ...] = ("-DGGML_NATIVE=ON",)
     if platform.system() == "Darwin":
         flags += ("-DGGML_METAL=ON",)
-    return flags
+    return flags + no_amx_flags(user)
 
 
 def cuda_architectures(nvidia_smi_output: str) -> list[str]:
