@@ -51,6 +51,15 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
 
 
+def test_dry_run_counts_a_quality_case_once_and_starts_nothing(tmp_path, default_model):
+    plan = edgebench("run", "--suite", "quick", "--dry-run", "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "25 processes (3 rounds of 8 cases, and 1 case run once)" in plan.stdout  # not 27: quality runs once
+    alone = edgebench("run", "--suite", "quick", "--dry-run", "--no-quality", "-r", "1", "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert alone.returncode == 0 and "8 processes (1 round of 8 cases)" in alone.stdout, alone.stderr
+    assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
+
+
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path, host_runtime, default_model):
     suite = tmp_path / "tiny.toml"

@@ -12,17 +12,19 @@ import shutil
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect
 
 from harness.errors import StoreError
-from harness.plan.cases import Case
+from harness.plan.cases import Case, Plan
 from harness.results.location import store_url as resolve_url
 from harness.results.records import Metric
 from harness.results.schema import SCHEMA_VERSION, schema_version
 from harness.results.store import Store
+from harness.run.session import estimate_seconds
 
 from .conftest import DATA, REPO
 from .pg_fixture import PASSWORD
@@ -74,6 +76,19 @@ def test_a_run_round_trips(store):
     assert store.wall_times("local") == {CASES[0].key: 1.5, CASES[1].key: 1.5}
     store.mark_running(run_id)
     assert store.run(run_id)["status"] == "running" and store.run(run_id)["finished_at"] is None
+
+
+def test_the_dry_run_estimate_counts_a_quality_case_once(store):
+    quality = Case("perplexity", "quality", 256, 0, 0, quality=(("chunks", 1),))
+    run_id = new_run(store)
+    record(store, run_id, CASES[0], 0, 100.0)  # 1.0 s
+    store.record_execution(run_id, quality, 0, status="ok", exit_code=0, wall_s=40.0, started_at="2026-01-01T00:00:00+00:00",
+                           error=None, build="b", raw={}, metrics=[])
+    prepared = SimpleNamespace(options=SimpleNamespace(device="local"), plan=Plan((CASES[0], quality), repetitions=3))
+    assert estimate_seconds(store, prepared) == 3 * 1.0 + 40.0  # three rounds of the speed case, the quality case once
+    assert prepared.plan.describe_processes() == "4 processes (3 rounds of 1 case, and 1 case run once)"
+    prepared.plan = Plan((CASES[0], CASES[1]), repetitions=2)
+    assert estimate_seconds(store, prepared) is None  # CASES[1] never ran on this device
 
 
 def test_writing_a_process_run_again_replaces_it(store):

@@ -222,9 +222,8 @@ def _print_plan(prepared, estimate: float | None) -> None:
     out.print(table)
     for label, reason in prepared.plan.skipped:
         out.print(f"skipped {escape(label)}: {escape(reason)}")
-    n = len(prepared.plan.cases) * prepared.plan.repetitions
     when = f"about {estimate / 60:.1f} min (from earlier runs on this device)" if estimate else "no estimate yet (never ran on this device)"
-    out.print(f"{n} processes ({prepared.plan.repetitions} rounds of {len(prepared.plan.cases)} cases); {when}")
+    out.print(f"{prepared.plan.describe_processes()}; {when}")
 
 
 def _show_runs(store, run_ids: list[str], as_json: bool, fmt: str = "table", *, sweep: bool = False) -> None:
