@@ -69,6 +69,10 @@ class Case:
         """A quality case computes the same figures every time: one process, not one per round."""
         return self.kind == "quality"
 
+    def processes(self, repetitions: int) -> int:
+        """How many processes the case gets in a plan of `repetitions` rounds (before a precision target adds rounds)."""
+        return 1 if self.runs_once else repetitions
+
     @property
     def primary_metric(self) -> str:
         return PRIMARY_METRIC[self.kind]
@@ -141,10 +145,6 @@ class Plan:
     policy: "RunPolicy" = field(default_factory=lambda: RunPolicy())
     cores: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
-    def processes(self, case: Case) -> int:
-        """How many processes the plan gives `case` (before a precision target adds rounds)."""
-        return 1 if case.runs_once else self.repetitions
-
     def describe_processes(self) -> str:
         """What --dry-run says the plan starts, e.g. "25 processes (3 rounds of 8 cases, and 1 case run once)"."""
         once = sum(1 for c in self.cases if c.runs_once)
@@ -153,7 +153,7 @@ class Plan:
             parts.append(f"{_count(self.repetitions, 'round')} of {_count(len(self.cases) - once, 'case')}")
         if once:
             parts.append(f"{_count(once, 'case')} run once")
-        return f"{_count(sum(map(self.processes, self.cases)), 'process', 'processes')} ({', and '.join(parts)})"
+        return f"{_count(sum(c.processes(self.repetitions) for c in self.cases), 'process', 'processes')} ({', and '.join(parts)})"
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

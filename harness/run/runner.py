@@ -63,7 +63,7 @@ def pending_steps(store: Store, run_id: str, cases: list[Case], repetitions: int
     runs once (quality) is in the first round only."""
     done = {(e.case_key, e.rep) for e in store.executions(run_id) if e.status == "ok"}
     todo = [(rep, case) for rep in range(repetitions) for case in cases
-            if (case.key, rep) not in done and not (case.runs_once and rep > 0)]
+            if (case.key, rep) not in done and rep < case.processes(repetitions)]
     return [Step(i, len(todo), case, rep) for i, (rep, case) in enumerate(todo)]
 
 

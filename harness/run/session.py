@@ -122,7 +122,7 @@ def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
     walls = store.wall_times(prepared.options.device)
     if not all(c.key in walls for c in prepared.plan.cases):
         return None
-    return sum(walls[c.key] * prepared.plan.processes(c) for c in prepared.plan.cases)
+    return sum(walls[c.key] * c.processes(prepared.plan.repetitions) for c in prepared.plan.cases)
 
 
 def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | None = None) -> tuple[str, list[StepResult]]:
