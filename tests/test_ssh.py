@@ -202,11 +202,14 @@ def test_jetson_board_power_is_integrated_over_the_measured_windows(sshd, runtim
 
 
 def test_raspberry_pi_power_temperature_and_throttling(sshd, runtime):
+    """vcgencmd ticks slowly (here every 0.4 s): the window spans over ten ticks, and the last
+    one is covered because the tool runs on until it has sampled past the benchmark's end
+    (killed as the benchmark returned, it had mostly not: energy went missing at random)."""
     sshd.board("rpi5")
-    driver = sshd.driver()
+    driver = sshd.driver(telemetry_interval_ms=400)
     assert "sum of Raspberry Pi 5 PMIC" in driver.facts().extra["power_scope"]
-    _, _, metrics = _measure(driver, runtime, reps=1, seconds=3.0)  # vcgencmd ticks slowly: long enough a window
-    assert metrics["avg_power_w"].value == pytest.approx(7.24, abs=0.01)
+    _, _, metrics = _measure(driver, runtime, reps=1, seconds=5.0)
+    assert metrics["avg_power_w"].value == pytest.approx(7.24, abs=0.01), metrics["avg_power_w"].missing_reason
     assert 39.5 in metrics["temp_max_c"].samples and metrics["throttled"].value == 1.0
 
 

@@ -2,7 +2,7 @@
 
 The native probe samples sysfs itself; what only a vendor tool prints comes from one
 long-lived shell loop on the device, started through `driver.spawn` as the probe's window
-opens and killed as it closes:
+opens and killed once it has printed a sample stamped after the benchmark's end:
 
 - tegrastats: `tegrastats --interval MS | while read line; do read up </proc/uptime; ...`:
   every line is prefixed with the device's uptime as it arrives (`read` is a shell builtin,
@@ -19,6 +19,7 @@ sysfs sensor; peak RSS, the process span and the windows all come from the probe
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -39,6 +40,10 @@ VCGENCMD_LOOP = (
     'vcgencmd get_throttled; vcgencmd pmic_read_adc 2>/dev/null; sleep "$0"; done'
 )
 BOARD_POWER = "power/board"
+# How long `stop` waits for the tool to sample past the benchmark's end: this many intervals,
+# plus slack for a tick's own commands and the transport.
+STOP_GRACE_INTERVALS = 3
+STOP_GRACE_S = 2.0
 
 
 class BoardTool:
@@ -57,6 +62,8 @@ class BoardTool:
         self.scope_text: str | None = None  # what board power covers, in words
         self._process: Any = None
         self._raw: list[str] = []
+        self._arrived = threading.Condition()  # notified at each line the reader appends to _raw, and at its end
+        self._ended = False  # the tool's output has ended (it exited, or the device went away)
         self._reader: threading.Thread | None = None
 
     @property
@@ -71,17 +78,50 @@ class BoardTool:
         else:
             return
         self._process = self.driver.spawn(argv)
-        self._reader = threading.Thread(target=lambda: self._raw.extend(self._process.lines()), daemon=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._process.wait_pid(30)
 
-    def stop(self) -> None:
+    def _read(self) -> None:
+        try:
+            for line in self._process.lines():
+                with self._arrived:
+                    self._raw.append(line)
+                    self._arrived.notify_all()
+        finally:
+            with self._arrived:
+                self._ended = True
+                self._arrived.notify_all()
+
+    def stop(self, until_boottime: float | None = None) -> None:
+        """Kill the tool; first, given the benchmark's end (device CLOCK_BOOTTIME), wait until
+        a complete sample stamped at or after it has arrived (at most a few intervals): killed
+        at once, the tool would often not yet have sampled past the last measured window, whose
+        energy would then be missing for want of a sample tens of milliseconds later."""
         if self._process is None:
             return
+        if until_boottime is not None:
+            with self._arrived:
+                self._arrived.wait_for(lambda: self._ended or self._complete_through() >= until_boottime,
+                                       timeout=STOP_GRACE_INTERVALS * self.interval_ms / 1000 + STOP_GRACE_S)
         self._process.kill()
         if self._reader is not None:
             self._reader.join(timeout=10)
         self.load("\n".join(self._raw))
+
+    def _complete_through(self) -> float:
+        """The stamp (device uptime) of the latest sample printed whole (-inf before the first):
+        each tegrastats line is whole; a vcgencmd tick is whole once the next one has begun."""
+        if self.tool == "tegrastats":
+            stamped = self._raw
+        else:
+            stamped = [line[2:] for line in self._raw if line.startswith("@ ")][:-1]
+        for line in reversed(stamped):
+            try:
+                return float(line.split(maxsplit=1)[0])
+            except (ValueError, IndexError):
+                continue
+        return -math.inf
 
     def load(self, text: str) -> None:
         """The tool's stamped output -> `samples` (board power among them) and its scope (pure)."""

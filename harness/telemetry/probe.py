@@ -395,8 +395,17 @@ class ProbeTelemetry:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.beside is not None:
-            self.beside.stop()
+        try:
+            self._read()
+        finally:
+            if self.beside is not None:  # after the read: it says when the benchmark ended on the device
+                trace = self.trace
+                ended = (trace.exit.t + trace.boottime_offset_s
+                         if exc_type is None and trace is not None and trace.exit is not None and trace.boottime_offset_s is not None
+                         else None)
+                self.beside.stop(until_boottime=ended)
+
+    def _read(self) -> None:
         done = self.driver.run(["cat", self.out], timeout=self.timeout)
         if done.exit_code != 0:
             self.read_error = f"the probe wrote no file ({self.out}): {done.stderr_tail(3)}"
