@@ -165,6 +165,9 @@ def test_a_device_side_that_computes_wrongly_fails_the_gate_and_marks_its_speed_
     assert "† output differs from the host reference" in report
     compared = edgebench("compare", good["run"]["id"], run_id, "--results", str(tmp_path / "results"), cwd=tmp_path)
     assert "output differs: not compared" in compared.stdout and "faster" not in compared.stdout
+    sides = {line[:1]: line for line in compared.stdout.splitlines() if line[1:].startswith(": quality c256 x1")}
+    assert "PPL" in sides["A"] and "same output as the host reference" in sides["A"]  # each side's quality beside the ratios
+    assert "PPL" in sides["B"] and "output differs from the host reference (KLD" in sides["B"]
 
 
 @pytest.mark.slow

@@ -337,6 +337,8 @@ def compare(
         views.show(out, views.compare_grid(a, b, rows, threshold), fmt)
         views.show_lines(out, [f"differs {note}" for note in sorted({d for r in rows for d in r.differs})], fmt, "yellow")
         views.show_lines(out, [f"{case}: {note}" for case, note in dict.fromkeys((r.case, n) for r in rows for n in r.contended)], fmt, "yellow")
+        for side, run_id in (("A", a), ("B", b)):
+            views.show_quality(out, store, run_id, fmt, f"{side}: ")
         views.show_roofline(out, store, [a, b], fmt)
     if any(r.regression for r in rows):
         raise typer.Exit(EXIT_FAILED)

@@ -338,12 +338,9 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
     failures and note."""
     from harness.results.analysis import failures_frame, summary_frame, tidy_frame
 
-    from harness.results.quality import quality_results
-
     row = store.run(run_id)
     show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
-    for quality in quality_results(store, row["id"]):
-        show_lines(console, [quality.line()], fmt, "bold red" if quality.differs else "")
+    show_quality(console, store, row["id"], fmt)
     show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
     show_roofline(console, store, [row["id"]], fmt)
     show_lines(console, condition_lines(store, row["id"]), fmt)
@@ -351,6 +348,15 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
     show_lines(console, [f"{f['status']} {f['case']} round {f['rep'] + 1}: {f['error']}" for _, f in failures.iterrows()], fmt, "red")
     if row["note"]:
         show_lines(console, [row["note"]], fmt, "yellow")
+
+
+def show_quality(console: Console, store: Any, run_id: str, fmt: str = "table", side: str = "") -> None:
+    """A run's quality lines (red where its backend failed the gate); `side` ("A: ") names the
+    run in a comparison, where speed ratios alone would hide what each side's output cost."""
+    from harness.results.quality import quality_results
+
+    for quality in quality_results(store, run_id):
+        show_lines(console, [side + quality.line()], fmt, "bold red" if quality.differs else "")
 
 
 def show_roofline(console: Console, store: Any, run_ids: list[str], fmt: str = "table") -> None:
