@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what edgebench needs on a fresh Debian/Ubuntu machine, into ./.venv.
-#   scripts/setup.sh          the tool: a C++ toolchain and cmake (llama.cpp is compiled), Python deps
-#   scripts/setup.sh --test   also the test extras and the system packages the tests drive for real:
+# Installs what edgebench needs on a fresh Debian/Ubuntu machine, into ./.venv, at the versions
+# requirements.lock pins (what CI tested).
+#   scripts/setup.sh          the tool: a C++ toolchain (llama.cpp is compiled on the first run), Python deps
+#   scripts/setup.sh --test   also the system packages the tests drive for real:
 #                             adb, openssh-server, qemu-user-static, g++-aarch64-linux-gnu, chromium,
 #                             postgresql and redis-server (the tests start throwaway servers of their own)
 # System packages are installed with apt-get only when missing and only when we are root;
@@ -36,20 +37,24 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-extra=""
-[ "$want_tests" = 1 ] && extra="[test]"
-# llama-cpp-python compiles from source the first time (~5 min); pip caches the wheel after that.
-# Its llama.cpp is built native like the host runtime, so it gets the runtime's AMX-off flags
-# where native code would hold llama.cpp's crashing AMX kernels (see no_amx_flags in
-# harness/runtimes/targets.py; stdlib only, so it runs before anything is installed).
-no_amx=$(python3 -S -c 'from harness.runtimes.targets import no_amx_flags; print(";".join(no_amx_flags()))')
-[ -n "$no_amx" ] && export SKBUILD_CMAKE_ARGS="$no_amx"
-pip=(.venv/bin/python -m pip --disable-pip-version-check)
-"${pip[@]}" install -q -e ".${extra}"
-if [ -n "$no_amx" ] && .venv/bin/python -c 'import sys, llama_cpp; sys.exit(b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info())'; then
-  echo "setup: the llama-cpp-python wheel pip had cached holds llama.cpp's AMX kernels (they crash); building it without them"
-  "${pip[@]}" cache remove -q 'llama_cpp_python*' || true
-  "${pip[@]}" install -q --force-reinstall --no-deps "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+venv=${EDGEBENCH_VENV:-.venv}     # scripts/upgrade-lock.sh points these at a throwaway venv and a new lock
+lock=${EDGEBENCH_LOCK:-requirements.lock}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# Exactly what CI tested: every package at its locked version, checked against its hashes
+# (requirements.lock is made by uv; scripts/upgrade-lock.sh remakes it). The test tools are in it too.
+"${pip[@]}" install -q --require-hashes --no-deps -r "$lock"
+# llama-cpp-python's Python part only (LLAMA_BUILD=OFF, seconds instead of ~8 min): the pyllama engine
+# loads the host runtime's libllama, which edgebench builds once for llama-bench too. It comes from the
+# pinned sdist edgebench fetches (sha256-checked) for that build, so the two are one download. Not from
+# or into pip's wheel cache: a cached wheel is keyed by the sdist alone, and this lib-less one must not
+# reach another project's `pip install llama-cpp-python`.
+sdist=$("$venv/bin/python" -c 'from harness.runtimes.source import pinned_sdist; print(pinned_sdist())')
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; from harness.runtimes.source import PINNED
+sys.exit(m.version("llama-cpp-python") != PINNED.version)' 2>/dev/null; then
+  echo "setup: installing llama-cpp-python's Python part (its llama.cpp comes from the host runtime edgebench builds)"
+  CMAKE_ARGS="-DLLAMA_BUILD=OFF" "${pip[@]}" install -q --no-cache-dir --no-deps "$sdist"
 fi
-echo "setup: ready (.venv)"
+"${pip[@]}" install -q --no-deps -e .
+"${pip[@]}" check
+echo "setup: ready ($venv)"

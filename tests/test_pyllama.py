@@ -47,11 +47,19 @@ def test_recorded_output_gives_every_metric_with_units() -> None:
         "decode_tps": "tok/s", "load_s": "s",
     }
     assert all(m.value is not None and m.value > 0 for m in result.metrics)
-    assert result.build == "llama-cpp-python 0.3.36"
+    runtime = json.loads(RECORDED.read_text())["runtime"]
+    assert result.build == f"llama.cpp 0c1e570 (runtime {runtime['key'][:12]}, llama-cpp-python 0.3.36)"
     assert result.raw == [json.loads(RECORDED.read_text())]
     assert result.effective["n_threads"] == 2 and result.effective["n_batch"] == 256
-    # recorded before the worker stamped its reps: no window, and it says why
-    assert result.windows == () and "start_monotonic_ns" in result.no_window and PyLlama.marks is None
+    assert len(result.windows) == 3 and result.no_window is None and PyLlama.marks is None
+
+
+def test_a_record_without_rep_start_times_has_no_window_and_says_why() -> None:
+    record = json.loads(RECORDED.read_text())
+    for rep in record["reps"]:
+        del rep["start_monotonic_ns"]
+    result = PyLlama().parse(_case(), _completed(json.dumps(record)))
+    assert result.windows == () and "start_monotonic_ns" in result.no_window
 
 
 def test_recorded_output_values_match_numpy() -> None:
@@ -130,11 +138,11 @@ def test_a_rep_that_did_not_run_the_whole_case_is_rejected(field: str, value: ob
 def test_argv_carries_the_case_and_every_setting_as_flags() -> None:
     case = _case(n_prompt=501, n_gen=32, reps=2, threads=2, batch=512, ubatch=256, flash_attn="off",
                  cache_type_k="q8_0", n_gpu_layers=0, load_mode="mmap")
-    argv = PyLlama().argv(case, runtime_dir="/unused", model_path="/m.gguf")
+    argv = PyLlama().argv(case, runtime_dir="/runtime", model_path="/m.gguf")
     assert argv[:3] == [sys.executable, "-m", "harness.engines.pyllama"]
     pairs = dict(zip(argv[3::2], argv[4::2]))
     assert pairs == {
-        "--model": "/m.gguf", "--prompt-tokens": "501", "--gen": "32", "--reps": "2",
+        "--runtime": "/runtime", "--model": "/m.gguf", "--prompt-tokens": "501", "--gen": "32", "--reps": "2",
         "--batch": "512", "--cache-type-k": "q8_0", "--flash-attn": "off", "--load-mode": "mmap",
         "--n-gpu-layers": "0", "--threads": "2", "--ubatch": "256",
     }
@@ -144,14 +152,20 @@ def test_argv_carries_the_case_and_every_setting_as_flags() -> None:
 def test_worker_accepts_every_supported_setting_from_argv() -> None:
     values = {"flash_attn": True, "cache_type_k": "q8_0", "cache_type_v": "f16", "load_mode": "mmap+mlock"}
     case = _case(**{key: values.get(key, 1) for key in SUPPORTED_SETTINGS})
-    args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="", model_path=__file__)[3:])
+    args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="/runtime", model_path=__file__)[3:])
     assert unknown == []
     assert args.flash_attn is True and args.threads == 1
 
 
 def test_argv_without_warmup() -> None:
     case = Case(engine="pyllama", kind="latency", n_prompt=8, n_gen=2, depth=0, warmup=False)
-    assert PyLlama().argv(case, runtime_dir="", model_path="/m.gguf")[-1] == "--no-warmup"
+    assert PyLlama().argv(case, runtime_dir="/runtime", model_path="/m.gguf")[-1] == "--no-warmup"
+
+
+def test_argv_without_a_runtime_is_refused() -> None:
+    """llama-cpp-python has no llama.cpp of its own here: without the run's runtime it cannot load one."""
+    with pytest.raises(EngineOutputError, match="needs the host runtime"):
+        PyLlama().argv(_case(), runtime_dir="", model_path="/m.gguf")
 
 
 def test_registry_finds_the_engine() -> None:
@@ -173,13 +187,13 @@ def test_worker_rejects_bad_arguments_by_name(tmp_path: Path, args: list[str], m
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(model), *args])
+        main(["--runtime", str(tmp_path), "--model", str(model), *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_worker_rejects_a_missing_model_before_loading_anything() -> None:
-    done = _worker("--model", "/nonexistent.gguf", "--prompt-tokens", "16", "--gen", "4")
+    done = _worker("--runtime", "/nonexistent", "--model", "/nonexistent.gguf", "--prompt-tokens", "16", "--gen", "4")
     assert done.returncode == 2
     assert "no such model file: /nonexistent.gguf" in done.stderr
     assert done.stdout == ""
@@ -188,17 +202,29 @@ def test_worker_rejects_a_missing_model_before_loading_anything() -> None:
 # ---- one real run ------------------------------------------------------------------------
 
 
-def test_real_worker_run_on_the_default_model(default_model: Path) -> None:
-    """16 prompt tokens, 4 generated, 2 reps: every rep computes the whole prompt afresh."""
+def test_a_runtime_without_libllama_is_refused_by_name(tmp_path: Path, default_model: Path) -> None:
+    """A cross-built (static) runtime holds no lib/libllama.so: the worker says so before importing llama_cpp."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"key": "k" * 64, "llama_cpp_commit": "0c1e570"}))
+    done = _worker("--runtime", str(tmp_path), "--model", str(default_model), "--prompt-tokens", "16", "--gen", "4")
+    assert done.returncode == 2 and "has no lib/libllama.so" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.slow
+def test_real_worker_run_on_the_default_model(default_model: Path, host_runtime) -> None:
+    """16 prompt tokens, 4 generated, 2 reps: every rep computes the whole prompt afresh, with
+    the host runtime's own libllama (the build llama-bench runs)."""
     case = _case(n_prompt=16, n_gen=4, reps=2, threads=2)
     engine = PyLlama()
-    argv = engine.argv(case, runtime_dir="", model_path=str(default_model))
+    argv = engine.argv(case, runtime_dir=str(host_runtime.root), model_path=str(default_model))
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
     completed = _completed(proc.stdout, proc.stderr, proc.returncode)
 
     result = engine.parse(case, completed)  # raises unless each rep evaluated exactly 16 tokens
     record = result.raw[0]
+    assert Path(record["library"]) == host_runtime.root / "lib" / "libllama.so"
+    assert record["runtime"] == {"key": host_runtime.manifest.key, "llama_cpp_commit": host_runtime.manifest.llama_cpp_commit}
+    assert result.build == f"llama.cpp {host_runtime.manifest.llama_cpp_commit} (runtime {host_runtime.manifest.key[:12]}, llama-cpp-python 0.3.36)"
     assert [rep["n_prompt_evaluated"] for rep in record["reps"]] == [16, 16]
     assert [rep["n_cached_before"] for rep in record["reps"]] == [0, 0]
     assert [len(rep["itl_ns"]) for rep in record["reps"]] == [3, 3]

@@ -38,7 +38,7 @@ from harness.runtimes.source import (
     fetch_pinned_source,
     parse_changelog_commit,
 )
-from harness.runtimes.targets import cuda_architectures, get_target, merge_flags
+from harness.runtimes.targets import SHARED_FLAGS, cuda_architectures, get_target, merge_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "runtimes"
@@ -51,11 +51,19 @@ TINY_CMAKE = """\
 cmake_minimum_required(VERSION 3.16)
 project(tiny C)
 set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+set(CMAKE_LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+add_library(llama lib.c)
 add_executable(llama-bench main.c)
 add_executable(llama-perplexity main.c)
 add_executable(llama-quantize main.c)
+target_link_libraries(llama-bench llama)
+target_link_libraries(llama-perplexity llama)
+target_link_libraries(llama-quantize llama)
 """
-GOOD_C = '#include <stdio.h>\nint main(void) {\n    return puts("tiny llama-bench") < 0;\n}\n'
+# llama-bench calls into the shared `llama` library, as the real one does, so running it from
+# the runtime folder shows the relative RPATH finds lib/.
+GOOD_C = '#include <stdio.h>\nint tiny_llama(void);\nint main(void) {\n    return puts("tiny llama-bench") < 0 || tiny_llama();\n}\n'
+LIB_C = "int tiny_llama(void) {\n    return 0;\n}\n"
 BAD_C = "int main(void) {\n    return edgebench_undeclared_symbol;\n}\n"
 
 
@@ -63,6 +71,7 @@ def _tiny_project(root: Path, c_source: str) -> Path:
     root.mkdir(parents=True)
     (root / "CMakeLists.txt").write_text(TINY_CMAKE)
     (root / "main.c").write_text(c_source)
+    (root / "lib.c").write_text(LIB_C)
     return root
 
 
@@ -202,6 +211,7 @@ def _fake_sdist(folder: Path, version: str) -> Path:
         f"{stem}/CHANGELOG.md": (DATA / "CHANGELOG-0.3.36.md").read_text().replace("0.3.36", version),
         f"{stem}/vendor/llama.cpp/CMakeLists.txt": TINY_CMAKE,
         f"{stem}/vendor/llama.cpp/main.c": GOOD_C,
+        f"{stem}/vendor/llama.cpp/lib.c": LIB_C,
     }
     tarball = folder / f"{stem}.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
@@ -285,6 +295,7 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
         **{f"bin/{name}": hashlib.sha256(runtime.binary(name).read_bytes()).hexdigest() for name in ("llama-bench", "llama-perplexity", "llama-quantize")},
         "bin/edgebench-probe": hashlib.sha256(probe.read_bytes()).hexdigest(),
         "bin/edgebench-bandwidth": hashlib.sha256(runtime.binary("edgebench-bandwidth").read_bytes()).hexdigest(),
+        "lib/libllama.so": hashlib.sha256((runtime.root / "lib" / "libllama.so").read_bytes()).hexdigest(),
     }
     assert subprocess.run([probe, "--version"], capture_output=True, text=True, check=True).stdout == "edgebench-probe 3\n"
     bandwidth = subprocess.run([runtime.binary("edgebench-bandwidth"), "--version"], capture_output=True, text=True, check=True)
@@ -293,6 +304,7 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
     assert manifest.llama_cpp_commit == "unknown"
     assert "-DLLAMA_BUILD_COMMIT=unknown" in manifest.cmake_flags
     assert "-DGGML_NATIVE=ON" in manifest.cmake_flags
+    assert "-DBUILD_SHARED_LIBS=ON" in manifest.cmake_flags  # llama-cpp-python loads lib/libllama.so
     assert manifest.compiler and manifest.compiler != "unknown"
     assert Manifest.from_json(json.loads((runtime.root / "manifest.json").read_text())) == manifest
     assert (runtime.root / "build.log").read_text().count("$ ") == 4  # configure, build, probe, bandwidth test
@@ -325,7 +337,7 @@ def test_changed_source_or_flags_get_their_own_runtime(tmp_path: Path, cache: Pa
     flagged, from_cache = build_runtime(source=project, extra_flags=["-DEDGEBENCH_TEST=1"])
     assert not from_cache and flagged.root != first.root
     assert flagged.manifest.cmake_flags[-1] == "-DEDGEBENCH_TEST=1"
-    (project / "main.c").write_text(GOOD_C.replace("tiny", "changed"))
+    (project / "main.c").write_text(GOOD_C.replace("tiny llama-bench", "changed llama-bench"))
     changed, from_cache = build_runtime(source=project)
     assert not from_cache and changed.manifest.source_sha256 != first.manifest.source_sha256
 
@@ -417,7 +429,7 @@ def test_host_build_leaves_out_amx_where_native_code_would_hold_it(tmp_path: Pat
     for cc in (_fake_cc(tmp_path / "avx", r"#define __AVX512F__ 1\n"), _fake_cc(tmp_path / "old", "", status=1),
                str(tmp_path / "missing")):
         monkeypatch.setenv("CC", cc)
-        assert host.flags({}) == ("-DGGML_NATIVE=ON",)
+        assert host.flags({}) == ("-DGGML_NATIVE=ON", *SHARED_FLAGS)
     assert host.flags({"CMAKE_C_COMPILER": _fake_cc(tmp_path / "amx", r"#define __AMX_INT8__ 1\n")})[-2:] == no_amx
 
 

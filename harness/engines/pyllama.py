@@ -4,6 +4,10 @@ Following pyperf, the orchestrator only starts a worker process (`python -m
 harness.engines.pyllama`) and parses what it prints; the worker loads the model, times every
 token with `time.perf_counter_ns` and prints the raw nanoseconds as one JSON line.
 
+llama-cpp-python is installed without a llama.cpp of its own (`LLAMA_BUILD=OFF`): the worker
+loads the run's host runtime's `lib/libllama.so`, so TTFT/ITL and llama-bench's prefill/decode
+come from one build (one compile, one manifest), and the record names that runtime.
+
 The worker drives llama-cpp-python's low-level loop (`Llama.eval` of the prompt's token ids,
 then sample + eval one token at a time) rather than `create_completion`/`generate`, because:
 - the prompt is passed as token ids, so exactly `n_prompt` tokens are processed;
@@ -88,9 +92,13 @@ class PyLlama:
         return f"llama-cpp-python cannot apply {', '.join(bad)}" if bad else None
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
-        """The worker's command line; `runtime_dir` is unused (the runtime is the installed wheel)."""
+        """The worker's command line: llama-cpp-python loads the host runtime's own `libllama`
+        (`runtime_dir/lib`), the build llama-bench of the same run comes from."""
+        if not runtime_dir:
+            raise EngineOutputError("the pyllama engine needs the host runtime (its lib/libllama), and the run has none")
         argv = [
             sys.executable, "-m", "harness.engines.pyllama",
+            "--runtime", runtime_dir,
             "--model", model_path,
             "--prompt-tokens", str(case.n_prompt),
             "--gen", str(case.n_gen),
@@ -104,12 +112,13 @@ class PyLlama:
 
     def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult:
         record = parse_output(case, completed)
-        version = record["llama_cpp_python"]
+        runtime = record["runtime"]
         windows = rep_windows(record)
         return EngineResult(
             metrics=metrics(case, record), windows=windows, tokens=(case.n_prompt + case.n_gen) * len(windows),
             no_window=None if windows else "the worker's record has no rep start times (start_monotonic_ns)",
-            raw=[record], build=f"llama-cpp-python {version}", effective=dict(record.get("settings", {})),
+            raw=[record], build=f"llama.cpp {runtime['llama_cpp_commit']} (runtime {runtime['key'][:12]}, llama-cpp-python {record['llama_cpp_python']})",
+            effective=dict(record.get("settings", {})),
         )
 
 
@@ -127,7 +136,7 @@ def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
         raise EngineOutputError(f"pyllama worker printed non-JSON ({exc}): {lines[0][:200]}; stderr tail:\n{tail}") from None
     if not isinstance(record, dict) or record.get("engine") != "pyllama":
         raise EngineOutputError(f"not a pyllama worker record: {lines[0][:200]}")
-    for key in ("llama_cpp_python", "n_prompt", "n_gen", "reps", "load_ns"):
+    for key in ("llama_cpp_python", "runtime", "n_prompt", "n_gen", "reps", "load_ns"):
         if key not in record:
             raise EngineOutputError(f"pyllama record lacks '{key}': {lines[0][:300]}")
     want = {"n_prompt": case.n_prompt, "n_gen": case.n_gen, "reps": case.inprocess_reps}
@@ -219,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m harness.engines.pyllama",
         description="Time to first token and inter-token latency of llama-cpp-python; prints one JSON line.",
     )
+    p.add_argument("--runtime", required=True, type=Path, help="the host runtime folder whose lib/libllama llama-cpp-python loads")
     p.add_argument("--model", required=True, type=_existing_file, help="GGUF model file")
     p.add_argument("--prompt-tokens", required=True, type=_positive, help="exact prompt length in tokens")
     p.add_argument("--gen", required=True, type=_positive, help="tokens to generate (EOS does not stop it)")
@@ -255,6 +265,20 @@ def _load_mode_names() -> dict[int, str]:
     import llama_cpp
 
     return {getattr(llama_cpp, "LLAMA_LOAD_MODE_" + m.upper().replace("+", "_")): m for m in LOAD_MODES}
+
+
+def _use_runtime(root: Path, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Point llama-cpp-python at the runtime's library before it is imported (its loader reads
+    LLAMA_CPP_LIB_PATH once, at import), and say which build that is."""
+    library = root / "lib" / "libllama.so"
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"{root} is not a runtime folder (manifest.json: {exc})")
+    if not library.is_file():
+        parser.error(f"runtime {root} has no lib/libllama.so: only host targets (host, host-cuda) build it")
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(library.parent)
+    return {"key": str(manifest.get("key")), "llama_cpp_commit": str(manifest.get("llama_cpp_commit"))}
 
 
 def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "llama_cpp.Llama":
@@ -369,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
+    runtime = _use_runtime(args.runtime, parser)
     import llama_cpp
 
     started = time.perf_counter_ns()
@@ -387,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "engine": "pyllama",
         "llama_cpp_python": llama_cpp.__version__,
+        "runtime": runtime,
+        "library": llama_cpp.llama_cpp._lib._name,
         "n_prompt": len(prompt),
         "n_gen": args.gen,
         "warmup": not args.no_warmup,

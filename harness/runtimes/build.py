@@ -290,6 +290,9 @@ def _build(
     shutil.copyfile(llama / "build.log", log_path)
     for name in target.programs:
         shutil.copy2(llama / "bin" / name, work / "bin" / name)
+    libraries = [f"lib/{built.name}" for built in shared_objects(llama / "lib")]
+    if libraries:
+        shutil.copytree(llama / "lib", work / "lib")
     compiler = probe_compiler(flags)
     with log_path.open("a") as log:
         for name in NATIVE_PROGRAMS:
@@ -308,7 +311,7 @@ def _build(
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - started, 3),
     )
-    runtime = _install(work, log_path, manifest, root, (*target.programs, *NATIVE_PROGRAMS))
+    runtime = _install(work, log_path, manifest, root, [*(f"bin/{name}" for name in (*target.programs, *NATIVE_PROGRAMS)), *libraries])
     shutil.rmtree(work, ignore_errors=True)
     return runtime
 
@@ -336,7 +339,7 @@ def _llama_programs(
     with log_path.open("w") as log:
         configure = [cmake, "-S", str(src.cmake_dir), "-B", str(tree), *generator, *flags]
         _run(configure, "configure", log, log_path, report)
-        compile_ = [cmake, "--build", str(tree), "--target", *target.programs, "-j", str(jobs)]
+        compile_ = [cmake, "--build", str(tree), "--target", *target.programs, *target.libraries, "-j", str(jobs)]
         _run(compile_, "build", log, log_path, report)
         log.write(f"llama.cpp build took {time.monotonic() - started:.1f} s\n")
     staged = done.with_name(f".{key}.partial")
@@ -347,12 +350,23 @@ def _llama_programs(
         if not built.is_file():
             raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")
         shutil.copy2(built, staged / "bin" / name)
+    if target.libraries:
+        (staged / "lib").mkdir()
+        for built in shared_objects(tree / "bin"):
+            shutil.copy2(built, staged / "lib" / built.name)
+        if not shared_objects(staged / "lib"):
+            raise BuildError(f"the build finished without producing the shared libraries {', '.join(target.libraries)}; full log: {log_path}")
     shutil.copy2(log_path, staged / "build.log")
     (staged / "compiler.txt").write_text(compiler_description(tree) + "\n")
     shutil.rmtree(done, ignore_errors=True)
     os.rename(staged, done)
     shutil.rmtree(work, ignore_errors=True)
     return done
+
+
+def shared_objects(folder: Path) -> list[Path]:
+    """The shared libraries a build left in `folder` (llama.cpp puts them beside its programs)."""
+    return sorted(p for p in folder.glob("lib*") if p.suffix in (".so", ".dylib") and p.is_file())
 
 
 def _tool_env() -> dict[str, str]:
@@ -384,18 +398,19 @@ def _failure_message(stage: str, status: int, log_path: Path) -> str:
     return f"{stage} failed (exit {status}); last lines of the log:\n{tail}\nfull log: {log_path}"
 
 
-def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path, names: Sequence[str]) -> Runtime:
-    """Assemble the runtime in a hidden folder, then rename it over `root` in one step."""
+def _install(tree: Path, log_path: Path, manifest: Manifest, root: Path, paths: Sequence[str]) -> Runtime:
+    """Assemble the runtime (`paths`, relative to `tree`) in a hidden folder, then rename it
+    over `root` in one step."""
     staged = root.with_name(f".{root.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
-    (staged / "bin").mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in names:
-        built = tree / "bin" / name
+    for rel in paths:
+        built = tree / rel
         if not built.is_file():
-            raise BuildError(f"the build finished without producing bin/{name}; full log: {log_path}")
-        shutil.copy2(built, staged / "bin" / name)
-        files[f"bin/{name}"] = sha256_file(staged / "bin" / name)
+            raise BuildError(f"the build finished without producing {rel}; full log: {log_path}")
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, staged / rel)
+        files[rel] = sha256_file(staged / rel)
     shutil.copy2(log_path, staged / "build.log")
     manifest = replace(manifest, files=files)
     (staged / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")

@@ -214,6 +214,14 @@ def fetch_pinned_source(
     return extracted
 
 
+def pinned_sdist(pin: SdistPin = PINNED, *, download: Downloader = pip_download, on_line: LineFn = _ignore) -> Path:
+    """The pinned sdist in the cache, verified: `scripts/setup.sh` installs llama-cpp-python's
+    Python part from this file, so the package and the runtime's source are one download."""
+    sources = _sources_dir()
+    with file_lock(sources / f"{pin.stem}.lock"):
+        return _verified_tarball(pin, sources, download, on_line)
+
+
 def _verified_tarball(pin: SdistPin, sources: Path, download: Downloader, on_line: LineFn) -> Path:
     """The sdist in the cache, downloaded if absent or not the pinned bytes."""
     tarball = sources / pin.filename

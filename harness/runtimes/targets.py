@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from harness.errors import BuildError, EdgebenchError
 
 # Every target gets these. Only the runtime's programs are wanted, statically linked against
-# llama/ggml so each is one relocatable binary, and nothing that talks to the network.
+# llama/ggml so each is one relocatable binary (the host targets link shared: see SHARED_FLAGS),
+# and nothing that talks to the network.
 COMMON_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -39,6 +40,19 @@ FlagsFn = Callable[[Mapping[str, str]], tuple[str, ...]]
 DEVICE_PROGRAMS: tuple[str, ...] = ("llama-bench", "llama-perplexity")
 # The host makes quantized variants too (`--quantize`); devices never need to.
 HOST_PROGRAMS: tuple[str, ...] = (*DEVICE_PROGRAMS, "llama-quantize")
+# The host runtime is also llama-cpp-python's native library (the pyllama engine loads its
+# `lib/libllama.so` through LLAMA_CPP_LIB_PATH), so TTFT and llama-bench's figures come from one
+# build, compiled once. That needs shared libraries, which the programs and the libraries find
+# through their own folder (a relative RPATH), wherever the runtime folder lies. Unversioned
+# sonames make each library one plain file (no symlink chain to push or hash).
+HOST_LIBRARIES: tuple[str, ...] = ("llama",)
+_ORIGIN = "@loader_path" if platform.system() == "Darwin" else "$ORIGIN"
+SHARED_FLAGS: tuple[str, ...] = (
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    f"-DCMAKE_INSTALL_RPATH={_ORIGIN}/../lib;{_ORIGIN}",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Target:
     # From the device's CPU feature words (/proc/cpuinfo) to definitions; None: device-independent.
     device_flags: Callable[[Sequence[str]], tuple[str, ...]] | None = None
     programs: tuple[str, ...] = DEVICE_PROGRAMS  # the CMake targets built and installed in bin/
+    libraries: tuple[str, ...] = ()  # CMake library targets whose shared objects are installed in lib/
 
 
 def parse_defines(flags: Iterable[str]) -> dict[str, str]:
@@ -94,11 +109,10 @@ def native_amx(compiler: str) -> bool:
     return done.returncode == 0 and "#define __AMX_INT8__ 1" in done.stdout
 
 
-def no_amx_flags(user: Mapping[str, str] | None = None) -> tuple[str, ...]:
+def _no_amx_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     """The definitions that keep llama.cpp's AMX kernels out of a native build here (none where
-    native code has no AMX). setup.sh passes them to llama-cpp-python's build too, so the
-    in-process engine is built like the runtime."""
-    compiler = (user or {}).get("CMAKE_C_COMPILER") or os.environ.get("CC") or "cc"
+    native code has no AMX); the in-process engine loads the same build, so it is covered too."""
+    compiler = user.get("CMAKE_C_COMPILER") or os.environ.get("CC") or "cc"
     return (f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}") if native_amx(compiler) else ()
 
 
@@ -115,10 +129,10 @@ def _host_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     off, in flags the manifest and the cache key carry; `CMAKE_C_FLAGS`/`CMAKE_CXX_FLAGS` of your
     own replace ours (e.g. empty, to measure AMX where it works).
     """
-    flags: tuple[str, ...] = ("-DGGML_NATIVE=ON",)
+    flags: tuple[str, ...] = ("-DGGML_NATIVE=ON", *SHARED_FLAGS)
     if platform.system() == "Darwin":
         flags += ("-DGGML_METAL=ON",)
-    return flags + no_amx_flags(user)
+    return flags + _no_amx_flags(user)
 
 
 def cuda_architectures(nvidia_smi_output: str) -> list[str]:
@@ -238,8 +252,10 @@ def _arm_device_flags(features: Sequence[str]) -> tuple[str, ...]:
 _REGISTRY: dict[str, Target] = {
     target.name: target
     for target in (
-        Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags, programs=HOST_PROGRAMS),
-        Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags, programs=HOST_PROGRAMS),
+        Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags, programs=HOST_PROGRAMS,
+               libraries=HOST_LIBRARIES),
+        Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags, programs=HOST_PROGRAMS,
+               libraries=HOST_LIBRARIES),
         Target("linux-aarch64", "static aarch64 cross build (Android from /data/local/tmp, Linux boards)",
                _linux_aarch64_flags, _arm_device_flags),
         Target("android-ndk", "Android NDK build for bionic (OpenCL/Vulkan capable); needs --ndk",
