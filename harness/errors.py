@@ -33,10 +33,30 @@ class StoreError(EdgebenchError):
     """The results store cannot be opened, is newer than this code, or lacks a run."""
 
 
+class StoreGone(StoreError):
+    """The results store stopped taking writes after it opened: its database went away or the
+    disk under its folder filled or failed. Like a lost device it stops the run (exit 3, not 2:
+    the input was fine), and what finished is stored, so `--resume` finishes the rest once the
+    store is back. The message names the store (password masked) and the cause, in one line."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop request by signal (SIGTERM from systemd, cron or CI; SIGHUP from a closed
     terminal), raised in the main thread so it unwinds exactly like Ctrl-C: the device's
     processes are killed and the run is left resumable. The message is the signal's name."""
+
+    def describe(self) -> str:
+        return f"interrupted by {self}"
+
+
+class LeaseLost(Interrupted):
+    """The device's lease could not be renewed (the store stopped answering, or another holder
+    took it over), raised in the main thread like a stop signal: past the lease's staleness
+    another run may take the device, so this one stops first rather than share it. The
+    message says why, whole."""
+
+    def describe(self) -> str:
+        return str(self)
 
 
 def exited(code: int) -> str:

@@ -5,22 +5,27 @@ second run, or a fresh clone on the same machine, skips them. State (device lock
 bandwidth, the local device's working folder) belongs to whoever runs edgebench: a test
 session points `$EDGEBENCH_STATE` at a folder of its own, so a user's run and the tests never
 hold each other's locks, while both share the content-addressed builds.
+
+What edgebench keeps for one user is readable by that user only (folders 0700, files 0600):
+the cache, the state, the SQLite store and the embedded broker. A folder of ours that is open
+to others is closed again; one owned by someone else is left as it is (it was chosen for us).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """`$EDGEBENCH_CACHE`, else `$XDG_CACHE_HOME/edgebench`, else `~/.cache/edgebench`."""
+    """`$EDGEBENCH_CACHE`, else `$XDG_CACHE_HOME/edgebench`, else `~/.cache/edgebench` (private)."""
     explicit = os.environ.get("EDGEBENCH_CACHE")
     if explicit:
-        return Path(explicit).expanduser()
+        return private_dir(Path(explicit).expanduser())
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "edgebench"
+    return private_dir(base / "edgebench")
 
 
 def default_results_dir() -> Path:
@@ -31,4 +36,37 @@ def default_results_dir() -> Path:
 def state_dir() -> Path:
     """`$EDGEBENCH_STATE`, else the cache folder: device locks, bandwidth figures, local workdir."""
     explicit = os.environ.get("EDGEBENCH_STATE")
-    return Path(explicit).expanduser() if explicit else cache_dir()
+    return private_dir(Path(explicit).expanduser()) if explicit else cache_dir()
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created (with its parents) readable by this user only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _close(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """`path`, created empty if absent, readable by this user only. Created with that mode, not
+    chmod-ed after, so there is no moment another user could open it."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    _close(path, 0o600)
+    return path
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Replace `path` with `text`, readable by this user only from its first byte (a temporary
+    file created 0600, then renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.unlink(missing_ok=True)  # a crash's leftover keeps its own mode: never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _close(path: Path, mode: int) -> None:
+    info = path.stat()
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(mode)

@@ -32,6 +32,27 @@ USER, PASSWORD = "edgebench", "s3cret-pw"
 class Cluster:
     folder: Path
     port: int
+    bin_dir: Path | None = None
+    as_user: tuple[str, ...] = ()
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server (`immediate`: as a crash or a pulled cable looks to its clients)."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again on the same port and data (what it had committed is there)."""
+        self._pg_ctl("-l", str(self.folder / "server.log"), "-w", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+                     "start")
+
+    def pg_ctl_argv(self, *args: str) -> list[str]:
+        """The command line of `pg_ctl ARGS` on this cluster (for a process that stops it from inside a test's run)."""
+        assert self.bin_dir is not None, "a cluster made by throwaway_cluster"
+        return [*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), *args]
+
+    def _pg_ctl(self, *args: str) -> None:
+        done = subprocess.run(self.pg_ctl_argv(*args), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def admin(self, sql: str) -> None:
         """Run one statement as the superuser, outside a transaction (CREATE DATABASE needs that)."""
@@ -70,23 +91,23 @@ def throwaway_cluster() -> Iterator[Cluster]:
             raise PostgresMissing("running as root and there is no `postgres` user to run the server as") from None
         os.chown(folder, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", _free_port()
+    data = folder / "data"
 
     def run(*argv: str) -> None:
         done = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
+    cluster = Cluster(folder, _free_port(), bin_dir, tuple(as_user))
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256")
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
-            "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+        cluster.start()
         try:
-            cluster = Cluster(folder, port)
             cluster.admin(f"CREATE USER {USER} PASSWORD '{PASSWORD}' CREATEDB")
             yield cluster
         finally:
-            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            if (data / "postmaster.pid").exists():  # a test may have stopped it
+                cluster.stop("fast")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -133,10 +133,18 @@ def _assert_each_job_once(store: Store, lab_id: str, reps: int = 1) -> list:
 @pytest.fixture(scope="session")
 def second_model(default_model, tmp_path_factory) -> Path:
     """The default model's weights in a second file with another sha256 (trailing bytes that
-    llama.cpp ignores): a second model for the store without a second download."""
+    llama.cpp ignores): a second model for the store without a second download. A worker runs
+    it only from a model folder of its own: tests give them `_model_dirs(second_model)`."""
     path = tmp_path_factory.mktemp("models") / "second.gguf"
     path.write_bytes(default_model.read_bytes() + bytes(64))
     return path
+
+
+def _model_dirs(model: Path) -> dict[str, str]:
+    """The worker's model folders: the given model's folder besides the cache's catalog models."""
+    from harness.paths import cache_dir
+
+    return {"EDGEBENCH_MODEL_DIRS": os.pathsep.join([str(model.parent), str(cache_dir() / "models")])}
 
 
 def test_a_pickled_message_is_refused_and_logged(tmp_path, redis_server, workers):
@@ -200,7 +208,7 @@ def test_cron_line_names_everything_absolutely(tmp_path):
 def test_two_models_on_four_devices_over_two_workers_land_in_one_postgresql(tmp_path, redis_server, pg_url, workers, host_runtime,
                                                                             second_model):
     inventory = _inventory(tmp_path, ["mx-a", "mx-b", "mx-c", "mx-d"])
-    env = {"EDGEBENCH_BROKER": redis_server.url, "EDGEBENCH_STORE": pg_url}
+    env = {"EDGEBENCH_BROKER": redis_server.url, "EDGEBENCH_STORE": pg_url, **_model_dirs(second_model)}
     workers.append(Worker(tmp_path, inventory, env, "mx-a,mx-b", "host-a"))
     workers.append(Worker(tmp_path, inventory, env, "mx-c,mx-d", "host-b"))
     with _store(tmp_path, pg_url) as store:
@@ -248,7 +256,7 @@ def test_a_worker_killed_mid_benchmark_resumes_its_job_on_restart(tmp_path, redi
 @pytest.mark.slow
 def test_a_broker_restart_mid_lab_loses_no_job(tmp_path, redis_server, workers, host_runtime, second_model):
     inventory = _inventory(tmp_path, ["rs-a", "rs-b"])
-    env = {"EDGEBENCH_BROKER": redis_server.url}
+    env = {"EDGEBENCH_BROKER": redis_server.url, **_model_dirs(second_model)}
     workers.append(worker := Worker(tmp_path, inventory, env))
     submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), "--model", "default",
                      "--model", str(second_model), env=env)
@@ -284,7 +292,7 @@ def test_lab_cancel_kills_the_running_benchmark(tmp_path, redis_server, workers,
 def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tmp_path, host_runtime, second_model):
     names = ["em-a", "em-b", "em-c", "em-d"]
     inventory = _inventory(tmp_path, names)
-    env = {"EDGEBENCH_BROKER": "", "EDGEBENCH_STORE": ""}
+    env = {"EDGEBENCH_BROKER": "", "EDGEBENCH_STORE": "", **_model_dirs(second_model)}
     long_suite = _suite(tmp_path, 3)
     lab = subprocess.Popen(
         [sys.executable, "-m", "harness", "lab", "run", "--inventory", str(inventory), "--suite", str(long_suite), "--model", "default",

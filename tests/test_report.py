@@ -50,13 +50,13 @@ def _run(store: Store, speed: float, seed: int) -> str:
                 Metric("energy_j_per_token", 0.05 / speed, "J/token"),
                 Metric.missing("temp_max_c", "°C", f"no sensor {HOSTILE}"),
             ]
-            store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t",
-                                   error=None, build=None, raw={}, metrics=metrics)
-            folder = store.artifacts_dir(run_id) / case.key
+            folder = store.artifacts_dir(run_id) / case.key  # written before the row, as the runner does: stored with it
             folder.mkdir(exist_ok=True)
             t0 = 100 + rep * 10 + CASES.index(case) * 2
             rows = [f"{t0 + i * 0.1:.3f},battery,{3 + 0.1 * i},W" for i in range(10)]
             (folder / f"rep{rep}.telemetry.csv").write_text("t_monotonic_s,source,value,unit\n" + "\n".join(rows) + "\n")
+            store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t",
+                                   error=None, build=None, raw={}, metrics=metrics)
     store.finish_run(run_id, "finished")
     return run_id
 

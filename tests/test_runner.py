@@ -77,8 +77,8 @@ def _run(store: Store, run_id: str, runtime: Path, timeout: float = 30, **kw):
     return execute(store, run_id, LocalDriver(), steps, RunTargets(str(runtime), "/m.gguf"), timeout_s=timeout, **kw)
 
 
-def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime):
-    store = Store(tmp_path / "results")
+def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime, store_url):
+    store = Store(tmp_path / "results", store_url)
     run_id = _new_run(store)
     results = _run(store, run_id, runtime)
     assert [r.status for r in results] == ["ok"] * 4
@@ -114,8 +114,8 @@ def test_a_failing_process_is_recorded_and_the_run_goes_on(tmp_path, runtime, mo
     assert peak and peak[0]["value"] is not None  # the failed process's rusage is kept
 
 
-def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtime):
-    store = Store(tmp_path / "results")
+def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtime, store_url):
+    store = Store(tmp_path / "results", store_url)
     run_id = _new_run(store)
 
     def vanish(step):
@@ -129,7 +129,7 @@ def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtim
     assert len(store.executions(run_id)) == 2
     store.close()
 
-    reopened = Store(tmp_path / "results")
+    reopened = Store(tmp_path / "results", store_url)
     remaining = pending_steps(reopened, run_id, reopened.cases(run_id), 2)
     assert [(s.case.key, s.rep) for s in remaining] == [(CASES[0].key, 1), (CASES[1].key, 1)]
     _run(reopened, run_id, runtime)
@@ -139,9 +139,9 @@ def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtim
     )
 
 
-def test_resume_retries_only_failed_processes(tmp_path, runtime):
+def test_resume_retries_only_failed_processes(tmp_path, runtime, store_url):
     (runtime / "modes.json").write_text(json.dumps({"1": "crash"}))
-    store = Store(tmp_path / "results")
+    store = Store(tmp_path / "results", store_url)
     run_id = _new_run(store)
     _run(store, run_id, runtime)
     retry = pending_steps(store, run_id, store.cases(run_id), 2)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from harness.errors import StoreError
+from harness.errors import EdgebenchError, StoreError
 from harness.plan.cases import Case, Plan
 from harness.results.location import store_url as resolve_url
 from harness.results.records import Metric
@@ -373,3 +373,227 @@ def test_push_from_the_cli_masks_the_password(tmp_path, pg_url):
                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "files" / "facts.json").read_text() == '{"name": "local"}'
+
+
+# --- what a write reports: RETURNING, never rowcount (-1 for an INSERT on PostgreSQL + psycopg 3) ---
+
+def _lease(identity: str, holder: str, pid: int) -> dict:
+    import socket
+
+    from harness.results.store import now_iso
+
+    return {"identity": identity, "holder": holder, "host": socket.gethostname(), "pid": pid, "since": now_iso(), "heartbeat_at": now_iso()}
+
+
+def test_insert_missing_is_true_exactly_when_it_inserted(store):
+    from sqlalchemy import select
+
+    from harness.results.schema import leases
+    from harness.results.sql import insert_missing
+
+    with store.transaction() as conn:
+        assert insert_missing(conn, leases, ["identity"], _lease("dev", "first", 1)) is True
+    with store.transaction() as conn:
+        assert insert_missing(conn, leases, ["identity"], _lease("dev", "second", 2)) is False
+        assert insert_missing(conn, leases, ["identity"], _lease("other", "third", 3)) is True
+    with store.engine.connect() as conn:
+        assert dict(conn.execute(select(leases.c.identity, leases.c.holder)).all()) == {"dev": "first", "other": "third"}
+
+
+def test_insert_missing_racing_on_one_key_is_true_once(store):
+    """Eight connections insert one key at once, each holding its transaction open a moment
+    after the insert, so on PostgreSQL the others wait on the uncommitted row and then find it."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from harness.results.schema import leases
+    from harness.results.sql import insert_missing
+
+    start, answers, errors = threading.Barrier(8), [], []
+
+    def insert(n: int) -> None:
+        try:
+            start.wait()
+            with store.transaction() as conn:
+                answers.append(insert_missing(conn, leases, ["identity"], _lease("dev", f"thread {n}", n)))
+                time.sleep(0.2)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=insert, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(answers) == [False] * 7 + [True]
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(leases)).scalar() == 1
+
+
+def test_a_lease_is_taken_fresh_taken_over_when_stale_and_refused_when_held(store):
+    from sqlalchemy import select
+
+    from harness.lab.leases import try_acquire
+    from harness.results.schema import leases
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    assert try_acquire(store, "free", "me") is None  # an empty table: taken (the bug: refused by itself)
+    with store.transaction() as conn:
+        conn.execute(leases.insert().values(**_lease("dead", "a run that died", int(gone))))
+    assert try_acquire(store, "dead", "me") is None  # its pid is gone on this host: taken over
+    import os
+
+    with store.engine.connect() as conn:
+        held = dict(conn.execute(select(leases.c.identity, leases.c.pid)).all())
+    assert held == {"free": os.getpid(), "dead": os.getpid()}
+    busy = try_acquire(store, "dead", "someone else")  # held, alive: refused, naming the holder
+    assert busy is not None and busy["pid"] == os.getpid()
+
+
+def test_lab_cancel_counts_what_it_cancelled_and_flagged(store):
+    from sqlalchemy import update
+
+    from harness.lab.jobs import LabRequest, create_jobs, jobs_of, request_cancel
+    from harness.results.schema import lab_jobs
+
+    request = LabRequest(devices=("a", "b", "c"), suite="quick")
+    jobs = create_jobs(store, "lab-1", request, "quick", "", {d: (f"id:{d}", f"q.{d}") for d in request.devices})
+    with store.transaction() as conn:
+        conn.execute(update(lab_jobs).where(lab_jobs.c.id == jobs[0].id).values(status="running"))
+        conn.execute(update(lab_jobs).where(lab_jobs.c.id == jobs[1].id).values(status="done"))
+    assert request_cancel(store, "lab-1") == (1, 1)
+    assert [(j.status, j.cancel) for j in jobs_of(store, "lab-1")] == [("running", True), ("done", False), ("cancelled", True)]
+    assert request_cancel(store, "lab-1") == (0, 1) and request_cancel(store, "no-such-lab") == (0, 0)
+
+
+def test_removing_a_schedule_removes_it_once(store, tmp_path):
+    from harness.lab.jobs import LabRequest
+    from harness.lab.schedule import add_schedule, remove_schedule, schedules
+
+    entry = add_schedule(store, tmp_path / "lab.toml", LabRequest(devices=("a",), suite="quick"), None, 60.0)
+    remove_schedule(store, entry.id)
+    assert schedules(store) == []
+    with pytest.raises(EdgebenchError, match=f"no schedule '{entry.id}'"):
+        remove_schedule(store, entry.id)
+
+
+# --- files out of the store: bounded, checked, never written through a link -----------------
+
+def _plant_blob(store: Store, run_id: str, path: str, size: int, data: bytes, sha: str) -> None:
+    from harness.results.schema import artifacts, blobs
+
+    with store.transaction() as conn:
+        conn.execute(blobs.insert().values(sha256=sha, size=size, data=data))
+        conn.execute(artifacts.insert().values(run_id=run_id, path=path, sha256=sha))
+
+
+@pytest.mark.parametrize("what, size, payload, message", [
+    ("bomb", 10, b"\0" * (8 << 20), "does not inflate to its recorded 10 bytes"),
+    ("short", 100, b"only these", "does not inflate to its recorded 100 bytes"),
+    ("huge claim", 2**31 - 1, b"x", "beyond the"),  # the most an INTEGER holds
+    ("other content", 3, b"abc", "does not match its sha256"),
+])
+def test_a_stored_blob_is_inflated_no_further_than_its_recorded_size(store, tmp_path, what, size, payload, message):
+    import hashlib
+    import zlib
+
+    run_id = new_run(store)
+    sha = hashlib.sha256(b"xyz" if what == "other content" else payload).hexdigest()
+    _plant_blob(store, run_id, "case/rep0.stdout", size, zlib.compress(payload), sha)
+    with pytest.raises(StoreError, match=message):
+        store.artifacts(run_id)
+    with pytest.raises(StoreError, match=message):
+        store.export_artifacts(run_id, tmp_path / "out")
+    assert not (tmp_path / "out" / "case").exists()
+
+
+def test_export_never_writes_through_a_link_it_did_not_make(store, tmp_path):
+    import os
+
+    run_id = _run_with_files(store)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    case = CASES[0].key
+    (out / case).mkdir(parents=True)
+    (out / case / "rep0.stdout").symlink_to(victim)  # a link where an artifact goes
+    with pytest.raises(StoreError, match="rep0.stdout is a symbolic link; not written through"):
+        store.export_artifacts(run_id, out)
+    exported = _cli(store, "results", "export", run_id, "--artifacts", str(out))
+    assert exported.returncode == 2 and "is a symbolic link; not written through" in exported.stderr
+    assert victim.read_text() == "keep me"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / case).symlink_to(elsewhere, target_is_directory=True)  # a link where a folder goes
+    with pytest.raises(StoreError, match="is not a folder edgebench made"):
+        store.export_artifacts(run_id, out2)
+    assert list(elsewhere.iterdir()) == []
+
+    out3 = tmp_path / "out3"
+    (out3 / case).mkdir(parents=True)
+    os.link(victim, out3 / case / "rep0.stdout")  # a hard link: replaced, not written through
+    written = store.export_artifacts(run_id, out3)
+    assert victim.read_text() == "keep me" and len(written) == 9
+    assert (out3 / case / "rep0.stdout").read_bytes() == store.artifacts(run_id)[f"{case}/rep0.stdout"]
+    assert [p.name for p in out3.rglob(".*")] == []  # no partial file left behind
+
+
+def test_the_power_chart_reads_the_store_not_the_run_folder(store, tmp_path):
+    """A report built on another host: the run folder is not there, the stored telemetry is."""
+    import shutil as sh
+
+    from harness.results.analysis import power_series
+
+    run_id = new_run(store)
+    folder = store.artifacts_dir(run_id)
+    (folder / CASES[0].key).mkdir()
+    (folder / CASES[0].key / "rep0.telemetry.csv").write_text("t_monotonic_s,source,value,unit\n1.0,battery,3.5,W\n1.1,cpu,40,C\n1.2,battery,3.7,W\n")
+    record(store, run_id, CASES[0], 0, 100.0)
+    store.finish_run(run_id, "finished")
+    sh.rmtree(folder)
+    series = power_series(store, run_id)
+    assert list(series["value"]) == [3.5, 3.7] and set(series["window"]) == {f"{CASES[0].key}/rep0"}
+    assert not folder.exists()  # reading made no empty run folder either
+
+
+def _cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    """`edgebench ARGS` against this store (its results folder, and its URL where not the default file)."""
+    import os
+
+    where = ["--results", str(store.root)]
+    if store.url.get_backend_name() != "sqlite":
+        where += ["--store", store.url.render_as_string(hide_password=False)]
+    return subprocess.run([sys.executable, "-m", "harness", *args, *where], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)})
+
+
+def test_results_list_takes_every_format(store, tmp_path):
+    import csv
+    import io
+
+    from harness.cli.views import FORMATS
+
+    run_id = new_run(store)
+    store.finish_run(run_id, "finished")
+    shown = {fmt: _cli(store, "results", "list", "--format", fmt) for fmt in FORMATS}
+    assert all(done.returncode == 0 for done in shown.values()), {f: d.stderr for f, d in shown.items()}
+    rows = list(csv.reader(io.StringIO(shown["csv"].stdout)))
+    assert rows == [["run", "created", "status", "device", "suite", "model"],
+                    [run_id, store.run(run_id)["created_at"], "finished", "local", "t", "m.gguf"]]
+    assert f"| {run_id} |" in shown["markdown"].stdout and "| run | created |" in shown["markdown"].stdout
+    assert all(run_id in shown[f].stdout and "m.gguf" in shown[f].stdout for f in ("table", "plain"))
+    assert "─" in shown["table"].stdout and "─" not in shown["plain"].stdout
+    bad = _cli(store, "results", "list", "--format", "yaml")
+    assert bad.returncode == 2 and "unknown format 'yaml'" in bad.stderr
+
+
+def test_lab_wait_for_an_unknown_lab_is_bad_input(tmp_path):
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "harness", "lab", "wait", "lab-nope", "--results", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2 and "no lab 'lab-nope'" in done.stderr

@@ -18,9 +18,11 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from harness.cli import views
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, Interrupted, StoreGone
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-device LLM benchmarking: llama.cpp on hosts, phones and boards.")
+# A traceback never prints local variables: one of them may be a `--store` or `--broker` URL with its password.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="On-device LLM benchmarking: llama.cpp on hosts, phones and boards.")
 runtime_app = typer.Typer(no_args_is_help=True, help="Build and inspect llama.cpp runtimes.")
 results_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
 devices_app = typer.Typer(no_args_is_help=True, help="Devices edgebench can benchmark.")
@@ -112,9 +114,11 @@ def run(
     stays resumable, and the exit code is 3."""
     from harness.plan.suites import parse_precision, parse_setting_overrides
     from harness.lab.leases import held, manual_holder
+    from harness.results.store import new_run_id
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
     from harness.run.signals import stop_requests
     from harness.runtimes.quantize import parse_types
+    from sqlalchemy.exc import SQLAlchemyError
 
     _check_format(fmt)
     with stop_requests():
@@ -158,7 +162,6 @@ def run(
                     progress.remove_task(tasks.pop("build"))
 
             callbacks = Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"), build=on_build_event, step_start=on_start, step_result=on_result)
-            holder = manual_holder(" ".join(sys.argv[1:]))
 
             def note(message: str) -> None:
                 console.print(f"[yellow]{escape(message)}[/]")
@@ -167,12 +170,13 @@ def run(
                 prepared = prepare(options_, on_status=callbacks.status)
                 for label, reason in prepared.plan.skipped:
                     console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
-                with held(store, prepared.driver.identity(), holder, wait=wait, on_wait=note):
-                    return _with(progress, lambda: start(store, prepared, callbacks))
+                run_id = new_run_id()  # chosen before the lease, so the lease names the run that holds it
+                with held(store, prepared.driver.identity(), manual_holder(run_id), wait=wait, on_wait=note):
+                    return _with(progress, lambda: start(store, prepared, callbacks, run_id=run_id))
 
             if resume:
                 row = store.run(resume)
-                with held(store, row["device_identity"] or f"name:{row['device']}", holder, wait=wait, on_wait=note):
+                with held(store, row["device_identity"] or f"name:{row['device']}", manual_holder(row["id"]), wait=wait, on_wait=note):
                     done = [_with(progress, lambda: resume_run(store, resume, callbacks))]
             elif types:
                 from harness.run.sweep import sweep_options
@@ -183,14 +187,16 @@ def run(
                     done.append(one(options_))
             else:
                 done = [one(options)]
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.run.signals names it)
-            by = f" by {exc}" if str(exc) else ""
-            raise _fail(EdgebenchError(f"interrupted{by}; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
+            run_ids = [run_id for run_id, _ in done]
+            _show_runs(store, run_ids, as_json, fmt, sweep=bool(types))
+            _write_report(store, run_ids, report or store.artifacts_dir(run_ids[-1]) / "report.html")
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM/SIGHUP, or a lease that could not be renewed (Interrupted says which)
+            what = exc.describe() if isinstance(exc, Interrupted) else "interrupted"
+            raise _fail(EdgebenchError(f"{what}; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
         except EdgebenchError as exc:
             raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
-        run_ids = [run_id for run_id, _ in done]
-        _show_runs(store, run_ids, as_json, fmt, sweep=bool(types))
-        _write_report(store, run_ids, report or store.artifacts_dir(run_ids[-1]) / "report.html")
+        except (SQLAlchemyError, OSError) as exc:  # the store or the disk failed outside a run's steps (which say more)
+            raise _fail(store.gone(exc), EXIT_INTERRUPTED)
         if any(r.status != "ok" for _, results_ in done for r in results_):
             raise typer.Exit(EXIT_FAILED)
 
@@ -365,7 +371,8 @@ def worker_cmd(
     import signal
     import threading
 
-    from harness.lab.app import broker_url, masked_broker
+    from harness.credentials import mask_url
+    from harness.lab.app import broker_url
     from harness.lab.worker import serve
     from harness.paths import default_results_dir
 
@@ -375,7 +382,7 @@ def worker_cmd(
         signal.signal(signum, lambda *_: stop.set())
     try:
         url = broker_url(root, broker)
-        console.print(escape(f"worker on broker {masked_broker(url)}"))
+        console.print(escape(f"worker on broker {mask_url(url)}"))
         serve(inventory, _names(devices), url, root, store_url, lambda m: console.print(escape(m)), stop)
     except EdgebenchError as exc:
         raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
@@ -396,24 +403,37 @@ def beat_cmd(broker: Optional[str] = BrokerOpt, results: Optional[Path] = Result
 
 
 def _lab_request(inventory: Path, suite: str, model: list[str], set_: list[str], repeat: Optional[int], tags: list[str],
-                 devices: Optional[str], retries: int, backoff: float, quantize: Optional[str] = None, allow_requantize: bool = False):
+                 devices: Optional[str], retries: int, backoff: float, quantize: Optional[str] = None, allow_requantize: bool = False,
+                 corpus: Optional[str] = None, reference: Optional[str] = None):
     """The lab's request; with --quantize, each model's variants are made here first and join
-    the models, each job knowing its sweep, variant and reference (the base)."""
+    the models, each job knowing its sweep, variant and reference (the base). A file is named
+    absolutely: a job is run in another folder, often on another host."""
     from harness.lab.jobs import LabRequest
     from harness.lab.worker import select_devices
     from harness.plan.suites import parse_setting_overrides
     from harness.run.session import Callbacks, RunOptions
     from harness.run.sweep import sweep_options
+    from harness.runtimes.models import CATALOG
     from harness.runtimes.quantize import parse_types
 
+    def absolute(spec: Optional[str]) -> Optional[str]:
+        return spec if spec is None or spec in CATALOG or spec == "self" else str(Path(spec).expanduser().resolve())
+
     chosen = tuple(d.name for d in select_devices(inventory, _names(devices), tuple(tags)))
-    models, sweeps = list(model or ["default"]), {}
+    models, sweeps = [absolute(m) for m in model or ["default"]], {}
     if quantize:
         types, callbacks = parse_types(quantize), Callbacks(status=lambda m: console.print(f"[dim]{escape(m)}[/]"))
         runs = [o for m in models for o in sweep_options(RunOptions(model=m), types, allow_requantize=allow_requantize, callbacks=callbacks)]
         models = [o.model for o in runs]
         sweeps = {o.model: {"sweep": o.sweep, "variant": o.variant, "reference": o.reference} for o in runs}
-    return LabRequest(chosen, suite, tuple(models), parse_setting_overrides(set_), repeat, retries, backoff, sweeps)
+    return LabRequest(chosen, suite, tuple(models), parse_setting_overrides(set_), repeat, retries, backoff, sweeps, absolute(corpus),
+                      absolute(reference))
+
+
+LabCorpusOpt = typer.Option(None, "--corpus", help="Text the quality cases score (default: CPython's pydoc_data.topics); "
+                            "sent to the workers through the store.")
+LabReferenceOpt = typer.Option(None, "--reference", help="Reference for the quality cases: a GGUF (under the workers' model folders, "
+                               "$EDGEBENCH_MODEL_DIRS) or a llama-perplexity logits file, sent through the store (default: the model itself).")
 
 
 def _submit(store, broker: str, inventory: Path, request, lab_id: Optional[str] = None) -> str:
@@ -478,13 +498,16 @@ def lab_submit(
     store_url: Optional[str] = StoreOpt,
     quantize: Optional[str] = QuantizeOpt,
     allow_requantize: bool = AllowRequantizeOpt,
+    corpus: Optional[str] = LabCorpusOpt,
+    reference: Optional[str] = LabReferenceOpt,
 ) -> None:
     """Queue devices x models x settings as jobs on the devices' queues; print the lab id."""
     from harness.lab.app import broker_url
 
     try:
         store = _store(results, store_url)
-        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize,
+                               corpus, reference)
         lab_id = _submit(store, broker_url(store.root, broker), inventory, request)
     except EdgebenchError as exc:
         raise _fail(exc)
@@ -507,14 +530,18 @@ def lab_run(
     store_url: Optional[str] = StoreOpt,
     quantize: Optional[str] = QuantizeOpt,
     allow_requantize: bool = AllowRequantizeOpt,
+    corpus: Optional[str] = LabCorpusOpt,
+    reference: Optional[str] = LabReferenceOpt,
+    timeout: Optional[float] = typer.Option(None, min=1, help="Stop waiting after this many seconds, naming the jobs still open (exit 3)."),
 ) -> None:
     """Submit a lab and wait for it; with the embedded broker, serve its devices from here too.
-    Exit 0 only if every job is done. Ctrl-C or SIGTERM stops the waiting, not the jobs."""
+    Exit 0 only if every job is done. Ctrl-C or SIGTERM stops the waiting, not the jobs; so do
+    --timeout and the end of the worker this command started (the lab could not finish then)."""
     import signal
 
     from harness.lab.app import broker_url, is_embedded
     from harness.lab.jobs import new_lab_id
-    from harness.lab.submit import wait
+    from harness.lab.submit import WaitEnded, wait
     from harness.lab.worker import start_embedded
 
     def stop_waiting(*_) -> None:
@@ -530,7 +557,8 @@ def lab_run(
     try:
         store = _store(results, store_url)
         url = broker_url(store.root, broker)
-        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize)
+        request = _lab_request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize,
+                               corpus, reference)
         if is_embedded(url):
             worker = start_embedded(inventory, request.devices, store.root, store_url, url)
         # A signal while submitting waits until every job is on its queue: none is left behind half-submitted.
@@ -542,7 +570,11 @@ def lab_run(
         signal.signal(signal.SIGINT, stop_waiting)
         if deferred:
             raise KeyboardInterrupt
-        wait(store, lab_id, _job_line)
+        wait(store, lab_id, _job_line, timeout_s=timeout, gone=lambda: _exited(worker), on_note=_note)
+    except WaitEnded as exc:
+        alive = f"; the worker this command started goes on (pid {worker.pid}; stop it with kill {worker.pid})" if worker and worker.poll() is None else ""
+        console.print(f"[red]{escape(str(exc) + alive)}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         if lab_id is None:  # nothing submitted: nothing for a worker of ours to do
             if worker:
@@ -565,6 +597,17 @@ def lab_run(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _exited(worker) -> Optional[str]:
+    """Why `lab run`'s own worker can run nothing more (None while it runs, or when there is none)."""
+    if worker is None or worker.poll() is None:
+        return None
+    return f"the worker this command started exited ({worker.returncode}), so its jobs cannot finish"
+
+
+def _note(message: str) -> None:
+    console.print(f"[yellow]{escape(message)}[/]")
+
+
 @lab_app.command("status")
 def lab_status(lab: Optional[str] = typer.Argument(None, help="Lab id (default: the latest)."),
                results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
@@ -584,12 +627,20 @@ def lab_wait(lab: Optional[str] = typer.Argument(None, help="Lab id (default: th
              results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
     """Wait until every job of the lab has ended; exit 0 only if all are done."""
     from harness.lab.jobs import resolve_lab
-    from harness.lab.submit import wait
+    from harness.lab.submit import WaitEnded, wait
 
     try:
         store = _store(results, store_url)
+    except EdgebenchError as exc:
+        raise _fail(exc, EXIT_INTERRUPTED)
+    try:
         lab_id = resolve_lab(store, lab)
-        wait(store, lab_id, _job_line, timeout_s=timeout)
+    except EdgebenchError as exc:  # no such lab: bad input, there is nothing to wait for
+        raise _fail(exc)
+    try:
+        wait(store, lab_id, _job_line, timeout_s=timeout, on_note=_note)
+    except WaitEnded as exc:  # the jobs named go on: exit 3, as an interrupted wait
+        raise _fail(exc, EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED)
     except EdgebenchError as exc:
@@ -644,7 +695,9 @@ def schedule_add(
     devices: Optional[str] = DevicesOpt,
     results: Optional[Path] = ResultsOpt,
     store_url: Optional[str] = StoreOpt,
-    print_only: bool = typer.Option(False, "--print", help="Print a crontab line (for a host without beat) instead of storing it."),
+    broker: Optional[str] = BrokerOpt,
+    print_only: bool = typer.Option(False, "--print", help="Print a crontab line (for a host without beat) instead of storing it; "
+                                    "the store and broker URLs go into a file only you can read, which the line sources."),
 ) -> None:
     """Store a lab schedule for `edgebench beat`, or print the crontab line that runs it."""
     from harness.lab.schedule import add_schedule, cron_line
@@ -655,7 +708,8 @@ def schedule_add(
         if print_only:
             if not cron:
                 raise EdgebenchError("--print needs --cron (cron has no --every)")
-            out.print(cron_line(cron, inventory, request, results or default_results_dir()), highlight=False, markup=False, soft_wrap=True)
+            out.print(cron_line(cron, inventory, request, results or default_results_dir(), store_url, broker), highlight=False, markup=False,
+                      soft_wrap=True)
             return
         entry = add_schedule(_store(results, store_url), inventory, request, cron, every)
     except EdgebenchError as exc:
@@ -668,10 +722,14 @@ def schedule_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str]
     """Stored lab schedules."""
     from harness.lab.schedule import schedules
 
+    try:
+        stored = schedules(_store(results, store_url))
+    except EdgebenchError as exc:
+        raise _fail(exc)
     table = Table()
     for column in ("schedule", "when", "devices", "suite", "models", "last fired"):
         table.add_column(column)
-    for s in schedules(_store(results, store_url)):
+    for s in stored:
         table.add_row(*(escape(c) for c in (s.id, s.when(), ", ".join(s.request.devices), s.request.suite, ", ".join(s.request.models), s.last_fired_at or "never")))
     out.print(table)
 
@@ -717,16 +775,18 @@ def runtime_build(
 
 
 @results_app.command("list")
-def results_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt) -> None:
+def results_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
     """Stored runs, newest first."""
-    store = _store(results, store_url)
-    table = Table()
-    for column in ("run", "created", "status", "device", "suite", "model"):
-        table.add_column(column)
-    for row in store.runs():
-        cells = (row["id"], row["created_at"], row["status"], row["device"], row["suite_name"], store.model_info(row["model_sha256"]).get("filename", "?"))
-        table.add_row(*(escape(str(c)) for c in cells))
-    out.print(table)
+    _check_format(fmt)
+    try:
+        store = _store(results, store_url)
+        rows = tuple((row["id"], row["created_at"], row["status"], row["device"], row["suite_name"],
+                      store.model_info(row["model_sha256"]).get("filename", "?")) for row in store.runs())
+    except EdgebenchError as exc:
+        raise _fail(exc)
+    grid = views.Grid("", ("run", "created", "status", "device", "suite", "model"), tuple(tuple(map(str, r)) for r in rows),
+                      text=frozenset({"status", "device", "suite", "model"}))
+    views.show(out, grid, fmt)
 
 
 @results_app.command("show")
@@ -874,9 +934,10 @@ def devices_check(names: list[str] = typer.Argument(None, help="Devices (default
 
 
 def _is_driver_error(exc: Exception) -> bool:
+    """A device or the results store went away mid-command (exit 3), rather than bad input (2)."""
     from harness.drivers.base import DriverError
 
-    return isinstance(exc, DriverError)
+    return isinstance(exc, (DriverError, StoreGone))
 
 
 @models_app.command("info")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from harness.credentials import child_env
 from harness.drivers.base import (
     CommandFailed,
     Completed,
@@ -160,6 +161,7 @@ class AdbDriver:
         """The shell line for argv: every word quoted, the program's pid reported on stderr
         first (so a timeout can kill exactly it), then exec'd with env and cwd applied."""
         words = list(argv)
+        env = child_env(env, base={})  # only what the caller gave, never a credential
         if env:
             words = ["env", *(f"{k}={v}" for k, v in env.items()), *words]
         script = f'echo "{_PID_MARKER}$$" >&2; exec "$@"'

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
+from harness.credentials import child_env
 from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError, Telemetry
 from harness.drivers.identity import IDENTITY_FILES, identity_from
 from harness.hashing import sha256_file
@@ -134,7 +135,7 @@ class LocalDriver:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, **env} if env else None,
+                env=child_env(env),  # without the store's and broker's credentials
                 cwd=cwd,
                 pass_fds=(report_w,),
                 start_new_session=True,  # a timeout kills the reaper and the benchmark together
@@ -171,7 +172,7 @@ class LocalDriver:
         """Start argv and return at once (no reaper: for helpers, not for measured benchmarks)."""
         proc = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, **env} if env else None, cwd=cwd, start_new_session=True,
+            env=child_env(env), cwd=cwd, start_new_session=True,
         )
         return LocalProcess(proc, tuple(argv))
 

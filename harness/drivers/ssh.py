@@ -31,11 +31,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import paramiko
 
+from harness.credentials import child_env
 from harness.drivers.base import Completed, DeviceFacts, DeviceUnreachable, DriverError, StagingError, Telemetry
 from harness.drivers.identity import IDENTITY_SCRIPT, identity_from
 from harness.hashing import sha256_file
 
 _PID_MARK = "edgebench-pid "
+# Make the work folder ($1, else the default in $HOME) and print it, only if it is a real folder we own, closed to others.
+_PRIVATE_WORKDIR = ('d="${1:-$HOME/.cache/edgebench/device}"; mkdir -p -- "$d" && [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ] '
+                    '&& chmod 700 -- "$d" && printf %s "$d"')
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -76,7 +80,8 @@ class SshDriver:
     ) -> None:
         self.name = name
         self.host, self.port, self.user = host, port, user or getpass.getuser()
-        self.workdir = workdir or f"/tmp/edgebench-{self.user}"
+        self._workdir_given = workdir
+        self._workdir: str | None = None
         self.key = str(Path(key).expanduser()) if key else None
         self.agent = agent
         self.known_hosts = str(Path(known_hosts or "~/.ssh/known_hosts").expanduser())
@@ -163,6 +168,22 @@ class SshDriver:
     def _lost(self, doing: str) -> DeviceUnreachable:
         return DeviceUnreachable(f"{self.name}: connection to {self.address} lost while {doing}")
 
+    @property
+    def workdir(self) -> str:
+        """Where edgebench stages and works on the board: the inventory's `workdir`, else
+        `~/.cache/edgebench/device` in the login user's home (a fixed /tmp name could be made
+        first by another user, who would then own what we stage and run). Made on first use,
+        0700, and refused unless it is a folder (not a link) of the login user's."""
+        if self._workdir is None:
+            done = self.run(["sh", "-c", _PRIVATE_WORKDIR, "edgebench", self._workdir_given or ""], timeout=60)
+            if not done.ok:
+                where = self._workdir_given or "~/.cache/edgebench/device"
+                raise StagingError(f"{self.name}: work folder {where} on {self.address} is not {self.user}'s own folder "
+                                   f"(another user's, a link, or not creatable: {done.stderr.strip()[-200:] or 'no reason given'}); "
+                                   "set `workdir` in the inventory to a folder of yours")
+            self._workdir = done.stdout
+        return self._workdir
+
     # --- commands ---------------------------------------------------------------------------
 
     def command_line(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
@@ -172,7 +193,7 @@ class SshDriver:
         parts = [f"printf '%s\\n' \"{_PID_MARK}$$\" >&2"]
         if cwd:
             parts.append(f"cd -- {shlex.quote(cwd)} || exit 125")
-        for key, value in (env or {}).items():
+        for key, value in child_env(env, base={}).items():  # only what the caller gave, never a credential
             if not _NAME.fullmatch(key):
                 raise ValueError(f"not an environment variable name: {key!r}")
             parts.append(f"export {key}={shlex.quote(value)}")

@@ -3,6 +3,7 @@ process shares (JSON only, late acknowledgement, one message at a time).
 
 A broker message carries a job id and nothing else; what to run lives in the store
 (`jobs`), so a message that is lost, doubled or replayed can never change what is measured.
+The embedded broker's folder and files are the user's alone: its messages name the jobs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 
 from celery import Celery
 
-BROKER_ENV = "EDGEBENCH_BROKER"
+from harness.credentials import BROKER_ENV
+from harness.paths import private_dir, private_file
+
+__all__ = ["BROKER_ENV", "broker_url", "is_embedded", "make_app", "queue_for"]
 # Above the longest job: Redis hands an unacknowledged message to another consumer only after
 # this; a device queue has one consumer, which restores its own messages when it starts.
 VISIBILITY_TIMEOUT_S = 12 * 3600
@@ -26,18 +30,13 @@ def broker_url(results: Path, explicit: str | None = None) -> str:
     spec = explicit or os.environ.get(BROKER_ENV)
     if spec:
         return spec
-    path = (Path(results) / "lab" / "broker.sqlite").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_file(private_dir((Path(results) / "lab").resolve()) / "broker.sqlite")
     return f"sqla+sqlite:///{path}"
 
 
 def is_embedded(url: str) -> bool:
     """kombu's SQLAlchemy transport may hand one message to two workers: one host only."""
     return url.startswith("sqla+")
-
-
-def masked_broker(url: str) -> str:
-    return re.sub(r"(://[^:@/]*:)[^@]*@", r"\1***@", url)
 
 
 def queue_for(identity: str) -> str:

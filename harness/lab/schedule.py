@@ -4,13 +4,17 @@ a crontab line for a host without beat.
 Beat is only the clock here: when a schedule is due it submits the lab (jobs into the store,
 messages onto the device queues) from the beat process itself, so no worker has to serve a
 queue of its own for it. Cron starts with an empty environment elsewhere, so the printed line
-names the executable, the inventory and the results folder absolutely and logs to a file.
+names the executable, the inventory and the results folder absolutely and logs to a file; the
+store and broker URLs (passwords) go into a file only the user can read, which the line
+sources, because a crontab is listed, mailed and logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -23,9 +27,12 @@ from celery.beat import Scheduler
 from celery.schedules import crontab
 from sqlalchemy import delete, select, update
 
+from harness.credentials import BROKER_ENV, STORE_ENV, mask_url
 from harness.errors import EdgebenchError
 from harness.lab.app import make_app
 from harness.lab.jobs import LabRequest
+from harness.paths import private_dir, write_private
+from harness.results.location import store_url as parse_store_url
 from harness.results.schema import lab_schedules
 from harness.results.store import Store, now_iso
 
@@ -82,7 +89,7 @@ def schedules(store: Store) -> list[LabSchedule]:
 
 def remove_schedule(store: Store, schedule_id: str) -> None:
     with store.transaction() as conn:
-        if not conn.execute(delete(lab_schedules).where(lab_schedules.c.id == schedule_id)).rowcount:
+        if conn.execute(delete(lab_schedules).where(lab_schedules.c.id == schedule_id).returning(lab_schedules.c.id)).first() is None:
             raise EdgebenchError(f"no schedule {schedule_id!r} in {store.where}")
 
 
@@ -136,8 +143,10 @@ def edgebench_executable() -> str:
     return found
 
 
-def cron_line(cron: str, inventory: Path, request: LabRequest, results: Path) -> str:
-    """The crontab line that runs `edgebench lab run` for this request."""
+def cron_line(cron: str, inventory: Path, request: LabRequest, results: Path, store_url: str | None = None,
+              broker: str | None = None) -> str:
+    """The crontab line that runs `edgebench lab run` for this request on the store and broker
+    given here (`--store`/`--broker`, else their variables), which it reads from `cron_env`'s file."""
     fields = cron_fields(cron)
     if not Path(inventory).is_file():
         raise EdgebenchError(f"inventory {inventory} does not exist")
@@ -152,4 +161,24 @@ def cron_line(cron: str, inventory: Path, request: LabRequest, results: Path) ->
     if request.repeat:
         argv += ["--repeat", str(request.repeat)]
     log_file = root / "lab" / "cron.log"
-    return f"{' '.join(fields)} mkdir -p {shlex.quote(str(log_file.parent))} && {shlex.join(argv)} >> {shlex.quote(str(log_file))} 2>&1"
+    env_file = cron_env(root, store_url, broker)
+    sourced = f". {shlex.quote(str(env_file))} && " if env_file else ""
+    command = f"mkdir -p {shlex.quote(str(log_file.parent))} && {{ {sourced}{shlex.join(argv)}; }} >> {shlex.quote(str(log_file))} 2>&1"
+    return " ".join(fields) + " " + command.replace("%", r"\%")  # cron reads a bare % as a newline
+
+
+def cron_env(root: Path, store_url: str | None, broker: str | None) -> Path | None:
+    """A file (0600, in the lab folder) exporting the store and broker URLs given here, for a
+    crontab line to source; None when both are the results folder's defaults. Named by the
+    masked URLs, so a changed password replaces the file rather than adding one, and the name
+    tells nothing of the password."""
+    values = {name: value for name, value in ((STORE_ENV, store_url or os.environ.get(STORE_ENV)),
+                                              (BROKER_ENV, broker or os.environ.get(BROKER_ENV))) if value}
+    if not values:
+        return None
+    if STORE_ENV in values:
+        parse_store_url(root, values[STORE_ENV])  # a bad URL is refused now, not at 2 a.m.
+    name = hashlib.sha256("\n".join(f"{k}={mask_url(v)}" for k, v in values.items()).encode()).hexdigest()[:12]
+    text = "# edgebench: the store and broker of a scheduled `lab run` (sourced by its crontab line)\n"
+    text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    return write_private(private_dir(root / "lab") / f"cron-{name}.env", text)

@@ -5,8 +5,10 @@ Statistics are computed here, at load time, from the raw per-process values.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -233,17 +235,19 @@ def _none(value: Any) -> float | None:
 
 
 def power_series(store: Store, run_id: str) -> pd.DataFrame:
-    """Every power sample (unit W) of a run's processes, from their telemetry artifacts."""
+    """Every power sample (unit W) of a run's processes, from their telemetry artifacts in the
+    store (not the run folder, which only the host that ran it has)."""
     frames = []
-    for path in sorted(store.artifacts_dir(run_id).glob("*/rep*.telemetry.csv")):
+    for name, data in store.artifacts(run_id, "*/rep*.telemetry.csv").items():
         try:
-            frame = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.EmptyDataError):
+            frame = pd.read_csv(io.BytesIO(data))
+        except (ValueError, pd.errors.EmptyDataError):
             continue
         if not {"t_monotonic_s", "source", "value", "unit"} <= set(frame.columns):
             continue
         watts = frame[frame["unit"] == "W"]
         if not watts.empty:
+            path = PurePosixPath(name)
             frames.append(pd.DataFrame({"run_id": run_id, "t": watts["t_monotonic_s"], "source": watts["source"], "value": watts["value"],
                                         "window": f"{path.parent.name}/{path.name.split('.')[0]}"}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "t", "source", "value", "window"])

@@ -2,8 +2,9 @@
 the default so a single machine needs no server.
 
 Credentials come from the URL, `PGPASSFILE` or libpq's environment; they are never printed:
-`masked` is the only form of a URL that goes into messages. Query parameters such as
-`sslmode` pass through to the driver unchanged.
+`masked` is the only form of a URL that goes into messages, and a URL that does not parse is
+refused with a message of ours, never the parser's (which may quote the URL). Query
+parameters such as `sslmode` pass through to the driver unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from harness.credentials import STORE_ENV, mask_url
 from harness.errors import StoreError
 
-STORE_ENV = "EDGEBENCH_STORE"
+__all__ = ["STORE_ENV", "masked", "store_url"]
+
+SHAPES = "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...] or sqlite:///PATH"
 
 
 def store_url(root: Path, url: str | None = None) -> URL:
@@ -25,8 +29,10 @@ def store_url(root: Path, url: str | None = None) -> URL:
         return URL.create("sqlite", database=str(Path(root) / "edgebench.sqlite"))
     try:
         parsed = make_url(spec)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and ValueError
-        raise StoreError(f"bad store URL {masked_text(spec)}: {exc}") from None
+    except Exception:  # noqa: BLE001 - sqlalchemy raises ArgumentError and ValueError, quoting the URL
+        raise StoreError(f"bad store URL {mask_url(spec)}: {SHAPES}") from None
+    if "@" in (parsed.host or ""):  # SQLAlchemy splits at the first '@', so part of the password would be the host
+        raise StoreError(f"bad store URL {mask_url(spec)}: write an '@' in the user name or password as %40")
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not the psycopg2 default
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
@@ -35,13 +41,4 @@ def store_url(root: Path, url: str | None = None) -> URL:
 
 
 def masked(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def masked_text(spec: str) -> str:
-    """Mask the password of a URL given as text, even one that does not parse."""
-    try:
-        return masked(make_url(spec))
-    except Exception:  # noqa: BLE001 - unparsable: hide everything between :// and @
-        scheme, sep, rest = spec.partition("://")
-        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else spec
+    return mask_url(url.render_as_string(hide_password=True))

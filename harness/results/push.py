@@ -80,8 +80,8 @@ def _push_artifacts(src: Connection, dst: Connection, run_id: str) -> int:
     for path, sha in src.execute(select(a.path, a.sha256).where(a.run_id == run_id)).all():
         if held.get(path) == sha:
             continue
-        if dst.execute(select(blobs.c.sha256).where(blobs.c.sha256 == sha)).first() is None:
-            dst.execute(blobs.insert().values(**src.execute(select(blobs).where(blobs.c.sha256 == sha)).mappings().one()))
+        if dst.execute(select(blobs.c.sha256).where(blobs.c.sha256 == sha)).first() is None:  # another push may add it meanwhile
+            insert_missing(dst, blobs, ["sha256"], dict(src.execute(select(blobs).where(blobs.c.sha256 == sha)).mappings().one()))
         dst.execute(delete(artifacts).where(a.run_id == run_id, a.path == path))
         dst.execute(artifacts.insert().values(run_id=run_id, path=path, sha256=sha))
         copied += 1

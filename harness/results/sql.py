@@ -1,5 +1,10 @@
 """The two statements SQLite and PostgreSQL spell differently (both say ON CONFLICT, through
-different dialect constructs): insert-or-update and insert-if-absent."""
+different dialect constructs): insert-or-update and insert-if-absent.
+
+Whether a statement wrote a row is read from RETURNING, never from `rowcount`: the DB-API
+leaves rowcount loose (psycopg 3 under SQLAlchemy 2.1 reports -1 for an INSERT ... ON
+CONFLICT DO NOTHING on PostgreSQL), and both engines return the rows a statement wrote.
+"""
 
 from __future__ import annotations
 
@@ -20,5 +25,7 @@ def upsert(conn: Connection, table: Table, keys: list[str], values: dict[str, An
 
 
 def insert_missing(conn: Connection, table: Table, keys: list[str], values: dict[str, Any]) -> bool:
-    """Insert unless a row with these keys exists; True when it was inserted."""
-    return conn.execute(_insert(conn, table, values).on_conflict_do_nothing(index_elements=keys)).rowcount > 0
+    """Insert unless a row with these keys exists; True exactly when this statement inserted it
+    (of several connections racing on one key, one gets True)."""
+    statement = _insert(conn, table, values).on_conflict_do_nothing(index_elements=keys).returning(*(table.c[k] for k in keys))
+    return conn.execute(statement).first() is not None

@@ -5,11 +5,18 @@ Raw values are stored; statistics are derived when reading. Each finished proces
 case is committed in its own transaction, so a crash loses at most the one in flight, and an
 execution is known by (run, case, rep): writing it again replaces it, never duplicates it.
 The schema is versioned (`migrations`); a store newer than the code is refused.
+
+A run's files are written whole or not at all (`write_file`), and a process's files reach the
+store only in its execution's transaction: a file left by a process whose row never got in (the
+database went away, the disk filled) is never stored, and the process runs again on resume.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from sqlalchemy import URL, Connection, Engine, Executable, RowMapping, create_engine, delete, event, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from harness.errors import StoreError
+from harness.errors import StoreError, StoreGone
+from harness.paths import private_file
 from harness.plan.cases import Case
 from harness.results import artifacts, schema
 from harness.results.location import masked, store_url
@@ -30,11 +38,50 @@ from harness.results.sql import upsert
 from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
 from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
-__all__ = ["SCHEMA_VERSION", "Execution", "Store", "device_key", "new_run_id", "now_iso"]
+__all__ = ["SCHEMA_VERSION", "Execution", "Store", "cause", "device_key", "new_run_id", "now_iso", "server_now", "write_file"]
+
+# Seconds a connection attempt to a database server may take: past it, a store behind a dead
+# network fails with a message instead of hanging for the kernel's minutes of SYN retries.
+CONNECT_TIMEOUT_S = 10
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def server_now(conn: Connection) -> str:
+    """The database server's clock, spelled as `now_iso` spells it: what every host of a lab
+    compares lease heartbeats against, so one host's wrong clock can neither make a live lease
+    look stale nor keep a dead one. (SQLite's CURRENT_TIMESTAMP is UTC without a zone.)"""
+    value = conn.execute(select(func.now())).scalar_one()
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_file(path: Path, data: str | bytes) -> None:
+    """Write under a hidden temporary name, then rename: a full or failing disk leaves no
+    half-written file under the real name for a later `finish_run` or resume to trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cause(exc: BaseException) -> str:
+    """A database or disk error in one line: the driver's own first line (SQLAlchemy's text
+    adds the statement and its parameters), or the OS's reason and the file."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def new_run_id() -> str:
@@ -74,7 +121,8 @@ DERIVED = frozenset({"report.html"})
 
 def _engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        timeout = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(url, pool_pre_ping=True, connect_args=timeout)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -95,6 +143,25 @@ def _engine(url: URL) -> Engine:
     return engine
 
 
+def _private_database(url: URL) -> None:
+    """Create the SQLite file readable by the user only; SQLite gives its WAL and journal the
+    same mode. A folder that does not exist is left for SQLite to report."""
+    path = Path(url.database or "")
+    if url.database and url.database != ":memory:" and path.parent.is_dir():
+        try:
+            private_file(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open results store {path}: {exc.strerror}") from None
+
+
+# What a failed write() of a file reports, without naming the file.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+
+
+def _under(filename: object, root: Path) -> bool:
+    return isinstance(filename, str) and Path(filename).resolve().is_relative_to(root.resolve())
+
+
 class Store:
     """Open (creating or migrating) the store at `url` (default: `<root>/edgebench.sqlite`,
     or `$EDGEBENCH_STORE`); run artifacts go under `<root>/runs/`."""
@@ -103,17 +170,31 @@ class Store:
         self.root = Path(root)
         self.url = store_url(self.root, url)
         self.where = masked(self.url)
-        if self.url.get_backend_name() == "sqlite":
-            self.root.mkdir(parents=True, exist_ok=True)
         try:
+            if self.url.get_backend_name() == "sqlite":
+                self.root.mkdir(parents=True, exist_ok=True)
+                _private_database(self.url)
             self.engine = _engine(self.url)
             with self.transaction() as conn:
                 migrate(conn, self.where)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open results store {self.where}: {exc.orig if getattr(exc, 'orig', None) else exc}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot open results store {self._scrub(cause(exc))}") from None
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _scrub(self, reason: str) -> str:
+        """`<masked store>: reason`, the password cut out of the reason too should a driver echo it."""
+        password = self.url.password
+        return f"{self.where}: {reason.replace(password, '***') if password else reason}"
+
+    def gone(self, exc: SQLAlchemyError | OSError) -> StoreGone:
+        """The error for a database or disk failure after the store opened, in one line naming
+        the store (or the file) and the cause."""
+        if isinstance(exc, SQLAlchemyError):
+            return StoreGone(f"results store {self._scrub(cause(exc))}")
+        disk = _under(exc.filename, self.root) or (exc.filename is None and exc.errno in DISK_ERRORS)
+        return StoreGone(f"results folder {self.root}: {cause(exc)}" if disk else cause(exc))
 
     def __enter__(self) -> "Store":
         return self
@@ -136,6 +217,12 @@ class Store:
     def artifacts_dir(self, run_id: str) -> Path:
         path = self.root / "runs" / run_id
         path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_file(self, run_id: str, name: str, data: str | bytes) -> Path:
+        """Write one file of the run's folder, whole or not at all (`write_file`)."""
+        path = self.artifacts_dir(run_id) / name
+        write_file(path, data)
         return path
 
     def create_run(
@@ -224,11 +311,15 @@ class Store:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
 
     def finish_run(self, run_id: str, status: str, note: str | None = None) -> None:
-        """Mark the run done and store the rest of its folder (facts, manifests, suite)."""
+        """Mark the run done and store the rest of its folder: the run's own files (facts,
+        manifests, suite), not the case folders, whose files `record_execution` stores with
+        their rows; a file there without its row is never stored. (A name starting with `.`
+        is a write in progress.)"""
         with self.transaction() as conn:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(status=status, finished_at=now_iso(), note=note))
             folder = self.artifacts_dir(run_id)
-            artifacts.save(conn, run_id, folder, (f for f in folder.rglob("*") if f.is_file() and f.name not in DERIVED))
+            artifacts.save(conn, run_id, folder,
+                           (f for f in folder.iterdir() if f.is_file() and f.name not in DERIVED and not f.name.startswith(".")))
 
     def set_repetitions(self, run_id: str, repetitions: int) -> None:
         """Sustained mode decides the number of rounds as it goes."""
@@ -335,10 +426,10 @@ class Store:
         )
         return {r["case_key"]: float(r["wall"]) for r in rows}
 
-    def artifacts(self, run_id: str) -> dict[str, bytes]:
-        """The run's stored files by name (relative to its folder)."""
+    def artifacts(self, run_id: str, pattern: str = "*") -> dict[str, bytes]:
+        """The run's stored files by name (relative to its folder), those matching `pattern`."""
         with self.engine.connect() as conn:
-            return artifacts.load(conn, run_id)
+            return artifacts.load(conn, run_id, pattern)
 
     def export_artifacts(self, run_id: str, dest: Path) -> list[Path]:
         return artifacts.write_out(self.artifacts(run_id), Path(dest))

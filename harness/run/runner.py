@@ -4,20 +4,28 @@ Round r runs every case once (case 1..n, then again 1..n), so slow drift such as
 background load spreads over all cases instead of landing on the last ones; a precision target
 adds rounds for the cases not yet within it (harness.run.precision). A failing
 process (crash, out of memory, timeout) is recorded with its stderr tail and the run goes
-on; a device that vanishes stops the run, keeping everything finished so far (resumable).
+on; a device that vanishes stops the run, keeping everything finished so far (resumable), and
+so does a store that stops taking writes (its database gone, its disk full): the process whose
+row could not be written runs again on resume.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness.drivers.base import Completed, Driver, DriverError
+from sqlalchemy.exc import SQLAlchemyError
+
+from harness.drivers.base import Completed, Driver, DriverError, Telemetry
 from harness.engines import EngineResult, get_engine
-from harness.errors import EdgebenchError, exited
+from harness.errors import EdgebenchError, Interrupted, StoreGone, exited
 from harness.plan.cases import Case, RunPolicy
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
@@ -86,9 +94,9 @@ def execute(
     `sustained_minutes` have passed, so drift under sustained load shows in the results.
     """
     results = []
-    store.mark_running(run_id)
-    pace = _Pacer(driver, policy)
-    try:
+    with resumable(store, run_id):
+        store.mark_running(run_id)
+        pace = _Pacer(driver, policy)
         for step in _paced(steps, policy, store, run_id):
             if on_start:
                 on_start(step)
@@ -96,21 +104,41 @@ def execute(
             results.append(result)
             if on_result:
                 on_result(result)
-    except (DriverError, KeyboardInterrupt) as exc:
-        mark_interrupted(store, run_id, exc)
-        raise
-    failed = [r for r in results if r.status != "ok"]
-    store.finish_run(run_id, "failed" if failed else "finished", f"{len(failed)} process(es) failed" if failed else None)
+        failed = [r for r in results if r.status != "ok"]
+        store.finish_run(run_id, "failed" if failed else "finished", f"{len(failed)} process(es) failed" if failed else None)
     return results
 
 
-def mark_interrupted(store: Store, run_id: str, exc: DriverError | KeyboardInterrupt) -> None:
-    """The run stopped early (Ctrl-C, SIGTERM/SIGHUP, a lost device): say why and how to resume."""
-    if isinstance(exc, KeyboardInterrupt):
-        reason = f"interrupted by {exc}" if str(exc) else "interrupted by the user"  # Interrupted names its signal
+@contextmanager
+def resumable(store: Store, run_id: str) -> Iterator[None]:
+    """A run stopped early (Ctrl-C, SIGTERM/SIGHUP, a lost lease, a lost device, a store that
+    stops taking writes) is marked interrupted, saying how to resume it; a database or disk
+    error becomes `StoreGone`, one line naming the store and the run to resume."""
+    try:
+        yield
+    except (DriverError, KeyboardInterrupt) as exc:
+        mark_interrupted(store, run_id, exc)
+        raise
+    except (SQLAlchemyError, OSError) as exc:
+        gone = store.gone(exc)
+        mark_interrupted(store, run_id, gone)
+        raise StoreGone(f"{gone}; the processes that finished are stored: when it works again, "
+                        f"edgebench run --resume {run_id}") from exc
+
+
+def mark_interrupted(store: Store, run_id: str, exc: EdgebenchError | KeyboardInterrupt) -> None:
+    """The run stopped early: say why and how to resume. When the store is what failed this
+    write may fail too: the run then stays `running` until `--resume` finishes it."""
+    if isinstance(exc, Interrupted):
+        reason = exc.describe()  # the signal's name, or why the lease was lost
+    elif isinstance(exc, KeyboardInterrupt):
+        reason = "interrupted by the user"
     else:
         reason = str(exc)
-    store.finish_run(run_id, "interrupted", f"{reason}; resume with: edgebench run --resume {run_id}")
+    try:
+        store.finish_run(run_id, "interrupted", f"{reason}; resume with: edgebench run --resume {run_id}")
+    except (SQLAlchemyError, OSError):
+        pass
 
 
 class _Pacer:
@@ -167,10 +195,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
         wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))
         completed = driver.run(wrapped, timeout=timeout_s, on_start=telemetry.attach)
-    artifacts = store.artifacts_dir(run_id) / case.key
-    artifacts.mkdir(parents=True, exist_ok=True)
-    _write_artifacts(artifacts, step.rep, completed)
-    telemetry.write_csv(artifacts / f"rep{step.rep}.telemetry.csv")
+    _write_artifacts(store.artifacts_dir(run_id) / case.key, step.rep, completed, telemetry)
     marks = telemetry.marks()
     status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), case, completed, timeout_s)
     # energy over the engine's measured windows only (one meaning on every driver)
@@ -215,7 +240,20 @@ def _outcome(
         return "failed", str(exc), None
 
 
-def _write_artifacts(folder: Path, rep: int, completed: Completed) -> None:
-    (folder / f"rep{rep}.stdout").write_text(completed.stdout, encoding="utf-8")
-    (folder / f"rep{rep}.stderr").write_text(completed.stderr, encoding="utf-8")
-    (folder / f"rep{rep}.argv.json").write_text(json.dumps(list(completed.argv)), encoding="utf-8")
+def _write_artifacts(folder: Path, rep: int, completed: Completed, telemetry: Telemetry) -> None:
+    """The process's files (`rep<N>.*`: output, argv, telemetry), written in a hidden folder and
+    then moved in, each whole, in place of an earlier try's, so the execution's row stores
+    exactly this try's files; a full disk leaves none half-written under a real name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".rep{rep}.", dir=folder))
+    try:
+        (staging / f"rep{rep}.stdout").write_text(completed.stdout, encoding="utf-8")
+        (staging / f"rep{rep}.stderr").write_text(completed.stderr, encoding="utf-8")
+        (staging / f"rep{rep}.argv.json").write_text(json.dumps(list(completed.argv)), encoding="utf-8")
+        telemetry.write_csv(staging / f"rep{rep}.telemetry.csv")
+        for earlier in folder.glob(f"rep{rep}.*"):
+            earlier.unlink()
+        for written in staging.iterdir():
+            os.replace(written, folder / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -7,7 +7,6 @@ process starts, so a typo never costs a half-finished run.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -18,14 +17,14 @@ from harness.run.bandwidth import device_bandwidth, requests_for
 from harness.plan.suites import Suite, load_suite, parse_suite
 from harness.plan.cores import Cluster
 from harness.telemetry.devicefs import read_clusters
-from harness.drivers.base import CommandFailed, Driver, DriverError
+from harness.drivers.base import CommandFailed, Driver
 from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
 from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
 from harness.plan.cases import Plan, build_plan
 from harness.run.quality import QualitySources, quality_sources, references_for
 from harness.results.roofline import model_traffic
-from harness.run.runner import RunTargets, Step, StepResult, execute, mark_interrupted, pending_steps
+from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps, resumable
 from harness.runtimes import BuildProgress, Runtime, build_runtime
 from harness.runtimes.reference import Reference
 from harness.runtimes.probe import BANDWIDTH_NAME
@@ -153,8 +152,7 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | 
         version=__version__,
         run_id=run_id,
     )
-    _write_run_artifacts(store, run_id, prepared, runtime, facts)
-    return run_id, _execute(store, run_id, prepared, runtime, callbacks, references)
+    return run_id, _execute(store, run_id, prepared, runtime, callbacks, references, facts)
 
 
 def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
@@ -174,7 +172,7 @@ def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[S
     stored = {c.key for c in store.cases(row["id"])}
     references = references_for(prepared.quality, [c for c in prepared.plan.cases if c.key in stored], lambda: build_host(callbacks.build),
                                 callbacks.status)
-    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks, references)
+    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks, references, json.loads(row["facts_json"]))
 
 
 def build_host(on_progress: Callable[[BuildProgress], None] | None = None) -> Runtime:
@@ -183,14 +181,14 @@ def build_host(on_progress: Callable[[BuildProgress], None] | None = None) -> Ru
 
 
 def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks,
-             references: dict[str, Reference]) -> list[StepResult]:
-    try:
+             references: dict[str, Reference], facts: dict[str, Any]) -> list[StepResult]:
+    """Write the run's own files (again on resume: a first try the disk cut short left some
+    out), stage, measure bandwidth, run the pending processes; stopped anywhere, resumable."""
+    with resumable(store, run_id):
+        _write_run_artifacts(store, run_id, prepared, runtime, facts)
         targets = _stage(prepared, runtime, callbacks, references)
         _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
-    except (DriverError, KeyboardInterrupt) as exc:  # stopped before its first case: still resumable
-        mark_interrupted(store, run_id, exc)
-        raise
-    steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
+        steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
     callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
     return execute(
         store, run_id, prepared.driver, steps, targets, timeout_s=prepared.plan.timeout_s,
@@ -219,11 +217,11 @@ def _measure_bandwidth(store: Store, run_id: str, prepared: Prepared, runtime: R
         for error in facts["bandwidth"]["errors"]:
             callbacks.status(f"memory bandwidth not measured: {error}")
     store.set_facts(run_id, facts)
-    (store.artifacts_dir(run_id) / "facts.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
+    store.write_file(run_id, "facts.json", json.dumps(facts, indent=2, default=str))
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
-    if not any(c.engine in ("llamabench", "perplexity") for c in prepared.plan.cases):
+    if not any(c.engine in ("llamabench", "perplexity", "pyllama") for c in prepared.plan.cases):  # pyllama loads its lib/
         return None
     target = prepared.options.target or prepared.device.target
     flags = prepared.device.build_flags + prepared.options.build_flags
@@ -268,11 +266,10 @@ def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks, re
 
 
 def _write_run_artifacts(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, facts: dict[str, Any]) -> None:
-    folder = store.artifacts_dir(run_id)
-    (folder / "facts.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
-    (folder / "model.json").write_text(json.dumps(prepared.model.to_json(), indent=2), encoding="utf-8")
-    (folder / "suite.toml").write_text(prepared.suite.text, encoding="utf-8")
+    store.write_file(run_id, "facts.json", json.dumps(facts, indent=2, default=str))
+    store.write_file(run_id, "model.json", json.dumps(prepared.model.to_json(), indent=2))
+    store.write_file(run_id, "suite.toml", prepared.suite.text)
     if prepared.quality and any(c.kind == "quality" for c in prepared.plan.cases):
-        shutil.copyfile(prepared.quality.corpus.path, folder / "corpus.txt")  # stored once per sha256 (blobs)
+        store.write_file(run_id, "corpus.txt", prepared.quality.corpus.path.read_bytes())  # stored once per sha256 (blobs)
     if runtime:
-        (folder / "runtime.json").write_text(json.dumps(runtime.manifest.to_json(), indent=2), encoding="utf-8")
+        store.write_file(run_id, "runtime.json", json.dumps(runtime.manifest.to_json(), indent=2))

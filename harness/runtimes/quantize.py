@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gguf
 
+from harness.credentials import child_env
 from harness.errors import EdgebenchError, exited
 from harness.paths import cache_dir
 from harness.runtimes.build import Runtime
@@ -76,7 +77,7 @@ def _variant(runtime: Runtime, base: ModelInfo, qtype: str, requantize: bool, on
         on_status(f"quantizing {base.filename} to {qtype}" + (" (requantizing a quantized base)" if requantize else ""))
         partial = target.with_name(f".{target.name}.partial")
         argv = [str(runtime.binary(QUANTIZE)), *(["--allow-requantize"] if requantize else []), base.path, str(partial), qtype]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=child_env())
         if done.returncode != 0 or not partial.is_file():
             partial.unlink(missing_ok=True)
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])

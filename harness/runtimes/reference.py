@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.credentials import child_env
 from harness.errors import EdgebenchError, exited
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
@@ -80,7 +81,7 @@ def host_reference(runtime: Runtime, model: Path, model_sha256: str, corpus: Cor
         logits = work / "base.logits"
         argv = [str(runtime.binary(PERPLEXITY)), "-m", str(model), "-f", str(corpus.path), "-c", str(n_ctx), "-b", str(n_ctx),
                 "--chunks", str(chunks), "--kl-divergence-base", str(logits)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=child_env())
         (work / "perplexity.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         header = _checked(done, logits, corpus, n_ctx, chunks)
         reference = Reference(folder / "base.logits", sha256_file(logits), header, model_sha256, corpus.sha256,
