@@ -88,3 +88,14 @@ def fake_llama_bench(reps: int = 2, seconds: float = 0.6, load_s: float = 0.2, n
             f'echo "llama-bench: benchmark 1/1: warmup prompt run" >&2\n{runs}'
             f"echo '{{\"n_prompt\": {n_prompt}, \"n_gen\": 0, \"n_depth\": 0, \"avg_ts\": {n_prompt / seconds}, "
             f"\"samples_ns\": [{ns}], \"samples_ts\": [{ts}], \"backends\": \"CPU\"}}'\n")
+
+
+def runtime_folder(root: Path, llama_bench: str) -> Path:
+    """A runtime folder whose bin/llama-bench is the given script: the run-level tests drive
+    the real runner, store and CLI without building llama.cpp."""
+    (root / "bin").mkdir(parents=True)
+    script = root / "bin" / "llama-bench"
+    script.write_text(llama_bench)
+    script.chmod(0o755)
+    return root
+

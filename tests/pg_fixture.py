@@ -121,13 +121,20 @@ def pg_cluster() -> Iterator[Cluster]:
         pytest.skip(str(exc))
 
 
+@contextmanager
+def fresh_database(cluster: Cluster) -> Iterator[str]:
+    """A new database owned by the password user, as its URL; dropped afterwards."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    cluster.admin(f"CREATE DATABASE {name} OWNER {USER}")
+    yield cluster.url(name)
+    cluster.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def pg_url(pg_cluster: Cluster) -> Iterator[str]:
-    """A fresh database for one test, owned by the password user; dropped afterwards."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    pg_cluster.admin(f"CREATE DATABASE {name} OWNER {USER}")
-    yield pg_cluster.url(name)
-    pg_cluster.admin(f"DROP DATABASE {name} WITH (FORCE)")
+    """A fresh database for one test."""
+    with fresh_database(pg_cluster) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -137,3 +137,21 @@ def test_real_runtime_failing_mid_run_keeps_the_other_cases(tmp_path, host_runti
     assert not any(case.startswith("decode") and metric == "decode_tps" for case, metric in means)
     html = (results / "runs" / shown["run"]["id"] / "report.html").read_text()
     assert "Failed processes" in html and "failed to create context" in html
+
+
+def test_a_disk_failure_in_any_command_is_one_line_and_a_missing_folder_bad_input(tmp_path):
+    """Not only `run`: every command turns a database, disk or network failure into one line
+    (a database error's traceback would print its statement and parameters)."""
+    from harness.results.store import Store
+
+    from .test_store import CASES, new_run, record
+
+    with Store(tmp_path / "r") as store:
+        run_id = new_run(store)
+        record(store, run_id, CASES[0], 0, 10.0)
+    full = edgebench("results", "export", run_id, "--results", str(tmp_path / "r"), "-o", "/dev/full", cwd=tmp_path)
+    assert full.returncode == 3, full.stderr
+    assert "disk: No space left on device" in full.stderr and "Traceback" not in full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1
+    missing = edgebench("results", "export", run_id, "--results", str(tmp_path / "r"), "-o", str(tmp_path / "no" / "t.csv"), cwd=tmp_path)
+    assert missing.returncode == 2 and "No such file or directory" in missing.stderr and "Traceback" not in missing.stderr

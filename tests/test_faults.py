@@ -30,7 +30,7 @@ from harness.lab import leases
 from harness.results.schema import leases as leases_t
 from harness.results.store import Store, now_iso, server_now
 
-from .conftest import REPO
+from .conftest import REPO, runtime_folder
 from .pg_fixture import PASSWORD, Cluster
 
 SUITE = """
@@ -94,12 +94,7 @@ CLI = textwrap.dedent(
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Path:
-    root = tmp_path / "runtime"
-    (root / "bin").mkdir(parents=True)
-    script = root / "bin" / "llama-bench"
-    script.write_text(FAKE.format(python=sys.executable))
-    script.chmod(0o755)
-    return root
+    return runtime_folder(tmp_path / "runtime", FAKE.format(python=sys.executable))
 
 
 def edgebench(runtime: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -30,8 +30,10 @@ from harness.lab.jobs import (JOB_OPTIONS, RUN_ID_FORM, JobInputs, JobRefused, L
 from harness.lab.submit import job_inputs
 from harness.lab.worker import restore_unacked
 from harness.results.store import Store, new_run_id
+from harness.results import schema
 from harness.runtimes.logits import MAGIC
 
+from .pg_fixture import PASSWORD
 from .test_lab import (TINY, Worker, _assert_each_job_once, _inventory, _lab, _redis, _store, _suite, _until,  # noqa: F401 - fixtures
                        second_model, workers)
 
@@ -339,10 +341,16 @@ def test_postgresql_stopped_mid_benchmark_the_job_resumes_its_run(tmp_path, redi
     pg_cluster.start()
     waited = _lab(tmp_path, "wait", lab_id, "--timeout", "600", env=env)
     assert waited.returncode == 0, waited.stdout + waited.stderr + worker.text()[-3000:]
+    status = _lab(tmp_path, "status", lab_id, env=env)
     with _store(tmp_path, pg_url) as store:
         (job,) = _assert_each_job_once(store, lab_id, reps=4)
         after = {(e.case_key, e.rep): e.id for e in store.executions(job.run_id)}
         assert all(after[k] == v for k, v in kept.items()) and len(store.runs()) == 1
+        with store.engine.connect() as conn:  # every row of every table, the lease holders and job rows included
+            rows = repr([conn.execute(table.select()).all() for table in schema.metadata.sorted_tables])
+    # a lab job on a scram-password store and a password broker, through an outage's error messages
+    said = worker.text() + waited.stdout + waited.stderr + status.stdout + status.stderr + rows
+    assert PASSWORD not in said and redis_server.password not in said
 
 
 @pytest.mark.slow

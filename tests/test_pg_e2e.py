@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from harness.runtimes.build import find_tool
 from harness.runtimes.source import PINNED
 
 from .conftest import REPO, fake_llama_bench
-from .pg_fixture import PASSWORD, Cluster
+from .pg_fixture import PASSWORD, Cluster, fresh_database
 
 SUITE = """
 name = "tiny-pg"
@@ -78,10 +77,8 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def lab_db(pg_cluster: Cluster) -> Iterator[str]:
     """A second fresh database on the cluster: the lab store a run is pushed to."""
-    name = "lab_" + uuid.uuid4().hex[:12]
-    pg_cluster.admin(f"CREATE DATABASE {name} OWNER edgebench")
-    yield pg_cluster.url(name)
-    pg_cluster.admin(f"DROP DATABASE {name} WITH (FORCE)")
+    with fresh_database(pg_cluster) as url:
+        yield url
 
 
 def _counts(root: Path, url: str, run_id: str) -> tuple[int, int, int, int]:

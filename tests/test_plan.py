@@ -142,7 +142,7 @@ def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_
     for case in latency:
         assert dict(case.settings) == {"threads": 4}  # the big cluster's size; no mask, which the engine lacks
         assert PyLlama().unsupported(case) is None
-        args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="", model_path=__file__)[3:])
+        args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="/opt/runtime", model_path=__file__)[3:])
         assert unknown == [] and args.threads == 4
         assert plan.cores[case.key]["cpus"] == [4, 5, 6, 7] and "takes a thread count, not a mask" in plan.cores[case.key]["why"]
     for case in (c for c in plan.cases if c.engine == "llamabench"):

@@ -23,6 +23,8 @@ from harness.results.schema import schema_version
 from harness.results.store import SCHEMA_VERSION, Store
 from harness.errors import StoreError
 
+from .conftest import runtime_folder
+
 FAKE = textwrap.dedent(
     """\
     #!{python}
@@ -53,12 +55,7 @@ FAKE = textwrap.dedent(
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Path:
-    root = tmp_path / "runtime"
-    (root / "bin").mkdir(parents=True)
-    script = root / "bin" / "llama-bench"
-    script.write_text(FAKE.format(python=sys.executable))
-    script.chmod(0o755)
-    return root
+    return runtime_folder(tmp_path / "runtime", FAKE.format(python=sys.executable))
 
 
 CASES = [Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2), Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)]

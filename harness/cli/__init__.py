@@ -11,17 +11,43 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from harness.cli import views
 from harness.errors import EdgebenchError, Interrupted, StoreGone
 
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
+
+
+class _OneLineFailures(TyperGroup):
+    """Every command's database, disk and network failures end as one line, never as a
+    traceback (a database error's traceback prints its statement and parameters): the store
+    gone mid-command, a full or failing disk, a lost connection exit 3, as `run`'s do; a path
+    that does not exist or may not be written is bad input (2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from harness.credentials import mask_url
+        from harness.results.store import DISK_ERRORS, cause
+
+        try:
+            return super().invoke(ctx)
+        except (SQLAlchemyError, OSError) as exc:
+            gone = isinstance(exc, (SQLAlchemyError, ConnectionError, TimeoutError)) or exc.errno in DISK_ERRORS
+            where = "results store" if isinstance(exc, SQLAlchemyError) else "disk" if exc.errno in DISK_ERRORS else "file or network"
+            console.print(f"[bold red]error:[/] {escape(mask_url(f'{where}: {cause(exc)}'))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED if gone else EXIT_BAD_INPUT) from None
+
+
 # A traceback never prints local variables: one of them may be a `--store` or `--broker` URL with its password.
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+app = typer.Typer(cls=_OneLineFailures, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="On-device LLM benchmarking: llama.cpp on hosts, phones and boards.")
 runtime_app = typer.Typer(no_args_is_help=True, help="Build and inspect llama.cpp runtimes.")
 results_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
@@ -36,8 +62,6 @@ app.add_typer(lab_app, name="lab")
 
 console = Console(stderr=True)
 out = views.output_console()
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
 ResultsOpt = typer.Option(None, "--results", help="Results folder (default: ./results or $EDGEBENCH_RESULTS).")
 StoreOpt = typer.Option(None, "--store", help="Results database URL, e.g. postgresql://user@host/db?sslmode=require for a lab "
@@ -121,6 +145,7 @@ def run(
     from sqlalchemy.exc import SQLAlchemyError
 
     _check_format(fmt)
+    begun: list[str] = []  # the run (or resumed run) now under way: what an interruption says to resume
     with stop_requests():
         try:
             store = _store(results, store_url)
@@ -171,11 +196,13 @@ def run(
                 for label, reason in prepared.plan.skipped:
                     console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
                 run_id = new_run_id()  # chosen before the lease, so the lease names the run that holds it
+                begun.append(run_id)
                 with held(store, prepared.driver.identity(), manual_holder(run_id), wait=wait, on_wait=note):
                     return _with(progress, lambda: start(store, prepared, callbacks, run_id=run_id))
 
             if resume:
                 row = store.run(resume)
+                begun.append(row["id"])
                 with held(store, row["device_identity"] or f"name:{row['device']}", manual_holder(row["id"]), wait=wait, on_wait=note):
                     done = [_with(progress, lambda: resume_run(store, resume, callbacks))]
             elif types:
@@ -192,7 +219,8 @@ def run(
             _write_report(store, run_ids, report or store.artifacts_dir(run_ids[-1]) / "report.html")
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM/SIGHUP, or a lease that could not be renewed (Interrupted says which)
             what = exc.describe() if isinstance(exc, Interrupted) else "interrupted"
-            raise _fail(EdgebenchError(f"{what}; finished cases are stored (edgebench run --resume latest)"), EXIT_INTERRUPTED)
+            again = f"edgebench run --resume {begun[-1]}{' --store ...' if store_url else ''}" if begun else "edgebench run --resume latest"
+            raise _fail(EdgebenchError(f"{what}; finished cases are stored ({again})"), EXIT_INTERRUPTED)
         except EdgebenchError as exc:
             raise _fail(exc, EXIT_INTERRUPTED if _is_driver_error(exc) else EXIT_BAD_INPUT)
         except (SQLAlchemyError, OSError) as exc:  # the store or the disk failed outside a run's steps (which say more)

@@ -26,7 +26,7 @@ import psutil
 from celery.exceptions import Retry
 
 from harness.drivers.base import DeviceUnreachable
-from harness.errors import EdgebenchError, StoreError
+from harness.errors import EdgebenchError, LeaseLost, StoreError, StoreGone
 from harness.lab import jobs, leases
 from harness.lab.jobs import JobRefused
 from harness.paths import cache_dir
@@ -244,6 +244,8 @@ def _attempt(task, store: Store, job: jobs.Job, options: RunOptions, suite: Suit
         status, error = ("failed", f"{len(failed)} process(es) failed") if failed else ("done", None)
     except JobCancelled:
         status, error = "cancelled", f"cancelled while running on {socket.gethostname()}; its benchmark was killed"
+    except LeaseLost as exc:  # the device's lease could not be renewed: its benchmark is killed, and the job
+        raise StoreGone(str(exc)) from None  # waits, unacknowledged, as for any store outage, then resumes its run
     except DeviceUnreachable as exc:
         if attempt <= job.retries:
             delay = job.backoff_s * 2 ** (attempt - 1)
