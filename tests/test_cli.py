@@ -58,6 +58,49 @@ def test_dry_run_counts_a_quality_case_once_and_starts_nothing(tmp_path, default
     alone = edgebench("run", "--suite", "quick", "--dry-run", "--no-quality", "-r", "1", "--results", str(tmp_path / "r"), cwd=tmp_path)
     assert alone.returncode == 0 and "8 processes (1 round of 8 cases)" in alone.stdout, alone.stderr
     assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
+    as_csv = edgebench("run", "--suite", "quick", "--dry-run", "--format", "csv", "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert as_csv.returncode == 0 and as_csv.stdout.startswith("#,engine,case,context,in-process reps,threads\n"), as_csv.stderr
+    (plan,) = [json.loads(line) for line in edgebench("run", "--suite", "quick", "--dry-run", "--format", "json", "--results",
+                                                      str(tmp_path / "r"), cwd=tmp_path).stdout.splitlines()]
+    assert plan["title"].startswith("plan: suite quick") and [row["#"] for row in plan["rows"]] == [str(i) for i in range(1, 10)]
+
+
+LONG_STATUS = ("extracting SmolLM2-135M-Instruct-Q4_1.gguf from llama_cpp_python-0.3.36-cp311-cp311-manylinux_2_17_x86_64.whl "
+               "(the default model, pinned by sha256) into the edgebench cache")
+
+
+def test_status_lines_do_not_wrap_where_stderr_is_not_a_terminal(monkeypatch):
+    """Piped (a CI log, `2>file`), rich took stderr to be 80 columns wide and broke a status line
+    mid-sentence, before the wheel's name; the first run must read whole lines."""
+    from harness.cli import views
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = views.status_console(io.StringIO())
+    console.print(f"[dim]{LONG_STATUS}[/]")
+    assert console.file.getvalue() == LONG_STATUS + "\n"
+    monkeypatch.setenv("COLUMNS", "80")  # a width set for the tables still leaves status lines whole
+    console = views.status_console(io.StringIO())
+    console.print(LONG_STATUS)
+    assert console.file.getvalue() == LONG_STATUS + "\n"
+
+
+def test_the_progress_of_a_run_is_one_line_per_step_where_not_a_terminal(monkeypatch):
+    """The run's progress bar, as a non-terminal shows it once at its end: a long case label and
+    figure on one line."""
+    from rich.progress import Progress
+
+    from harness.cli import run, views
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = views.status_console(io.StringIO())
+    monkeypatch.setattr(run, "console", console)
+    progress = run._progress()
+    assert isinstance(progress, Progress)
+    with progress:
+        task = progress.add_task(f"[9/9] {LONG_STATUS} (round 3)", total=9, last="12,345.6 tok/s")
+        progress.update(task, completed=9)
+    (line,) = [line for line in console.file.getvalue().splitlines() if line.strip()]
+    assert LONG_STATUS in line and line.rstrip().endswith("12,345.6 tok/s")
 
 
 @pytest.mark.slow

@@ -324,7 +324,7 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
     run = edgebench("run", "--suite", str(suite), "--results", str(results), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     shown = edgebench("results", "show", "--results", str(results), cwd=tmp_path).stdout
-    assert "prefill p16: power scope none (no power sensor); before: cpu " in shown
+    assert "before prefill p16: power scope none (no power sensor), cpu " in shown
     (folder,) = [p for p in (results / "runs").iterdir() if p.is_dir()]
     (case_dir,) = [p for p in folder.iterdir() if p.is_dir()]
     trace = parse_probe((case_dir / "rep0.telemetry.probe.txt").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from harness.plan.cases import Case
 from harness.results.analysis import summary_frame, tidy_frame
 from harness.results.records import Metric
 from harness.results.store import Store, now_iso
-from harness.telemetry.state import capture_state
+from harness.telemetry.state import capture_state, summary_parts
 
 from .conftest import REPO
 
@@ -115,17 +116,36 @@ def test_formats_csv_and_markdown(wide_run):
     assert len(table) == 2 + len(grid.rows) and all(f in markdown for f in _figures(grid))
     assert markdown.startswith("**run ") and "- mean ± 95% CI" in markdown
     shown = _rendered(store, run_id, 40, "markdown")
-    assert markdown in shown and "\n- prefill p512, prefill p16384, decode n64: power scope" in shown
+    assert markdown in shown and "\n- before every case: power scope cpu package (RAPL), cpu " in shown
     csv_text = _rendered(store, run_id, 40, "csv")
-    assert "before:" not in csv_text and csv_text.startswith("case,")
+    assert "before" not in csv_text and csv_text.startswith("case,")
+    document = json.loads(_rendered(store, run_id, 40, "json").splitlines()[0])
+    assert [tuple(row.values()) for row in document["rows"]] == list(grid.rows) and document["caption"] == list(grid.caption)
 
 
-def test_identical_conditions_are_one_line(wide_run):
+def test_the_state_before_the_cases_is_what_they_shared_then_what_differed(wide_run):
+    """Nine near-identical long lines were printed under a real run's table: now what every
+    case saw is said once, and per case only what differed (cases that differed alike share a line)."""
     store, run_id = wide_run
-    lines = views.condition_lines(store, run_id)
-    assert len(lines) == 2
-    assert lines[0].startswith("prefill p512, prefill p16384, decode n64: power scope cpu package (RAPL); before: ")
-    assert lines[1].startswith("decode n64 @d16384: ")
+    states = {e.case_key: e.raw["state"] for e in store.executions(run_id)}
+    free = {case.label: summary_parts(states[case.key])["free"] for case in CASES}
+    shared, *differed = views.condition_lines(store, run_id)
+    assert shared.startswith("before every case: power scope cpu package (RAPL), cpu ") and "load " in shared
+    assert "MB free" not in shared
+    assert differed == [f"before prefill p512, prefill p16384, decode n64: {free['prefill p512']}",
+                        f"before decode n64 @d16384: {free['decode n64 @d16384']}"]
+
+
+def test_one_case_has_one_whole_line(tmp_path):
+    store = Store(tmp_path / "results")
+    run_id = store.create_run(device="local", suite_name="one", suite_text="", repetitions=1, timeout_s=60, cases=CASES[:1],
+                              model_sha256="cd" * 32, model_info={}, runtime_key=None, runtime_manifest=None, facts={"name": "local"},
+                              command=[], version="t")
+    raw = {"state": {"load_avg": [0.5], "mem_available_mb": 2048}, "telemetry": {}}
+    store.record_execution(run_id, CASES[0], 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None, raw=raw,
+                           metrics=[])
+    assert views.condition_lines(store, run_id) == [
+        "before prefill p512: power scope none (no power sensor), cpu no cpufreq, no temperature, load 0.5, 2048 MB free"]
 
 
 def edgebench_piped(*args: str, columns: str | None) -> subprocess.CompletedProcess[str]:
@@ -145,7 +165,7 @@ def test_results_show_never_cuts_a_figure(wide_run, columns):
     lines = shown.stdout.splitlines()
     for figure in _figures(_grid(store, run_id)):
         assert any(figure in line for line in lines), figure
-    assert shown.stdout.count("before:") == 2  # three cases shared one state: one line for them
+    assert shown.stdout.count("before every case: ") == 1 and shown.stdout.count("\nbefore ") == 3  # shared, then two differences
     if columns is None:  # piped with no width: one table, as wide as it needs
         assert sum(line.startswith("│ prefill p512 ") for line in lines) == 1
 
@@ -157,3 +177,43 @@ def test_results_show_formats(wide_run):
         assert shown.returncode == 0 and mark in shown.stdout, shown.stderr
     bad = edgebench_piped("results", "show", run_id, "--format", "html", "--results", str(store.root), columns=None)
     assert bad.returncode == 2 and "table, plain, csv, markdown" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def table_commands(wide_run, tmp_path_factory) -> dict[str, tuple[list[str], str]]:
+    """Every command that prints a table, against the wide run's store (with a lab of one
+    finished job and a schedule added): its arguments and its table's first column."""
+    from harness.lab.app import queue_for
+    from harness.lab.jobs import LabRequest, create_jobs, set_job
+    from harness.lab.schedule import add_schedule
+
+    store, run_id = wide_run
+    folder = tmp_path_factory.mktemp("commands")
+    inventory = folder / "lab.toml"
+    inventory.write_text(f'[[device]]\nname = "fa"\ndriver = "local"\nworkdir = "{folder / "fa"}"\n')
+    (job,) = create_jobs(store, "lab-f", LabRequest(("fa",), "quick"), "quick", "", {"fa": ("board:f", queue_for("board:f"))})
+    set_job(store, job.id, status="done")
+    add_schedule(store, inventory, LabRequest(("fa",), "quick"), "0 2 * * *", None)
+    where = ["--results", str(store.root)]
+    return {"results list": (["results", "list", *where], "run"), "results show": (["results", "show", run_id, *where], "case"),
+            "compare": (["compare", run_id, run_id, *where], "case"), "claims": (["claims", *where], "claim"),
+            "devices list": (["devices", "list", "--inventory", str(inventory)], "device"),
+            "devices check": (["devices", "check", "fa", "--inventory", str(inventory)], "device"),
+            "lab status": (["lab", "status", "lab-f", *where], "job"), "lab wait": (["lab", "wait", "lab-f", *where], "job"),
+            "lab schedule list": (["lab", "schedule", "list", *where], "schedule")}
+
+
+@pytest.mark.parametrize("command", ["results list", "results show", "compare", "claims", "devices list", "devices check", "lab status",
+                                     "lab wait", "lab schedule list"])
+def test_every_table_command_takes_the_formats(table_commands, command):
+    """Each table goes through views.Grid, so csv and json (and plain, markdown) work on every one."""
+    args, first = table_commands[command]
+    as_csv = edgebench_piped(*args, "--format", "csv", columns=None)
+    assert as_csv.returncode == 0 and as_csv.stdout.startswith(f"{first},"), as_csv.stdout + as_csv.stderr
+    as_json = edgebench_piped(*args, "--format", "json", columns=None)
+    assert as_json.returncode == 0, as_json.stderr
+    documents = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert documents and all(first in row for row in documents[0]["rows"]), as_json.stdout
+    assert documents[0]["rows"] or command == "claims"  # no stored run tests a published claim
+    bad = edgebench_piped(*args, "--format", "yaml", columns=None)
+    assert bad.returncode == 2 and "unknown format 'yaml'" in bad.stderr

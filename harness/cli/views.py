@@ -6,7 +6,8 @@ grid's columns are measured here first and a layout the console can hold is chos
 the figure columns spread over stacked tables with the row names repeated in each; or, where
 not even one figure fits beside the names, one line per figure. Figure cells never wrap; only
 names and words do. Formats: `table` (rich, box lines), `plain` (aligned text, no box
-characters), `csv` and `markdown` (for pasting; they ignore the width).
+characters), `csv` and `markdown` (for pasting; they ignore the width), `json` (one object per
+table and line: its title, rows keyed by column, and caption).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-FORMATS = ("table", "plain", "csv", "markdown")
+FORMATS = ("table", "plain", "csv", "markdown", "json")
 # Columns never taken narrower than this, unless their longest word is shorter.
 _LEAST_WRAP = 10
 # Width each column adds beyond its cells, and what the table adds once (rich's defaults:
@@ -41,6 +42,16 @@ def output_console() -> Console:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=UNBOUNDED)
+    return console
+
+
+def status_console(file: IO[str] | None = None) -> Console:
+    """stderr's console (or `file`'s), for progress, status and error lines. Where it is not a
+    terminal nothing wraps them: rich would break a line at 80 columns mid-sentence ("extracting
+    SmolLM2-....gguf from" and the wheel's name on the next line), and a log reads each whole."""
+    console = Console(stderr=file is None, file=file)
+    if not console.is_terminal:
+        console = Console(stderr=file is None, file=file, soft_wrap=True, width=UNBOUNDED if "COLUMNS" not in os.environ else None)
     return console
 
 
@@ -139,6 +150,9 @@ def show(console: Console, grid: Grid, fmt: str = "table") -> None:
     if fmt == "markdown":
         console.out(to_markdown(grid), highlight=False)
         return
+    if fmt == "json":
+        console.out(json.dumps(to_json(grid), ensure_ascii=False), highlight=False)
+        return
     if grid.title:
         console.print(Text(grid.title, style="bold"))
     folds = plan(grid, console.width, fmt) if grid.rows else []
@@ -199,9 +213,14 @@ def to_markdown(grid: Grid) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_json(grid: Grid) -> dict[str, Any]:
+    return {"title": grid.title, "rows": [dict(zip(grid.header, row)) for row in grid.rows], "caption": list(grid.caption)}
+
+
 def show_lines(console: Console, lines: Sequence[str], fmt: str = "table", style: str = "") -> None:
-    """Notes beside the tables (conditions, failures): a list in markdown, none in csv."""
-    if fmt == "csv":
+    """Notes beside the tables (conditions, failures): a list in markdown, none in csv or json
+    (data only; `--json` gives a command's whole document where it has one)."""
+    if fmt in ("csv", "json"):
         return
     for line in lines:
         if fmt == "markdown":
@@ -317,20 +336,29 @@ def _missing(value: Any) -> bool:
 
 def condition_lines(store: Any, run_id: str) -> list[str]:
     """Beside the figures: the power scope and the device state before each case's first
-    process. Cases that saw the same are one line naming them all."""
-    from harness.telemetry.state import summary_line
+    process. What every case saw is one line; then per case only what differed (cases that
+    differed alike share a line), so nine cases read as a few short lines, not nine long ones."""
+    from harness.telemetry.state import summary_parts
 
     labels = {case.key: case.label for case in store.cases(run_id)}
-    seen: set[str] = set()
-    cases_by_line: dict[str, list[str]] = {}
+    seen: dict[str, dict[str, str]] = {}
     for execution in store.executions(run_id):
-        if execution.case_key in seen or "state" not in execution.raw:
+        label = labels.get(execution.case_key, execution.case_key)
+        if label in seen or "state" not in execution.raw:
             continue
-        seen.add(execution.case_key)
         scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
-        line = f"power scope {scope}; before: {summary_line(execution.raw['state'])}"
-        cases_by_line.setdefault(line, []).append(labels.get(execution.case_key, execution.case_key))
-    return [f"{', '.join(cases)}: {line}" for line, cases in cases_by_line.items()]
+        seen[label] = {"scope": f"power scope {scope}", **summary_parts(execution.raw["state"])}
+    if len(seen) == 1:
+        ((label, parts),) = seen.items()
+        return [f"before {label}: {', '.join(parts.values())}"]
+    names = list(dict.fromkeys(name for parts in seen.values() for name in parts))
+    shared = [n for n in names if len({parts.get(n) for parts in seen.values()}) == 1]
+    lines = [f"before every case: {', '.join(next(iter(seen.values()))[n] for n in shared)}"] if shared else []
+    cases_by_difference: dict[str, list[str]] = {}
+    for label, parts in seen.items():
+        differed = ", ".join(parts[n] for n in names if n not in shared and n in parts)
+        cases_by_difference.setdefault(differed, []).append(label)
+    return lines + [f"before {', '.join(cases)}: {differed}" for differed, cases in cases_by_difference.items() if differed]
 
 
 def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> None:

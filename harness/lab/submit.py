@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -21,10 +21,13 @@ from harness.errors import EdgebenchError
 from harness.lab.app import RUN_JOB, queue_for
 from harness.lab.jobs import (FILE_NAME_FORM, Job, JobInputs, LabRequest, create_jobs, jobs_of, new_lab_id, served_devices, set_job,
                               store_outage, suite_references, worker_alive)
+from harness.lab.worker import select_devices
 from harness.plan.inventory import load_inventory
 from harness.plan.suites import load_suite
 from harness.results.artifacts import put_blob
 from harness.results.store import Store, now_iso
+from harness.run.session import Callbacks, RunOptions
+from harness.run.sweep import sweep_options
 from harness.runtimes.corpus import resolve_corpus
 from harness.runtimes.logits import MAGIC
 from harness.runtimes.models import CATALOG, inspect_model, resolve_model
@@ -51,6 +54,26 @@ def device_queues(store: Store, inventory: Path, names: tuple[str, ...]) -> dict
             identity = specs[name].open().identity()
             found[name] = (identity, queue_for(identity))
     return found
+
+
+def make_request(inventory: Path, suite: str, models: Sequence[str], settings: dict[str, tuple[Any, ...]], repeat: int | None, *,
+                 names: tuple[str, ...] = (), tags: tuple[str, ...] = (), retries: int = 2, backoff_s: float = 5.0,
+                 quantize: Sequence[str] = (), allow_requantize: bool = False, corpus: str | None = None,
+                 reference: str | None = None, callbacks: Callbacks = Callbacks()) -> LabRequest:
+    """The lab's request for the inventory's devices (those named and tagged so, else all); with
+    `quantize`, each model's variants are made here first and join the models, each job knowing
+    its sweep, variant and reference (the base). A file is named absolutely: a job is run in
+    another folder, often on another host."""
+    def absolute(spec: str | None) -> str | None:
+        return spec if spec is None or spec in CATALOG or spec == "self" else str(Path(spec).expanduser().resolve())
+
+    chosen = tuple(d.name for d in select_devices(inventory, names, tags))
+    specs, sweeps = [absolute(m) for m in models or ["default"]], {}
+    if quantize:
+        runs = [o for m in specs for o in sweep_options(RunOptions(model=m), list(quantize), allow_requantize=allow_requantize, callbacks=callbacks)]
+        specs = [o.model for o in runs]
+        sweeps = {o.model: {"sweep": o.sweep, "variant": o.variant, "reference": o.reference} for o in runs}
+    return LabRequest(chosen, suite, tuple(specs), settings, repeat, retries, backoff_s, sweeps, absolute(corpus), absolute(reference))
 
 
 def submit(store: Store, app: Celery, inventory: Path, request: LabRequest, lab_id: str | None = None) -> tuple[str, list[Job]]:

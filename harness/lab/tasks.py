@@ -13,7 +13,6 @@ then resumes its run: its status is never left unwritten by a worker that went o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -26,14 +25,16 @@ import psutil
 from celery.exceptions import Retry
 
 from harness.drivers.base import DeviceUnreachable
-from harness.errors import EdgebenchError, LeaseLost, StoreError, StoreGone
+from harness.errors import EdgebenchError, LeaseLost, StoreGone
 from harness.lab import jobs, leases
 from harness.lab.jobs import JobRefused
 from harness.paths import cache_dir
 from harness.plan.suites import Suite, parse_suite
 from harness.results import artifacts
 from harness.results.store import Store, now_iso
-from harness.run.session import Callbacks, RunOptions, prepare, resume, start
+from harness.run import orchestrate
+from harness.run.orchestrate import LeaseTerms, RunRequest
+from harness.run.session import Callbacks, RunOptions
 from harness.runtimes.models import CATALOG, inspect_model
 
 log = logging.getLogger("edgebench.lab")
@@ -150,8 +151,7 @@ def _run_job(task, store: Store, job_id: str) -> str:
         jobs.set_job(store, job_id, status="failed", finished_at=now_iso(), error=str(exc))
         log.error("%s: %s", job_id, exc)
         return "failed"
-    with leases.held(store, found.identity, leases.job_holder(found.id), wait=True, on_wait=log.info):
-        return _attempt(task, store, found, options, suite)
+    return _attempt(task, store, found, options, suite)
 
 
 def checked_options(store: Store, job: jobs.Job) -> tuple[RunOptions, Suite]:
@@ -220,28 +220,32 @@ def _blob_file(store: Store, job: jobs.Job, sha256: str, name: str) -> Path:
 
 
 def _attempt(task, store: Store, job: jobs.Job, options: RunOptions, suite: Suite) -> str:
+    """One try of the job, through the run's one entry point (harness.run.orchestrate): the
+    device's lease is the job's, the run is the job's run id (resumed when a redelivered
+    message finds it stored), and the job is marked running once the lease is its own."""
     attempt = job.attempts + 1
-    jobs.set_job(store, job.id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
-                 started_at=now_iso(), error=None)
     watch = _CancelWatch(store, job.id)
     watch.start()
+
+    def running(_run_id: str) -> None:
+        watch.check()
+        jobs.set_job(store, job.id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
+                     started_at=now_iso(), error=None)
 
     def on_result(result) -> None:
         log.info("%s: %s round %d: %s", job.id, result.step.case.label, result.step.rep + 1, result.status)
         watch.check()
 
-    callbacks = Callbacks(status=lambda m: log.info("%s: %s", job.id, m), step_start=watch.check, step_result=on_result)
+    def say(message: str) -> None:
+        log.info("%s: %s", job.id, message)
+
+    callbacks = Callbacks(status=say, note=say, step_start=watch.check, step_result=on_result)
+    request = RunRequest(options, suite, run_id=job.run_id, identity=job.identity)
+    lease = LeaseTerms(holder=lambda _run_id: leases.job_holder(job.id), wait=True, on_held=running)
     status, error = "failed", None
     try:
-        if _run_exists(store, job.run_id):
-            _check_resumable(store, job, options)
-            _, steps = resume(store, job.run_id, callbacks)
-        else:
-            prepared = prepare(options, suite, callbacks.status)
-            watch.check()
-            _, steps = start(store, prepared, callbacks, run_id=job.run_id)
-        failed = [s for s in steps if s.status != "ok"]
-        status, error = ("failed", f"{len(failed)} process(es) failed") if failed else ("done", None)
+        (outcome,) = orchestrate.run(store, request, callbacks, lease)
+        status, error = ("failed", f"{len(outcome.failed)} process(es) failed") if outcome.failed else ("done", None)
     except JobCancelled:
         status, error = "cancelled", f"cancelled while running on {socket.gethostname()}; its benchmark was killed"
     except LeaseLost as exc:  # the device's lease could not be renewed: its benchmark is killed, and the job
@@ -249,7 +253,8 @@ def _attempt(task, store: Store, job: jobs.Job, options: RunOptions, suite: Suit
     except DeviceUnreachable as exc:
         if attempt <= job.retries:
             delay = job.backoff_s * 2 ** (attempt - 1)
-            jobs.set_job(store, job.id, status="unreachable", error=f"attempt {attempt} of {job.retries + 1}: {exc}; retrying in {delay:g} s")
+            jobs.set_job(store, job.id, status="unreachable", attempts=attempt,
+                         error=f"attempt {attempt} of {job.retries + 1}: {exc}; retrying in {delay:g} s")
             log.warning("%s: device unreachable (%s); retrying in %g s", job.id, exc, delay)
             raise task.retry(countdown=delay, max_retries=None, queue=job.queue)
         status, error = "unreachable", f"{exc} (gave up after {attempt} attempts)"
@@ -263,22 +268,6 @@ def _attempt(task, store: Store, job: jobs.Job, options: RunOptions, suite: Suit
             error = f"internal error: {exc!r} (see the worker's log on {socket.gethostname()})"
     finally:
         watch.stop.set()
-    jobs.set_job(store, job.id, status=status, error=error, finished_at=now_iso())
+    jobs.set_job(store, job.id, status=status, attempts=attempt, error=error, finished_at=now_iso())
     log.info("%s: %s%s", job.id, status, f" ({error})" if error else "")
     return status
-
-
-def _check_resumable(store: Store, job: jobs.Job, options: RunOptions) -> None:
-    """A run is resumed only with the options its job gives here, on the job's device: a row
-    naming another run (someone's manual run with its own build flags) is refused."""
-    row = store.run(job.run_id)
-    if row["device_identity"] != job.identity or RunOptions.from_json(json.loads(row["command_json"])) != options:
-        raise JobRefused(f"job {job.id}: run {job.run_id} in the store was not made by this job on {job.device} "
-                         "(another device or other options); not resumed")
-
-
-def _run_exists(store: Store, run_id: str) -> bool:
-    try:
-        return store.run(run_id)["id"] == run_id
-    except StoreError:
-        return False

@@ -68,7 +68,13 @@ class RunOptions:
 
 @dataclass
 class Callbacks:
+    """What a run tells its caller as it goes: progress (`status`), what the user should not
+    miss (`note`: a skipped case, a wait for the device, a sweep's next model), the run now
+    under way (`begun`: what an interruption names to resume), builds and processes."""
+
     status: Callable[[str], None] = lambda message: None
+    note: Callable[[str], None] = lambda message: None
+    begun: Callable[[str], None] = lambda run_id: None
     build: Callable[[BuildProgress], None] | None = None
     step_start: Callable[[Step], None] | None = None
     step_result: Callable[[StepResult], None] | None = None

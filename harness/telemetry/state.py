@@ -232,18 +232,19 @@ def _f(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
 
 
-def summary_line(state: dict[str, Any]) -> str:
-    """One compact line (governors and caps, hottest sensor, load, free memory) for tables."""
+def summary_parts(state: dict[str, Any]) -> dict[str, str]:
+    """The state in a few named words (governors and caps, hottest sensor, load, free memory,
+    battery), so a table can say once what several cases shared and per case what differed."""
     if "error" in state:
-        return state["error"]
+        return {"error": state["error"]}
     clusters = state.get("clusters") or []
     cpu = "; ".join(f"{c.get('governor')} ≤{_f(c.get('max_mhz'))} MHz" + (" capped" if c.get("capped") else "")
                     for c in clusters) or "no cpufreq"
     hot = hottest(state)
     load = state.get("load_avg") or [None]
     battery = state.get("battery")
-    parts = [f"cpu {cpu}", f"hottest {hot:.1f} °C" if hot is not None else "no temperature",
-             f"load {load[0]}", f"{_f(state.get('mem_available_mb'))} MB free"]
+    parts = {"cpu": f"cpu {cpu}", "hottest": f"hottest {hot:.1f} °C" if hot is not None else "no temperature",
+             "load": f"load {load[0]}", "free": f"{_f(state.get('mem_available_mb'))} MB free"}
     if battery:
-        parts.append(f"battery {battery.get('level_pct')}% {battery.get('status')}")
-    return ", ".join(parts)
+        parts["battery"] = f"battery {battery.get('level_pct')}% {battery.get('status')}"
+    return parts
