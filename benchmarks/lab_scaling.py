@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from harness.lab.app import make_app  # noqa: E402
 from harness.lab.jobs import LabRequest, jobs_of  # noqa: E402
 from harness.lab.submit import submit  # noqa: E402
-from harness.results.store import Store  # noqa: E402
+from harness.store.db import Store  # noqa: E402
 from tests.redis_fixture import RedisServer, _free_port  # noqa: E402
 
 SUITE = """

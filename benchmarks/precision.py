@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from harness.plan.suites import load_suite, parse_precision
-from harness.results.store import Store
+from harness.store.db import Store
 from harness.run.precision import relative_half_width
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from harness.lab.app import RUN_JOB, queue_for
 from harness.lab.jobs import LabRequest, jobs_of, served_devices
 from harness.lab.schedule import cron_line
-from harness.results.store import Store
+from harness.store.db import Store
 
 from .test_cli import REPO, edgebench
 
@@ -393,7 +393,7 @@ def test_status_shows_a_running_job_whose_worker_stopped_beating(tmp_path):
     from datetime import datetime, timedelta, timezone
 
     from harness.lab.jobs import create_jobs, register_device, set_job
-    from harness.results.schema import lab_devices
+    from harness.store.schema import lab_devices
 
     with _store(tmp_path) as store:
         register_device(store, "board:1", "hb-a", queue_for("board:1"), "2026-01-01T00:00:00+00:00")

@@ -29,8 +29,8 @@ from harness.lab.jobs import (JOB_OPTIONS, RUN_ID_FORM, JobInputs, JobRefused, L
                               served_devices, set_job)
 from harness.lab.submit import job_inputs
 from harness.lab.worker import restore_unacked
-from harness.results.store import Store, new_run_id
-from harness.results import schema
+from harness.store.db import Store, new_run_id
+from harness.store import schema
 from harness.runtimes.logits import MAGIC
 
 from .pg_fixture import PASSWORD
@@ -54,7 +54,7 @@ def _jobs(store: Store, lab_id: str, n: int, identity: str, models: tuple[str, .
 def _raw_options(store: Store, job_id: str) -> str:
     from sqlalchemy import select
 
-    from harness.results.schema import lab_jobs
+    from harness.store.schema import lab_jobs
 
     with store.engine.connect() as conn:
         return conn.execute(select(lab_jobs.c.options_json).where(lab_jobs.c.id == job_id)).scalar_one()

@@ -18,8 +18,8 @@ import pytest
 
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.plan.cases import Case
-from harness.runtimes.probe import compile_probe
+from harness.plan.planner import Case
+from harness.runtimes.native import compile_probe
 from harness.telemetry import energy, tegrastats
 from harness.telemetry.probe import ProbeTelemetry
 from tests.adb_emulator.fixtures import adb_driver

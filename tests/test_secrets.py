@@ -34,9 +34,9 @@ from harness.lab.app import broker_url, make_app
 from harness.lab.jobs import LabRequest
 from harness.lab.schedule import cron_line
 from harness.paths import cache_dir, state_dir
-from harness.plan.cases import Case
-from harness.results.location import masked, store_url
-from harness.results.store import Store
+from harness.plan.planner import Case
+from harness.store.location import masked, store_url
+from harness.store.db import Store
 
 from .conftest import REPO, fake_llama_bench
 from .pg_fixture import PASSWORD

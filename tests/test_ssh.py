@@ -154,7 +154,7 @@ def test_facts_parse_a_recorded_jetson_agx_orin():
 def runtime(tmp_path_factory):
     """A runtime folder the loopback board can run: the probe compiled here, and a stand-in
     llama-bench (tests/conftest.py) whose windows are `reps` x `seconds`."""
-    from harness.runtimes.probe import compile_probe
+    from harness.runtimes.native import compile_probe
 
     root = tmp_path_factory.mktemp("runtime")
     compile_probe("cc", root / "bin" / "edgebench-probe")
@@ -171,7 +171,7 @@ def _bench(runtime, reps, seconds):
 def _measure(driver, runtime, reps=2, seconds=1.2):
     """One stand-in llama-bench process under the board's telemetry, as the runner runs it."""
     from harness.engines.llamabench import LlamaBench
-    from harness.plan.cases import Case
+    from harness.plan.planner import Case
 
     engine = LlamaBench()
     with driver.telemetry(str(runtime)) as telemetry:
@@ -322,7 +322,7 @@ def test_edgebench_run_over_ssh_end_to_end(sshd, tmp_path, host_runtime, default
     assert by[("prefill p16", "prefill_tps")]["mean"] > 0
     assert by[("decode n4", "temp_max_c")]["mean"] >= 52.968  # tegrastats' hottest zone, over the process
     assert by[("decode n4", "peak_rss_mb")]["mean"] > 50  # the probe's wait4 of llama-bench on the board
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     store = Store(results)
     power = [m for m in store.measurements([shown["run"]["id"]]) if m["metric"] == "energy_j"]

@@ -8,7 +8,7 @@ import pytest
 
 from harness.plan import cores
 from harness.drivers.local import LocalDriver
-from harness.telemetry.devicefs import read_clusters
+from harness.drivers.devicefs import read_clusters
 from harness.telemetry.state import capture_state, format_state, parse_ps, wait_for_cool
 
 PS_PROCPS = """    PID %CPU   RSS COMMAND
@@ -120,7 +120,7 @@ def test_a_machine_without_capacity_or_cpufreq_is_one_cluster(tmp_path: Path) ->
 
 
 def test_threads_big_resolves_per_device_and_is_recorded() -> None:
-    from harness.plan.cases import Case
+    from harness.plan.planner import Case
 
     phone = [cores.Cluster((4, 5, 6, 7), 1024, 2841.6), cores.Cluster((0, 1, 2, 3), 410, 1804.8)]
     case = Case("llamabench", "decode", 0, 32, 0, settings=(("threads", "big"),))

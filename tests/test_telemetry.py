@@ -21,7 +21,7 @@ import pynvml
 import pytest
 
 from harness.drivers.base import Completed, ResourceUsage
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.drivers.local import LocalDriver
 from harness.telemetry import HostTelemetry, Sample, describe_host_sensors, nvml, procfs, rapl, sysfs
 

@@ -35,7 +35,7 @@ class _OneLineFailures(TyperGroup):
         from sqlalchemy.exc import SQLAlchemyError
 
         from harness.credentials import mask_url
-        from harness.results.store import DISK_ERRORS, cause
+        from harness.store.db import DISK_ERRORS, cause
 
         try:
             return super().invoke(ctx)
@@ -81,7 +81,7 @@ def _check_format(fmt: str) -> str:
 
 def _store(results: Optional[Path], url: Optional[str] = None):
     from harness.paths import default_results_dir
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     return Store(results or default_results_dir(), url)
 
@@ -137,10 +137,10 @@ def run(
     SIGTERM and SIGHUP stop it as Ctrl-C does: the device's processes are killed, the run
     stays resumable, and the exit code is 3."""
     from harness.plan.suites import parse_precision, parse_setting_overrides
-    from harness.lab.leases import held, manual_holder
-    from harness.results.store import new_run_id
+    from harness.store.leases import held, manual_holder
+    from harness.store.db import new_run_id
     from harness.run.session import Callbacks, RunOptions, estimate_seconds, prepare, resume as resume_run, start
-    from harness.run.signals import stop_requests
+    from harness.signals import stop_requests
     from harness.runtimes.quantize import parse_types
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -262,7 +262,7 @@ def _print_plan(prepared, estimate: float | None) -> None:
 
 def _show_runs(store, run_ids: list[str], as_json: bool, fmt: str = "table", *, sweep: bool = False) -> None:
     """Each run; after a sweep, its frontier (with --json: one document holding them all)."""
-    from harness.results.quality import frontier_frame
+    from harness.analysis.quality import frontier_frame
 
     frontier = frontier_frame(store, run_ids) if sweep else None
     if as_json:
@@ -277,9 +277,9 @@ def _show_runs(store, run_ids: list[str], as_json: bool, fmt: str = "table", *, 
 
 
 def _run_payload(store, run_id: str) -> dict[str, Any]:
-    from harness.results.analysis import contended_processes, summary_frame, tidy_frame
-    from harness.results.quality import quality_results
-    from harness.results.roofline import roofline_frame
+    from harness.analysis.tables import contended_processes, summary_frame, tidy_frame
+    from harness.analysis.quality import quality_results
+    from harness.analysis.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
@@ -309,7 +309,7 @@ def claims_cmd(
 ) -> None:
     """Published figures against stored runs: measured / claimed, with every differing condition
     named; the claims no stored run tests are one line saying which devices and models would."""
-    from harness.results.claims import CLAIMS_DIR, check_claims, load_claims, ratio_checks_for
+    from harness.analysis.claims import CLAIMS_DIR, check_claims, load_claims, ratio_checks_for
 
     _check_format(fmt)
     try:
@@ -355,8 +355,8 @@ def compare(
     fmt: str = FormatOpt,
 ) -> None:
     """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
-    from harness.results.analysis import tidy_frame
-    from harness.results.compare import CompareSettings, compare_frames
+    from harness.analysis.tables import tidy_frame
+    from harness.analysis.compare import CompareSettings, compare_frames
 
     _check_format(fmt)
     try:
@@ -839,7 +839,7 @@ def results_export(
     store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Export the per-process tidy table of a run, or its stored files (--artifacts)."""
-    from harness.results.analysis import tidy_frame
+    from harness.analysis.tables import tidy_frame
 
     try:
         store = _store(results, store_url)
@@ -877,8 +877,8 @@ def results_push(
 ) -> None:
     """Copy runs with their artifacts into another store; pushing again copies nothing new."""
     from harness.paths import default_results_dir
-    from harness.results.push import push
-    from harness.results.store import Store
+    from harness.store.push import push
+    from harness.store.db import Store
 
     try:
         source = _store(results, store_url)

@@ -179,7 +179,7 @@ class AdbDriver:
                 if pid is not None:
                     on_start(pid)
             return process.wait(timeout)
-        except BaseException:  # Ctrl-C, SIGTERM (harness.run.signals), a bug: nothing stays running on the phone
+        except BaseException:  # Ctrl-C, SIGTERM (harness.signals), a bug: nothing stays running on the phone
             process.kill()
             raise
 
@@ -270,7 +270,7 @@ class AdbDriver:
 
     def facts(self) -> DeviceFacts:
         from harness.runtimes.targets import cpu_features
-        from harness.telemetry.android import (
+        from harness.boards.android import (
             POWER_SUPPLY_SCRIPT,
             battery_reading,
             parse_getprop,

@@ -158,7 +158,7 @@ class LocalDriver:
             finally:
                 if timer is not None:
                     timer.cancel()
-                # anything the benchmark left behind; everything, on Ctrl-C or SIGTERM (harness.run.signals)
+                # anything the benchmark left behind; everything, on Ctrl-C or SIGTERM (harness.signals)
                 _kill_group(proc.pid)
             final = report.readline()
         stdout, stderr = (s.text() for s in streams)

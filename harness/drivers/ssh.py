@@ -224,7 +224,7 @@ class SshDriver:
             if on_start is not None and process.wait_pid(timeout):
                 on_start(process.pid)
             return process.wait(timeout)
-        except BaseException:  # Ctrl-C, SIGTERM (harness.run.signals), a bug: nothing stays running on the board
+        except BaseException:  # Ctrl-C, SIGTERM (harness.signals), a bug: nothing stays running on the board
             process.kill()
             raise
 
@@ -531,7 +531,7 @@ def facts_sections(text: str) -> dict[str, str]:
 
 def parse_facts(name: str, driver: str, text: str, address: str = "") -> DeviceFacts:
     """`FACTS_SCRIPT` output -> DeviceFacts (pure; tests feed recorded board output)."""
-    from harness.telemetry.boards import RPI_PMIC_SCOPE, jetson_module
+    from harness.boards.power import RPI_PMIC_SCOPE, jetson_module
 
     sec = facts_sections(text)
     os_release = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', sec.get("os_release", ""), re.MULTILINE))

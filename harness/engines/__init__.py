@@ -15,8 +15,8 @@ from harness.errors import EdgebenchError
 
 if TYPE_CHECKING:  # the registry itself imports neither, so the plan can ask it without a circle
     from harness.drivers.base import Completed
-    from harness.plan.cases import Case
-    from harness.results.records import Metric
+    from harness.plan.planner import Case
+    from harness.records import Metric
 
 
 Window = tuple[float, float]  # (start_s, duration_s) of one measured repetition, on the device clock

@@ -20,8 +20,8 @@ from typing import Any
 
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult, Mark, Window
-from harness.plan.cases import LLAMABENCH_SETTINGS, Case
-from harness.results.records import Metric
+from harness.plan.planner import LLAMABENCH_SETTINGS, Case
+from harness.records import Metric
 
 # The JSONL fields that describe how the case ran (stored with every result).
 EFFECTIVE_FIELDS = (

@@ -17,8 +17,8 @@ from typing import Any
 
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult, Mark
-from harness.plan.cases import Case
-from harness.results.records import Metric
+from harness.plan.planner import Case
+from harness.records import Metric
 
 # suite setting -> llama-perplexity flag: the settings that change what the backend computes.
 FLAGS: dict[str, str] = {

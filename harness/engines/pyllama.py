@@ -47,9 +47,9 @@ import psutil
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult, Mark, Window
 from harness.errors import exited
-from harness.plan.cases import Case
-from harness.results.records import Metric
-from harness.results.stats import percentile
+from harness.plan.planner import Case
+from harness.records import Metric
+from harness.stats import percentile
 
 if TYPE_CHECKING:
     import llama_cpp

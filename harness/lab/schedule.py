@@ -32,9 +32,9 @@ from harness.errors import EdgebenchError
 from harness.lab.app import make_app
 from harness.lab.jobs import LabRequest
 from harness.paths import private_dir, write_private
-from harness.results.location import store_url as parse_store_url
-from harness.results.schema import lab_schedules
-from harness.results.store import Store, now_iso
+from harness.store.location import store_url as parse_store_url
+from harness.store.schema import lab_schedules
+from harness.store.db import Store, now_iso
 
 FIRE = "edgebench.fire_schedule"
 log = logging.getLogger("edgebench.lab")

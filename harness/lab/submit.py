@@ -23,8 +23,8 @@ from harness.lab.jobs import (FILE_NAME_FORM, Job, JobInputs, LabRequest, create
                               store_outage, suite_references, worker_alive)
 from harness.plan.inventory import load_inventory
 from harness.plan.suites import load_suite
-from harness.results.artifacts import put_blob
-from harness.results.store import Store, now_iso
+from harness.store.artifacts import put_blob
+from harness.store.db import Store, now_iso
 from harness.runtimes.corpus import resolve_corpus
 from harness.runtimes.logits import MAGIC
 from harness.runtimes.models import CATALOG, inspect_model, resolve_model

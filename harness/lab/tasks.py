@@ -27,12 +27,13 @@ from celery.exceptions import Retry
 
 from harness.drivers.base import DeviceUnreachable
 from harness.errors import EdgebenchError, LeaseLost, StoreError, StoreGone
-from harness.lab import jobs, leases
+from harness.lab import jobs
+from harness.store import leases
 from harness.lab.jobs import JobRefused
 from harness.paths import cache_dir
 from harness.plan.suites import Suite, parse_suite
-from harness.results import artifacts
-from harness.results.store import Store, now_iso
+from harness.store import artifacts
+from harness.store.db import Store, now_iso
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 from harness.runtimes.models import CATALOG, inspect_model
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from harness.plan.cases import Case
+from harness.plan.planner import Case
 
-if TYPE_CHECKING:  # pure: the files are read by harness.telemetry.devicefs.read_clusters
-    from harness.telemetry.devicefs import FileRead
+if TYPE_CHECKING:  # pure: the files are read by harness.drivers.devicefs.read_clusters
+    from harness.drivers.devicefs import FileRead
 
 CORE_GLOBS = (
     "/sys/devices/system/cpu/cpu[0-9]*/cpu_capacity",

@@ -1,6 +1,6 @@
 """Memory bandwidth figures: the `edgebench-bandwidth` output parsed, GB/s derived, looked up.
 
-Pure: measuring needs a driver and lives in `harness.run.bandwidth`; this side only reads what
+Pure: measuring needs a driver and lives in `harness.telemetry.bandwidth`; this side only reads what
 was stored, so the roofline and the report never reach a device.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.errors import EdgebenchError
-from harness.runtimes.probe import BANDWIDTH_NAME
-from harness.results.stats import summarize
+from harness.runtimes.native import BANDWIDTH_NAME
+from harness.stats import summarize
 
 FORMAT_VERSION = 1
 

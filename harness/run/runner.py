@@ -26,14 +26,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from harness.drivers.base import Completed, Driver, DriverError, Telemetry
 from harness.engines import EngineResult, get_engine
 from harness.errors import EdgebenchError, Interrupted, StoreGone, exited
-from harness.plan.cases import Case, RunPolicy
-from harness.results.records import Metric
-from harness.results.store import Store, now_iso
+from harness.plan.planner import Case, RunPolicy
+from harness.records import Metric
+from harness.store.db import Store, now_iso
 from harness.plan.cores import Cluster, benchmark_cpus
-from harness.run.contention import Watch, quiet_sample
+from harness.run.watch import Watch, quiet_sample
 from harness.run.precision import further_rounds
 from harness.telemetry.contention import wait_for_quiet
-from harness.telemetry.devicefs import read_clusters
+from harness.drivers.devicefs import read_clusters
 from harness.telemetry.state import capture_state, wait_for_cool
 
 

@@ -13,23 +13,23 @@ from typing import Any, Callable
 
 from harness import __version__
 from harness.results.bandwidth import Bandwidth
-from harness.run.bandwidth import device_bandwidth, requests_for
+from harness.telemetry.bandwidth import device_bandwidth, requests_for
 from harness.plan.suites import Suite, load_suite, parse_suite
 from harness.plan.cores import Cluster
-from harness.telemetry.devicefs import read_clusters
+from harness.drivers.devicefs import read_clusters
 from harness.drivers.base import CommandFailed, Driver
 from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
 from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
-from harness.plan.cases import Plan, build_plan
-from harness.run.quality import QualitySources, quality_sources, references_for
-from harness.results.roofline import model_traffic
+from harness.plan.planner import Plan, build_plan
+from harness.run.references import QualitySources, quality_sources, references_for
+from harness.analysis.roofline import model_traffic
 from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps, resumable
 from harness.runtimes import BuildProgress, Runtime, build_runtime
 from harness.runtimes.reference import Reference
-from harness.runtimes.probe import BANDWIDTH_NAME
+from harness.runtimes.native import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
-from harness.results.store import Store
+from harness.store.db import Store
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from harness.runtimes.source import (
     file_lock,
     stream,
 )
-from harness.runtimes.probe import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
+from harness.runtimes.native import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
 MANIFEST_VERSION = 1

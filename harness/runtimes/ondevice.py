@@ -26,7 +26,7 @@ from harness.drivers.base import Driver
 from harness.errors import BuildError
 from harness.paths import cache_dir
 from harness.runtimes.build import BuildProgress, Manifest, _Reporter, final_flags, runtime_key
-from harness.runtimes.probe import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
+from harness.runtimes.native import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
 from harness.runtimes.source import Source, directory_source, fetch_pinned_source, file_lock
 from harness.runtimes.targets import Target
 

@@ -27,9 +27,9 @@ from statistics import fmean
 from typing import Any
 
 from harness.drivers.base import DeviceFacts
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Sample, energy, tegrastats, vcgencmd
-from harness.telemetry.boards import RPI_PMIC_SCOPE, jetson_module
+from harness.boards.power import RPI_PMIC_SCOPE, jetson_module
 
 TEGRASTATS_LOOP = (
     'tegrastats --interval "$0" | while IFS= read -r line; do '

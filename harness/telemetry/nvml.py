@@ -12,7 +12,7 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any, Callable, Sequence
 
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Sample
 
 _BYTES_PER_MB = 2**20  # MiB, as everywhere in edgebench

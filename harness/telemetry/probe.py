@@ -31,11 +31,11 @@ from typing import Any
 
 from harness.plan import cores
 from harness.drivers.base import Completed, Driver, ResourceUsage
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Sample, contention, energy, procfs, rapl, sysfs
-from harness.telemetry.android import detect_power_convention
+from harness.boards.android import detect_power_convention
 from harness.telemetry.coprocess import BoardTool
-from harness.telemetry.devicefs import FileRead, read_files
+from harness.drivers.devicefs import FileRead, read_files
 
 FORMAT_VERSION = 3  # what probe/edgebench-probe.c writes
 # Formats this edgebench reads: 2 is 3 without the `clocks` line, so its board-tool samples

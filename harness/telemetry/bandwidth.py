@@ -2,7 +2,7 @@
 run through the driver from the staged runtime, once per device per run.
 
 Why: decode reads every weight once per token, so bandwidth is the ceiling on decode tokens/s
-(see `harness.results.roofline`). The test runs with each thread count (and cores) the run's cases use,
+(see `harness.analysis.roofline`). The test runs with each thread count (and cores) the run's cases use,
 because one core cannot saturate the memory bus that four can. Raw per-repetition times are
 kept; GB/s and its spread are derived when read. A figure is reused from a cache keyed by the
 device's identity and state, the binary and the thread counts, unless a re-measure is asked for.
@@ -21,10 +21,10 @@ from typing import Any
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
 from harness.paths import state_dir
-from harness.plan.cases import Case
+from harness.plan.planner import Case
 from harness.results.bandwidth import parse_output
-from harness.runtimes.probe import BANDWIDTH_NAME
-from harness.results.store import now_iso
+from harness.runtimes.native import BANDWIDTH_NAME
+from harness.store.db import now_iso
 
 REPETITIONS = 7
 TIMEOUT_S = 300.0

@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.results.bandwidth import bandwidth_for
 from harness.paths import cache_dir
-from harness.results.store import Store
+from harness.store.db import Store
 
 # Tables read one row per token, never whole: not part of a token's traffic.
 _LOOKUP_TABLES = ("token_embd.weight", "position_embd.weight", "token_types.weight")

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from harness.errors import EdgebenchError
-from harness.results.store import device_key
+from harness.store.db import device_key
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 UNKNOWN = "unknown"
@@ -446,7 +446,7 @@ def _latest_runs(store: Any) -> list[str]:
 
 
 def _load_run(store: Any, run_id: str) -> _Run:
-    from harness.results.analysis import summary_frame, tidy_frame
+    from harness.analysis.tables import summary_frame, tidy_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
@@ -516,7 +516,7 @@ def check_ratio_claims(claims: Sequence[Published], frontier: pd.DataFrame) -> l
 def ratio_checks_for(store: Any, claims: Sequence[Published], run_ids: list[str]) -> list[RatioCheck]:
     """`check_ratio_claims` over the frontier frame of these runs' sweeps. The frame's module is
     imported here, not at the top, so that point claims never load the quality analysis."""
-    from harness.results.quality import frontier_frame
+    from harness.analysis.quality import frontier_frame
 
     return check_ratio_claims(claims, frontier_frame(store, run_ids))
 

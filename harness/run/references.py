@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import EdgebenchError
-from harness.plan.cases import Case, QualityInputs
+from harness.plan.planner import Case, QualityInputs
 from harness.plan.suites import Suite
 from harness.runtimes.build import Runtime
 from harness.runtimes.corpus import Corpus, resolve_corpus

@@ -29,14 +29,14 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from harness.errors import StoreError, StoreGone
 from harness.paths import private_file
-from harness.plan.cases import Case
-from harness.results import artifacts, schema
-from harness.results.location import masked, store_url
-from harness.results.migrations import migrate
-from harness.results.records import Metric, Stop
-from harness.results.sql import upsert
-from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
-from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
+from harness.plan.planner import Case
+from harness.store import artifacts, schema
+from harness.store.location import masked, store_url
+from harness.store.migrations import migrate
+from harness.records import Metric, Stop
+from harness.store.sql import upsert
+from harness.store.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
+from harness.store.schema import measurements as measurements_t, models, runs as runs_t, runtimes
 
 __all__ = ["SCHEMA_VERSION", "Execution", "Store", "cause", "device_key", "new_run_id", "now_iso", "server_now", "write_file"]
 
