@@ -20,11 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.plan.planner import Case  # noqa: E402
-from harness.report.html import render_report  # noqa: E402
-from harness.analysis.tables import history_frame, tidy_frame  # noqa: E402
 from harness.analysis.compare import regressions_since_previous  # noqa: E402
-from harness.records import Metric  # noqa: E402
+from harness.analysis.tables import history_frame, tidy_frame  # noqa: E402
+from harness.records import Case, Metric  # noqa: E402
+from harness.report.html import render_report  # noqa: E402
 from harness.store.db import Store  # noqa: E402
 
 DEVICES = 10

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.plan.planner import Case
-from harness.records import Metric
+from harness.records import Case, Metric
 from harness.store.db import Store
 
 CASES = [Case("llamabench", "decode", 0, 4, depth) for depth in range(10)]

@@ -12,12 +12,21 @@ import types
 import pandas as pd
 import pytest
 
-from harness.analysis.claims import (NOT_MEASURED_BY_EDGEBENCH, ClaimsError, RatioClaim, check_claims, check_ratio_claims, load_claims,
-                                    nominal_bits, parse_claims, ratio_checks_for, untested_line)
+from harness.analysis.claims import (
+    NOT_MEASURED_BY_EDGEBENCH,
+    ClaimsError,
+    RatioClaim,
+    check_claims,
+    check_ratio_claims,
+    load_claims,
+    nominal_bits,
+    parse_claims,
+    ratio_checks_for,
+    untested_line,
+)
+from harness.records import Case, Metric, now_iso
 from harness.runtimes.models import inspect_model
-from harness.plan.planner import Case
-from harness.records import Metric
-from harness.store.db import Store, now_iso
+from harness.store.db import Store
 
 from .conftest import REPO
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.plan.suites import builtin_suites, load_suite, parse_setting_overrides, parse_suite
 from harness.errors import ConfigError
+from harness.plan.suites import builtin_suites, load_suite, parse_setting_overrides, parse_suite
 
 MINIMAL = '[[prefill]]\nprompt = 16\n'
 

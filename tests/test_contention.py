@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drivers.devicefs import parse_reads
 from harness.drivers.local import LocalDriver
 from harness.runtimes.native import compile_probe
 from harness.telemetry import contention
-from harness.drivers.devicefs import parse_reads
 from harness.telemetry.probe import ProbeTrace, contention_metric, parse_probe
 
 from .test_runner import runtime  # noqa: F401 - the stand-in llama-bench runtime fixture

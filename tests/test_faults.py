@@ -26,9 +26,10 @@ from sqlalchemy import create_engine, select, text
 
 from harness.drivers.local import LocalDriver
 from harness.errors import LeaseLost
+from harness.records import now_iso
 from harness.store import leases
+from harness.store.db import Store, server_now
 from harness.store.schema import leases as leases_t
-from harness.store.db import Store, now_iso, server_now
 
 from .conftest import REPO, runtime_folder
 from .pg_fixture import PASSWORD, Cluster

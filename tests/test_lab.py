@@ -379,9 +379,9 @@ def test_sigterm_of_lab_run_stops_only_the_waiting(tmp_path, redis_server):
 
 def test_a_submit_to_an_unreachable_broker_says_so_and_queues_nothing(tmp_path):
     inventory = _inventory(tmp_path, ["nb-a"])
-    from .redis_fixture import _free_port
+    from tests.ports import free_port
 
-    env = {"EDGEBENCH_BROKER": f"redis://:s3cr3tpw@127.0.0.1:{_free_port()}/0"}
+    env = {"EDGEBENCH_BROKER": f"redis://:s3cr3tpw@127.0.0.1:{free_port()}/0"}
     submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), env=env)
     assert submitted.returncode == 2 and "broker is unreachable" in submitted.stderr and "s3cr3tpw" not in submitted.stderr
     with _store(tmp_path) as store:

@@ -25,13 +25,23 @@ from kombu.transport import redis as kombu_redis
 
 from harness.lab import tasks
 from harness.lab.app import RUN_JOB, make_app, queue_for
-from harness.lab.jobs import (JOB_OPTIONS, RUN_ID_FORM, JobInputs, JobRefused, LabRequest, create_jobs, jobs_of, parse_job_options,
-                              served_devices, set_job)
+from harness.lab.jobs import (
+    JOB_OPTIONS,
+    RUN_ID_FORM,
+    JobInputs,
+    JobRefused,
+    LabRequest,
+    create_jobs,
+    jobs_of,
+    parse_job_options,
+    served_devices,
+    set_job,
+)
 from harness.lab.submit import job_inputs
 from harness.lab.worker import restore_unacked
-from harness.store.db import Store, new_run_id
-from harness.store import schema
 from harness.runtimes.logits import MAGIC
+from harness.store import schema
+from harness.store.db import Store, new_run_id
 
 from .pg_fixture import PASSWORD
 from .test_lab import (TINY, Worker, _assert_each_job_once, _inventory, _lab, _redis, _store, _suite, _until,  # noqa: F401 - fixtures

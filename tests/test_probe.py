@@ -19,13 +19,13 @@ from statistics import median
 import pytest
 
 from harness.drivers.base import Completed
+from harness.drivers.devicefs import read_files
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.plan.planner import Case
+from harness.records import Case
 from harness.runtimes.build import runtime_key
 from harness.runtimes.native import compile_probe, probe_compiler, probe_sha256
 from harness.telemetry.probe import DISCOVERY_GLOBS, ProbeTelemetry, classify, parse_probe
-from harness.drivers.devicefs import read_files
 
 from .conftest import fake_llama_bench
 
@@ -360,7 +360,7 @@ def test_battery_units_follow_what_the_phone_reports():
 def test_the_native_programs_build_and_run_without_the_linux_only_parts(tmp_path: Path) -> None:
     """The README says what the probe does off Linux (macOS): compiled here with `__linux__`
     undefined, the guarded parts are left out and both programs still measure."""
-    from harness.results.bandwidth import parse_output
+    from harness.telemetry.bandwidth import parse_output
     from harness.runtimes.native import BANDWIDTH_NAME, CFLAGS, NATIVE_PROGRAMS, PROBE_NAME
 
     built = {}
@@ -384,7 +384,7 @@ def test_a_board_tools_power_lands_on_the_probes_clock_and_integrates_the_same()
     was suspended): over the same windows both give the same joules."""
     from types import SimpleNamespace
 
-    from harness.drivers.base import DeviceFacts
+    from harness.records import DeviceFacts
     from harness.telemetry import energy
     from harness.telemetry.coprocess import BoardTool
     from harness.drivers.devicefs import FileRead

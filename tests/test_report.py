@@ -13,12 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness.analysis.tables import summary_frame, tidy_frame, wide_table
 from harness.analysis.compare import compare_frames
-from harness.runtimes.models import ModelInfo
-from harness.plan.planner import Case
-from harness.records import Metric
+from harness.analysis.tables import summary_frame, tidy_frame, wide_table
+from harness.records import Case, Metric
 from harness.report.html import render_report
+from harness.runtimes.models import ModelInfo
 from harness.store.db import Store
 
 from .test_claims import store_with_default_run  # noqa: F401 (a fixture)

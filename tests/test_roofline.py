@@ -12,7 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from harness.analysis.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes, read_traffic
+from harness.analysis.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes
+from harness.runtimes.traffic import read_traffic
 
 from .conftest import REPO
 
@@ -115,10 +116,11 @@ def test_host_run_gives_an_efficiency_figure(tmp_path, host_runtime, default_mod
 
 def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path):
     """The raw llama-bench records disagree on purpose: analysis must not read them."""
-    from harness.plan.planner import Case
+    from harness.records import Case
     from harness.report.html import render_report
     from harness.records import Metric
-    from harness.analysis.roofline import ModelTraffic, roofline_frame
+    from harness.runtimes.traffic import ModelTraffic
+    from harness.analysis.roofline import roofline_frame
     from harness.store.db import Store
     from harness.runtimes.models import ModelInfo
 

@@ -17,11 +17,11 @@ import pytest
 
 from harness.drivers.base import DeviceUnreachable
 from harness.drivers.local import LocalDriver
-from harness.plan.planner import Case
-from harness.run.runner import RunTargets, execute, pending_steps
-from harness.store.schema import schema_version
-from harness.store.db import SCHEMA_VERSION, Store
 from harness.errors import StoreError
+from harness.records import Case
+from harness.run.runner import RunTargets, execute, pending_steps
+from harness.store.db import SCHEMA_VERSION, Store
+from harness.store.schema import schema_version
 
 from .conftest import runtime_folder
 

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from harness.errors import EdgebenchError, StoreError
-from harness.plan.planner import Case, Plan
-from harness.store.location import store_url as resolve_url
-from harness.records import Metric
-from harness.store.schema import SCHEMA_VERSION, schema_version
-from harness.store.db import Store
+from harness.plan.planner import Plan
+from harness.records import Case, Metric
 from harness.run.session import estimate_seconds
+from harness.store.db import Store
+from harness.store.location import store_url as resolve_url
+from harness.store.schema import SCHEMA_VERSION, schema_version
 
 from .conftest import DATA, REPO
 from .pg_fixture import PASSWORD
@@ -380,7 +380,7 @@ def test_push_from_the_cli_masks_the_password(tmp_path, pg_url):
 def _lease(identity: str, holder: str, pid: int) -> dict:
     import socket
 
-    from harness.store.db import now_iso
+    from harness.records import now_iso
 
     return {"identity": identity, "holder": holder, "host": socket.gethostname(), "pid": pid, "since": now_iso(), "heartbeat_at": now_iso()}
 

@@ -13,12 +13,11 @@ import sys
 import pytest
 from rich.console import Console
 
+from harness.analysis.tables import summary_frame, tidy_frame
 from harness.cli import views
 from harness.drivers.local import LocalDriver
-from harness.plan.planner import Case
-from harness.analysis.tables import summary_frame, tidy_frame
-from harness.records import Metric
-from harness.store.db import Store, now_iso
+from harness.records import Case, Metric, now_iso
+from harness.store.db import Store
 from harness.telemetry.state import capture_state
 
 from .conftest import REPO

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.planner import Case
 from harness.analysis.quality import output_differs
+from harness.records import Case
 from harness.stats import drift, percentile, pooled_cv, summarize
 from harness.store.db import Store
 

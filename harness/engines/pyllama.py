@@ -45,10 +45,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult, Mark, Window
+from harness.engines import EngineOutputError, EngineResult
 from harness.errors import exited
-from harness.plan.planner import Case
-from harness.records import Metric
+from harness.records import Case, Mark, Metric, Window
 from harness.stats import percentile
 
 if TYPE_CHECKING:

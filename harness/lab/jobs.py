@@ -29,10 +29,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from harness.errors import EdgebenchError, StoreGone
 from harness.plan.suites import SETTING_CHECKS, Suite
+from harness.records import now_iso
+from harness.run.session import RunOptions
+from harness.store.db import Store, new_run_id
 from harness.store.schema import lab_devices, lab_jobs
 from harness.store.sql import upsert
-from harness.store.db import Store, new_run_id, now_iso
-from harness.run.session import RunOptions
 
 FINAL = ("done", "failed", "cancelled")
 OPEN = ("queued", "running", "unreachable")

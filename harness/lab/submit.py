@@ -19,15 +19,28 @@ from kombu.exceptions import OperationalError
 
 from harness.errors import EdgebenchError
 from harness.lab.app import RUN_JOB, queue_for
-from harness.lab.jobs import (FILE_NAME_FORM, Job, JobInputs, LabRequest, create_jobs, jobs_of, new_lab_id, served_devices, set_job,
-                              store_outage, suite_references, worker_alive)
+from harness.lab.jobs import (
+    FILE_NAME_FORM,
+    Job,
+    JobInputs,
+    LabRequest,
+    create_jobs,
+    jobs_of,
+    new_lab_id,
+    served_devices,
+    set_job,
+    store_outage,
+    suite_references,
+    worker_alive,
+)
 from harness.plan.inventory import load_inventory
 from harness.plan.suites import load_suite
-from harness.store.artifacts import put_blob
-from harness.store.db import Store, now_iso
+from harness.records import now_iso
 from harness.runtimes.corpus import resolve_corpus
 from harness.runtimes.logits import MAGIC
 from harness.runtimes.models import CATALOG, inspect_model, resolve_model
+from harness.store.artifacts import put_blob
+from harness.store.db import Store
 
 
 class WaitEnded(EdgebenchError):

@@ -28,14 +28,14 @@ from celery.exceptions import Retry
 from harness.drivers.base import DeviceUnreachable
 from harness.errors import EdgebenchError, LeaseLost, StoreError, StoreGone
 from harness.lab import jobs
-from harness.store import leases
 from harness.lab.jobs import JobRefused
-from harness.paths import cache_dir
+from harness.paths import cache_dir, write_atomic
 from harness.plan.suites import Suite, parse_suite
-from harness.store import artifacts
-from harness.store.db import Store, now_iso
+from harness.records import now_iso
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 from harness.runtimes.models import CATALOG, inspect_model
+from harness.store import artifacts, leases
+from harness.store.db import Store
 
 log = logging.getLogger("edgebench.lab")
 MODEL_DIRS_ENV = "EDGEBENCH_MODEL_DIRS"
@@ -213,11 +213,7 @@ def _blob_file(store: Store, job: jobs.Job, sha256: str, name: str) -> Path:
         data = artifacts.get_blob(conn, sha256)
     if data is None:
         raise JobRefused(f"job {job.id}: its {name} (sha256 {sha256[:12]}) is not in the store {store.where}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, data)
 
 
 def _attempt(task, store: Store, job: jobs.Job, options: RunOptions, suite: Suite) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from harness.plan.planner import Case, RunPolicy
-from harness.records import Stop
+from harness.plan.planner import RunPolicy
+from harness.records import Case, Stop
 from harness.stats import summarize
 from harness.store.db import Store
 

@@ -26,10 +26,10 @@ from sqlalchemy import Connection, RowMapping, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import EdgebenchError, Interrupted, LeaseLost
+from harness.signals import raiser
+from harness.store.db import Store, server_now
 from harness.store.schema import leases
 from harness.store.sql import insert_missing
-from harness.store.db import Store, server_now
-from harness.signals import raiser
 
 HEARTBEAT_S = 5.0
 RETRY_S = 1.0  # after a failed heartbeat write
@@ -181,8 +181,3 @@ class _Keeper:
             self.stop_run(LeaseLost(f"the lease of device {self.identity} could not be renewed for "
                                     f"{STALE_AFTER_S - STOP_MARGIN_S:g} s ({self.error}); "
                                     f"stopped before another run may take the device"))
-
-
-def holders(store: Store) -> dict[str, RowMapping]:
-    with store.engine.connect() as conn:
-        return {r["identity"]: r for r in conn.execute(select(leases)).mappings().all()}
