@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO))
 from harness.lab.app import make_app  # noqa: E402
 from harness.lab.jobs import LabRequest, jobs_of  # noqa: E402
 from harness.lab.submit import submit  # noqa: E402
-from harness.results.store import Store  # noqa: E402
-from tests.redis_fixture import RedisServer, _free_port  # noqa: E402
+from harness.store.db import Store  # noqa: E402
+from tests.ports import free_port  # noqa: E402
+from tests.redis_fixture import RedisServer  # noqa: E402
 
 SUITE = """
 name = "lab-scaling"
@@ -97,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "redis").mkdir()
-        redis = RedisServer(_free_port(), "bench-" + os.urandom(6).hex(), root / "redis")
+        redis = RedisServer(free_port(), "bench-" + os.urandom(6).hex(), root / "redis")
         redis.start()
         env = {**os.environ, "EDGEBENCH_BROKER": redis.url, "EDGEBENCH_STORE": "", "PYTHONPATH": str(REPO)}
         suite = root / "suite.toml"

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.plan.suites import parse_suite
 from harness.engines.llamabench import LlamaBench
-from harness.runtimes.models import resolve_model
-from harness.plan.cases import build_plan
+from harness.plan.planner import build_plan
+from harness.plan.suites import parse_suite
 from harness.runtimes import build_runtime
+from harness.runtimes.models import resolve_model
 
 # mode "none": the raw pass has no cooldown or quiet wait either, so both sides pace alike.
 SUITE = """

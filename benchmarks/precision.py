@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from harness.plan.suites import load_suite, parse_precision
-from harness.results.store import Store
 from harness.run.precision import relative_half_width
+from harness.store.db import Store
 
 
 def edgebench_run(results: Path, suite: str, *extra: str) -> float:

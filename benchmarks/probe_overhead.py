@@ -20,9 +20,9 @@ import tempfile
 
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.runtimes.models import resolve_model
-from harness.plan.cases import Case
+from harness.records import Case
 from harness.runtimes import build_runtime
+from harness.runtimes.models import resolve_model
 from harness.telemetry.probe import ProbeTelemetry
 
 CASES = (

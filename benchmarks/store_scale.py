@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.plan.cases import Case  # noqa: E402
+from harness.analysis.compare import regressions_since_previous  # noqa: E402
+from harness.analysis.tables import history_frame, tidy_frame  # noqa: E402
+from harness.records import Case, Metric  # noqa: E402
 from harness.report.html import render_report  # noqa: E402
-from harness.results.analysis import history_frame, tidy_frame  # noqa: E402
-from harness.results.compare import regressions_since_previous  # noqa: E402
-from harness.results.records import Metric  # noqa: E402
-from harness.results.store import Store  # noqa: E402
+from harness.store.db import Store  # noqa: E402
 
 DEVICES = 10
 MODEL = {"filename": "m.gguf", "architecture": "llama", "quantization": "Q4_1", "parameter_count": 134515008, "sha256": "0" * 64}

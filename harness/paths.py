@@ -14,7 +14,10 @@ to others is closed again; one owned by someone else is left as it is (it was ch
 from __future__ import annotations
 
 import os
+import secrets
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -54,15 +57,28 @@ def private_file(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> Path:
-    """Replace `path` with `text`, readable by this user only from its first byte (a temporary
-    file created 0600, then renamed over it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.unlink(missing_ok=True)  # a crash's leftover keeps its own mode: never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A hidden temporary name beside `path` to write (or copy, or have a program write) the new
+    file under; renamed over `path` when the block ends, removed when it raises. A crash, a full
+    disk or a failed check never leaves half a file under the real name for a later run to trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Replace `path` with `data` whole or not at all (`replacing`), readable by this user only
+    from its first byte: the temporary file is created 0600, never chmod-ed after."""
+    with replacing(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 

@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 USER, PASSWORD = "edgebench", "s3cret-pw"
 
@@ -65,12 +66,6 @@ class Cluster:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostgresMissing(Exception):
     """The server cannot be run here; the message says why."""
 
@@ -98,7 +93,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-    cluster = Cluster(folder, _free_port(), bin_dir, tuple(as_user))
+    cluster = Cluster(folder, free_port(), bin_dir, tuple(as_user))
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256")
         cluster.start()

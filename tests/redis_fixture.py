@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,11 +19,7 @@ from typing import Iterator
 import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @dataclass
@@ -72,7 +67,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         pytest.skip("redis-server is not installed (scripts/setup.sh --test installs Debian's redis-server)")
     folder = tmp_path / "redis"
     folder.mkdir()
-    server = RedisServer(_free_port(), secrets.token_hex(12), folder)
+    server = RedisServer(free_port(), secrets.token_hex(12), folder)
     server.start()
     try:
         yield server

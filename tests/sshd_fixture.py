@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 DATA = Path(__file__).resolve().parent / "data"
 SSHD = "/usr/sbin/sshd"
 
@@ -47,12 +49,6 @@ esac
 echo 'error=1 error_msg="Command not registered"'; exit 255
 """
 JETSONS = {"nano", "tx2", "xavier-nx", "orin-nano", "agx-orin"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Sshd:

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.plan.cases import Case
-from harness.results.records import Metric
-from harness.results.store import Store
+from harness.records import Case, Metric
+from harness.store.db import Store
 
 CASES = [Case("llamabench", "decode", 0, 4, depth) for depth in range(10)]
 METRICS = ("decode_tps", "peak_rss_mb", "avg_power_w")

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.boards.linux import cpu_features
 from harness.drivers.adb import AdbDriver
 from harness.drivers.base import DeviceUnreachable, StagingError
 from harness.errors import BuildError
-from harness.runtimes.targets import (
-    arm_arch,
-    cpu_features,
-    effective_target,
-    flags_for_device,
-    get_target,
-)
-from tests.adb_emulator.fixtures import PIXEL7, _free_port, adb_driver
+from harness.runtimes.targets import arm_arch, effective_target, flags_for_device, get_target
+from tests.adb_emulator.fixtures import PIXEL7, adb_driver
+from tests.ports import free_port
 from tests.test_cli import edgebench
 
 from .conftest import REPO
@@ -32,7 +28,7 @@ WORK = "/data/local/tmp/edgebench"
 
 # --- connection errors: one clear line each -------------------------------------------------
 def test_no_adb_server_is_one_clear_error_and_starts_none():
-    port = _free_port()
+    port = free_port()
     driver = AdbDriver("pixel", serial="x", adb_server=f"127.0.0.1:{port}")
     with pytest.raises(DeviceUnreachable, match=rf"pixel: no adb server at 127\.0\.0\.1:{port}.*adb -P {port} start-server"):
         driver.run(["true"], timeout=10)
@@ -55,7 +51,7 @@ def test_wrong_serial_unauthorized_and_offline_devices_are_named(adb_server, mak
 def test_cli_prints_one_error_line_and_exits_non_zero(adb_server, make_phone, tmp_path):
     locked = make_phone(mode="unauthorized")
     inventory = tmp_path / "lab.toml"
-    devices = {"gone": f"127.0.0.1:{_free_port()}", "wrong": adb_server.address, "locked": adb_server.address}
+    devices = {"gone": f"127.0.0.1:{free_port()}", "wrong": adb_server.address, "locked": adb_server.address}
     inventory.write_text("".join(
         f'[[device]]\nname = "{name}"\ndriver = "adb"\nserial = "{locked.serial if name == "locked" else "nope"}"\n'
         f'adb_server = "{server}"\ntarget = "linux-aarch64"\n\n' for name, server in devices.items()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.telemetry.android import (
+from harness.boards.android import (
     battery_reading,
     detect_power_convention,
     parse_dumpsys_battery,

@@ -7,13 +7,14 @@ import subprocess
 
 import pytest
 
-from harness.results.bandwidth import bandwidth_for, parse_output
-from harness.run.bandwidth import Request, device_bandwidth, requests_for
-from harness.plan.cores import Cluster, resolve_threads
+from harness.analysis.roofline import bandwidth_for
 from harness.drivers.local import LocalDriver
 from harness.errors import EdgebenchError
-from harness.plan.cases import Case
-from harness.runtimes.probe import BANDWIDTH_NAME, compile_probe
+from harness.plan.cores import resolve_threads
+from harness.records import Case
+from harness.runtimes.native import BANDWIDTH_NAME, compile_probe
+from harness.telemetry.bandwidth import Request, device_bandwidth, parse_output, requests_for
+from harness.telemetry.clusters import Cluster
 
 # Recorded from this program on a 2-core AMD EPYC VM (the host the tests were written on).
 RECORDED = """edgebench-bandwidth 1

@@ -12,12 +12,21 @@ import types
 import pandas as pd
 import pytest
 
-from harness.results.claims import (NOT_MEASURED_BY_EDGEBENCH, ClaimsError, RatioClaim, check_claims, check_ratio_claims, load_claims,
-                                    nominal_bits, parse_claims, ratio_checks_for, untested_line)
+from harness.analysis.claims import (
+    NOT_MEASURED_BY_EDGEBENCH,
+    ClaimsError,
+    RatioClaim,
+    check_claims,
+    check_ratio_claims,
+    load_claims,
+    nominal_bits,
+    parse_claims,
+    ratio_checks_for,
+    untested_line,
+)
+from harness.records import Case, Metric, now_iso
 from harness.runtimes.models import inspect_model
-from harness.plan.cases import Case
-from harness.results.records import Metric
-from harness.results.store import Store, now_iso
+from harness.store.db import Store
 
 from .conftest import REPO
 
@@ -317,9 +326,9 @@ def test_a_figure_not_measured_is_never_a_number(frontier):
 
 def test_ratio_checks_for_reads_the_frontier_frame_of_the_runs(frontier, monkeypatch):
     asked = []
-    quality = types.ModuleType("harness.results.quality")
+    quality = types.ModuleType("harness.analysis.quality")
     quality.frontier_frame = lambda store, run_ids: asked.append((store, run_ids)) or frontier
-    monkeypatch.setitem(sys.modules, "harness.results.quality", quality)
+    monkeypatch.setitem(sys.modules, "harness.analysis.quality", quality)
     checks = ratio_checks_for("the store", load_claims(), ["s1-base", "s1-Q4_0"])
     assert asked == [("the store", ["s1-base", "s1-Q4_0"])]
     assert [(c.variant, c.verdict) for c in checks if c.claim.id == "int4-vs-fp16-size"] == [

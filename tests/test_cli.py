@@ -185,7 +185,7 @@ def test_real_runtime_failing_mid_run_keeps_the_other_cases(tmp_path, host_runti
 def test_a_disk_failure_in_any_command_is_one_line_and_a_missing_folder_bad_input(tmp_path):
     """Not only `run`: every command turns a database, disk or network failure into one line
     (a database error's traceback would print its statement and parameters)."""
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     from .test_store import CASES, new_run, record
 

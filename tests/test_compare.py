@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.results.compare import CompareSettings, compare_frames, compare_values
-from harness.results.stats import drift, local_score, percentile
+from harness.analysis.compare import CompareSettings, compare_frames, compare_values
+from harness.stats import drift, local_score, percentile
 
 RNG = np.random.default_rng(7)
 

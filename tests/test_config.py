@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.plan.suites import builtin_suites, load_suite, parse_setting_overrides, parse_suite
 from harness.errors import ConfigError
+from harness.plan.suites import builtin_suites, load_suite, parse_setting_overrides, parse_suite
 
 MINIMAL = '[[prefill]]\nprompt = 16\n'
 
@@ -86,7 +86,7 @@ def test_command_line_overrides_are_typed_and_validated():
 
 
 def test_contention_keys_reach_the_plan_and_the_option_overrides_them():
-    from harness.plan.cases import build_plan
+    from harness.plan.planner import build_plan
 
     suite = parse_suite("contention_threshold_pct = 25\nquiet_max_s = 5\n" + MINIMAL, "s.toml")
     policy = build_plan(suite, context_length=None, host=True).policy

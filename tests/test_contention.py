@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drivers.devicefs import parse_reads
 from harness.drivers.local import LocalDriver
-from harness.runtimes.probe import compile_probe
+from harness.runtimes.native import compile_probe
 from harness.telemetry import contention
-from harness.telemetry.devicefs import parse_reads
 from harness.telemetry.probe import ProbeTrace, contention_metric, parse_probe
 
 from .test_runner import runtime  # noqa: F401 - the stand-in llama-bench runtime fixture
@@ -192,7 +192,7 @@ def test_a_real_cpu_hog_beside_the_benchmark_marks_it(probe_and_child, tmp_path)
 
 
 def test_a_quiet_wait_with_a_hog_running_gives_up_at_its_bound() -> None:
-    from harness.run.contention import quiet_sample
+    from harness.run.watch import quiet_sample
 
     with _Hogs():
         done = contention.wait_for_quiet(lambda: quiet_sample(LocalDriver(), 0.5), contention.DEFAULT_THRESHOLD_PCT, 1.0)
@@ -207,8 +207,8 @@ def test_a_quiet_wait_with_a_hog_running_gives_up_at_its_bound() -> None:
 
 def test_the_runner_stores_contention_load_and_the_busiest_with_every_process(tmp_path, runtime) -> None:
     """The stand-in llama-bench of test_runner (no probe: edgebench's own CPU comes from os.times)."""
-    from harness.plan.cases import RunPolicy
-    from harness.results.store import Store
+    from harness.plan.planner import RunPolicy
+    from harness.store.db import Store
 
     from .test_runner import _new_run, _run
 
@@ -241,7 +241,7 @@ def test_a_hog_beside_a_real_llama_bench_run_is_shown_contended_and_not_compared
     never marked: the option reaches the runner), B at the suite's 10% with hogs beside it."""
     import json
 
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     from .test_cli import edgebench
 

@@ -4,21 +4,15 @@ with what went wrong (a refused loopback port, nothing mocked), and the exit cod
 from __future__ import annotations
 
 import json
-import socket
 
+from .ports import free_port
 from .test_cli import edgebench
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when this returns: nothing listens there
 
 
 def test_check_reports_every_device_and_names_the_unreachable_one(tmp_path):
     inventory = tmp_path / "lab.toml"
     inventory.write_text(
-        f'[[device]]\nname = "board"\ndriver = "ssh"\nhost = "127.0.0.1"\nport = {_closed_port()}\nuser = "bench"\n\n'
+        f'[[device]]\nname = "board"\ndriver = "ssh"\nhost = "127.0.0.1"\nport = {free_port()}\nuser = "bench"\n\n'
         f'[[device]]\nname = "pc"\ndriver = "local"\nworkdir = "{tmp_path / "pc"}"\n'
     )
     result = edgebench("devices", "check", "--inventory", str(inventory), "--json", cwd=tmp_path)

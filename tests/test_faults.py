@@ -26,9 +26,10 @@ from sqlalchemy import create_engine, select, text
 
 from harness.drivers.local import LocalDriver
 from harness.errors import LeaseLost
-from harness.lab import leases
-from harness.results.schema import leases as leases_t
-from harness.results.store import Store, now_iso, server_now
+from harness.records import now_iso
+from harness.store import leases
+from harness.store.db import Store, server_now
+from harness.store.schema import leases as leases_t
 
 from .conftest import REPO, runtime_folder
 from .pg_fixture import PASSWORD, Cluster
@@ -77,7 +78,7 @@ CLI = textwrap.dedent(
     """\
     import os, sys
     from pathlib import Path
-    from harness.lab import leases
+    from harness.store import leases
     from harness.run import session
     if "FAULTS_LEASE" in os.environ:
         leases.HEARTBEAT_S, leases.RETRY_S, leases.STALE_AFTER_S, leases.STOP_MARGIN_S = map(float, os.environ["FAULTS_LEASE"].split(","))

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from harness.lab.app import RUN_JOB, queue_for
 from harness.lab.jobs import LabRequest, jobs_of, served_devices
 from harness.lab.schedule import cron_line
-from harness.results.store import Store
+from harness.store.db import Store
 
 from .test_cli import REPO, edgebench
 
@@ -379,9 +379,9 @@ def test_sigterm_of_lab_run_stops_only_the_waiting(tmp_path, redis_server):
 
 def test_a_submit_to_an_unreachable_broker_says_so_and_queues_nothing(tmp_path):
     inventory = _inventory(tmp_path, ["nb-a"])
-    from .redis_fixture import _free_port
+    from tests.ports import free_port
 
-    env = {"EDGEBENCH_BROKER": f"redis://:s3cr3tpw@127.0.0.1:{_free_port()}/0"}
+    env = {"EDGEBENCH_BROKER": f"redis://:s3cr3tpw@127.0.0.1:{free_port()}/0"}
     submitted = _lab(tmp_path, "submit", "--inventory", str(inventory), "--suite", str(_suite(tmp_path)), env=env)
     assert submitted.returncode == 2 and "broker is unreachable" in submitted.stderr and "s3cr3tpw" not in submitted.stderr
     with _store(tmp_path) as store:
@@ -393,7 +393,7 @@ def test_status_shows_a_running_job_whose_worker_stopped_beating(tmp_path):
     from datetime import datetime, timedelta, timezone
 
     from harness.lab.jobs import create_jobs, register_device, set_job
-    from harness.results.schema import lab_devices
+    from harness.store.schema import lab_devices
 
     with _store(tmp_path) as store:
         register_device(store, "board:1", "hb-a", queue_for("board:1"), "2026-01-01T00:00:00+00:00")

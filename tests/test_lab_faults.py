@@ -25,13 +25,23 @@ from kombu.transport import redis as kombu_redis
 
 from harness.lab import tasks
 from harness.lab.app import RUN_JOB, make_app, queue_for
-from harness.lab.jobs import (JOB_OPTIONS, RUN_ID_FORM, JobInputs, JobRefused, LabRequest, create_jobs, jobs_of, parse_job_options,
-                              served_devices, set_job)
+from harness.lab.jobs import (
+    JOB_OPTIONS,
+    RUN_ID_FORM,
+    JobInputs,
+    JobRefused,
+    LabRequest,
+    create_jobs,
+    jobs_of,
+    parse_job_options,
+    served_devices,
+    set_job,
+)
 from harness.lab.submit import job_inputs
 from harness.lab.worker import restore_unacked
-from harness.results.store import Store, new_run_id
-from harness.results import schema
 from harness.runtimes.logits import MAGIC
+from harness.store import schema
+from harness.store.db import Store, new_run_id
 
 from .pg_fixture import PASSWORD
 from .test_lab import (TINY, Worker, _assert_each_job_once, _inventory, _lab, _redis, _store, _suite, _until,  # noqa: F401 - fixtures
@@ -54,7 +64,7 @@ def _jobs(store: Store, lab_id: str, n: int, identity: str, models: tuple[str, .
 def _raw_options(store: Store, job_id: str) -> str:
     from sqlalchemy import select
 
-    from harness.results.schema import lab_jobs
+    from harness.store.schema import lab_jobs
 
     with store.engine.connect() as conn:
         return conn.execute(select(lab_jobs.c.options_json).where(lab_jobs.c.id == job_id)).scalar_one()

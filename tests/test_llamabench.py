@@ -7,7 +7,7 @@ import pytest
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError
 from harness.engines.llamabench import MARK_PREFIX, LlamaBench, measured_windows, parse_jsonl
-from harness.plan.cases import Case
+from harness.records import Case
 
 from .conftest import DATA
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from harness.drivers.local import LocalDriver
+from harness.telemetry.factory import telemetry_for
 
 HOSTILE = ["; rm -rf /tmp/x", "$(touch /tmp/pwned)", "`id`", "it's \"quoted\"", "two\nlines", "ünïcödé ✓", ""]
 
@@ -83,7 +84,7 @@ def test_probe_runs_keep_the_gpu_figures_with_their_reason(tmp_path):
     probe_dir = tmp_path / "rt"
     (probe_dir / "bin").mkdir(parents=True)
     (probe_dir / "bin" / "edgebench-probe").write_text("")
-    telemetry = LocalDriver(workdir=str(tmp_path / "dev")).telemetry(str(probe_dir))
+    telemetry = telemetry_for(LocalDriver(workdir=str(tmp_path / "dev")), str(probe_dir))
 
     class Inner:
         def __enter__(self):

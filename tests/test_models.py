@@ -18,17 +18,9 @@ import gguf
 import numpy as np
 import pytest
 
-from harness.runtimes import models
 from harness.errors import ModelError
-from harness.runtimes.models import (
-    CATALOG,
-    DEFAULT_MODEL,
-    CatalogEntry,
-    ModelInfo,
-    inspect_model,
-    resolve_model,
-    sha256_file,
-)
+from harness.runtimes import models
+from harness.runtimes.models import CATALOG, DEFAULT_MODEL, CatalogEntry, ModelInfo, inspect_model, resolve_model, sha256_file
 
 SMOLLM2_PARAMS = 134_515_008  # sum of n_elements over its 272 tensors
 

@@ -18,9 +18,10 @@ import pytest
 
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.plan.cases import Case
-from harness.runtimes.probe import compile_probe
+from harness.records import Case
+from harness.runtimes.native import compile_probe
 from harness.telemetry import energy, tegrastats
+from harness.telemetry.factory import telemetry_for
 from harness.telemetry.probe import ProbeTelemetry
 from tests.adb_emulator.fixtures import adb_driver
 from tests.sshd_fixture import Sshd
@@ -89,11 +90,11 @@ def test_one_recorded_trace_gives_the_same_j_per_token_on_local_adb_and_ssh(tmp_
     remote = f"{android.workdir}/runtimes/test"
     for name in ("edgebench-probe", "llama-bench"):
         android.push(runtime / "bin" / name, f"{remote}/bin/{name}")
-    paths["adb"] = _measure(android, android.telemetry(remote), remote)
+    paths["adb"] = _measure(android, telemetry_for(android, remote), remote)
 
     sshd.board("orin-nano")  # ssh: the same line from tegrastats, beside the probe
     board = sshd.driver()
-    paths["ssh"] = _measure(board, board.telemetry(str(runtime)), str(runtime))
+    paths["ssh"] = _measure(board, telemetry_for(board, str(runtime)), str(runtime))
     board.close()
 
     expected = watts * REPS * SECONDS / (64 * REPS)  # the timed repetitions only: not the load, not the warmup

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from harness.results.schema import artifacts, executions, leases, runs
-from harness.results.store import Store
 from harness.runtimes.build import find_tool
 from harness.runtimes.source import PINNED
+from harness.store.db import Store
+from harness.store.schema import artifacts, executions, leases, runs
 
 from .conftest import REPO, fake_llama_bench
 from .pg_fixture import PASSWORD, Cluster, fresh_database

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.plan.suites import load_suite, parse_suite
 from harness.engines.llamabench import LlamaBench
 from harness.errors import ConfigError
-from harness.plan.cases import Case, QualityInputs, build_plan
+from harness.plan.planner import QualityInputs, build_plan
+from harness.plan.suites import load_suite, parse_suite
+from harness.records import Case
 
 QUALITY = QualityInputs("c" * 64, {"self": "a" * 64})
 
@@ -131,7 +132,7 @@ def mixed_core_folder(root: Path) -> Path:
 def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_takes(tmp_path):
     from harness.drivers.local import LocalDriver
     from harness.engines.pyllama import PyLlama, _parser
-    from harness.telemetry.devicefs import read_clusters
+    from harness.telemetry.clusters import read_clusters
 
     mixed_core_folder(tmp_path)
     clusters = read_clusters(LocalDriver(), 8, root=str(tmp_path))  # through the driver, as the session reads them
@@ -178,7 +179,7 @@ def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path
     import subprocess
     import sys
 
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     from .conftest import REPO
 

@@ -19,13 +19,13 @@ from statistics import median
 import pytest
 
 from harness.drivers.base import Completed
+from harness.drivers.devicefs import read_files
 from harness.drivers.local import LocalDriver
 from harness.engines.llamabench import LlamaBench
-from harness.plan.cases import Case
+from harness.records import Case
 from harness.runtimes.build import runtime_key
-from harness.runtimes.probe import compile_probe, probe_compiler, probe_sha256
+from harness.runtimes.native import compile_probe, probe_compiler, probe_sha256
 from harness.telemetry.probe import DISCOVERY_GLOBS, ProbeTelemetry, classify, parse_probe
-from harness.telemetry.devicefs import read_files
 
 from .conftest import fake_llama_bench
 
@@ -313,7 +313,7 @@ def test_missing_probe_file_makes_every_metric_missing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host_runtime, default_model) -> None:
     """`edgebench run` on this host: the runtime's probe samples every llama-bench process."""
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     from .test_cli import edgebench
 
@@ -343,7 +343,7 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
 
 def test_battery_units_follow_what_the_phone_reports():
     """mA/mV phones (older Huawei/Samsung kernels) must not come out 1000x too small."""
-    from harness.telemetry.devicefs import FileRead
+    from harness.drivers.devicefs import FileRead
     from harness.telemetry.probe import classify
 
     def files(current: str, voltage: str) -> dict:
@@ -360,8 +360,8 @@ def test_battery_units_follow_what_the_phone_reports():
 def test_the_native_programs_build_and_run_without_the_linux_only_parts(tmp_path: Path) -> None:
     """The README says what the probe does off Linux (macOS): compiled here with `__linux__`
     undefined, the guarded parts are left out and both programs still measure."""
-    from harness.results.bandwidth import parse_output
-    from harness.runtimes.probe import BANDWIDTH_NAME, CFLAGS, NATIVE_PROGRAMS, PROBE_NAME
+    from harness.telemetry.bandwidth import parse_output
+    from harness.runtimes.native import BANDWIDTH_NAME, CFLAGS, NATIVE_PROGRAMS, PROBE_NAME
 
     built = {}
     for name, (source, flags) in NATIVE_PROGRAMS.items():
@@ -384,10 +384,10 @@ def test_a_board_tools_power_lands_on_the_probes_clock_and_integrates_the_same()
     was suspended): over the same windows both give the same joules."""
     from types import SimpleNamespace
 
-    from harness.drivers.base import DeviceFacts
+    from harness.records import DeviceFacts
     from harness.telemetry import energy
     from harness.telemetry.coprocess import BoardTool
-    from harness.telemetry.devicefs import FileRead
+    from harness.drivers.devicefs import FileRead
     from harness.telemetry.probe import power_traces
 
     line = (DATA.parent / "jetson" / "orin-nano.txt").read_text().strip()  # public Orin Nano line: VDD_IN 5704mW

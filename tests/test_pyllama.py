@@ -14,7 +14,7 @@ import pytest
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, get_engine
 from harness.engines.pyllama import SUPPORTED_SETTINGS, PyLlama, _parser, main
-from harness.plan.cases import Case
+from harness.records import Case
 
 from .conftest import DATA, REPO
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.engines.perplexity import Perplexity
 from harness.drivers.base import Completed
-from harness.plan.cases import Case
+from harness.engines.perplexity import Perplexity
+from harness.records import Case
 from harness.runtimes.corpus import pydoc_text, resolve_corpus
 from harness.runtimes.logits import LogitsError, LogitsHeader, read_header
 from harness.runtimes.quantize import parse_types

@@ -13,13 +13,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness.results.analysis import summary_frame, tidy_frame, wide_table
-from harness.results.compare import compare_frames
-from harness.runtimes.models import ModelInfo
-from harness.plan.cases import Case
-from harness.results.records import Metric
+from harness.analysis.compare import compare_frames
+from harness.analysis.tables import summary_frame, tidy_frame, wide_table
+from harness.records import Case, Metric
 from harness.report.html import render_report
-from harness.results.store import Store
+from harness.runtimes.models import ModelInfo
+from harness.store.db import Store
 
 from .test_claims import store_with_default_run  # noqa: F401 (a fixture)
 

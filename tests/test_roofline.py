@@ -12,7 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from harness.results.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes, read_traffic
+from harness.analysis.roofline import bytes_per_token, element_bytes, gpu_note, kv_bytes
+from harness.runtimes.traffic import read_traffic
 
 from .conftest import REPO
 
@@ -115,11 +116,12 @@ def test_host_run_gives_an_efficiency_figure(tmp_path, host_runtime, default_mod
 
 def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path):
     """The raw llama-bench records disagree on purpose: analysis must not read them."""
-    from harness.plan.cases import Case
+    from harness.records import Case
     from harness.report.html import render_report
-    from harness.results.records import Metric
-    from harness.results.roofline import ModelTraffic, roofline_frame
-    from harness.results.store import Store
+    from harness.records import Metric
+    from harness.runtimes.traffic import ModelTraffic
+    from harness.analysis.roofline import roofline_frame
+    from harness.store.db import Store
     from harness.runtimes.models import ModelInfo
 
     model = ModelInfo(path="/m/m.gguf", filename="m.gguf", sha256="cd" * 32, file_size=1, architecture="llama", name="m",

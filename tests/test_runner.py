@@ -17,11 +17,11 @@ import pytest
 
 from harness.drivers.base import DeviceUnreachable
 from harness.drivers.local import LocalDriver
-from harness.plan.cases import Case
-from harness.run.runner import RunTargets, execute, pending_steps
-from harness.results.schema import schema_version
-from harness.results.store import SCHEMA_VERSION, Store
 from harness.errors import StoreError
+from harness.records import Case
+from harness.run.runner import RunTargets, execute, pending_steps
+from harness.store.db import SCHEMA_VERSION, Store
+from harness.store.schema import schema_version
 
 from .conftest import runtime_folder
 
@@ -183,7 +183,7 @@ def test_stores_opened_at_once_migrate_once(tmp_path):
 
 
 def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime):
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
@@ -196,7 +196,7 @@ def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime)
 def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtime, monkeypatch):
     """A hot device cannot exist here: its temperatures are replayed through the real pacing."""
     import harness.run.runner as runner
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     readings = iter([50.0, 61.0, 57.0, 52.0] + [51.0] * 50)  # idle at start, then hot after each case
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
@@ -211,7 +211,7 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
 
 def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monkeypatch):
     import harness.run.runner as runner
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
     store = Store(tmp_path / "results")
@@ -230,7 +230,7 @@ def _figures(runtime: Path, by_start: dict[int, float]) -> None:
 
 
 def test_precision_adds_interleaved_rounds_only_for_cases_not_within_target(tmp_path, runtime):
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     # two fixed rounds (starts 1-6): p16 is within ±15% (±1.3%), p32 and decode are not; then rounds
     # of those two until decode is within target (±14.6% at 5) and p32 reaches the 6-process limit
@@ -251,7 +251,7 @@ def test_precision_adds_interleaved_rounds_only_for_cases_not_within_target(tmp_
 
 
 def test_precision_target_survives_an_interruption_and_resume(tmp_path, runtime):
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     _figures(runtime, {n: 100.0 + 40 * ((n - 1) // 2 % 2) for n in range(1, 30)})  # each case 100, 140, 100...: never within 1%
     store = Store(tmp_path / "results")
@@ -274,7 +274,7 @@ def test_precision_target_survives_an_interruption_and_resume(tmp_path, runtime)
 
 
 def test_a_case_whose_last_process_failed_gets_no_more_rounds(tmp_path, runtime):
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     (runtime / "modes.json").write_text(json.dumps({"3": "crash"}))
     store = Store(tmp_path / "results")
@@ -292,7 +292,7 @@ def test_without_a_target_no_round_is_added_and_no_verdict_stored(tmp_path, runt
 
 
 def test_the_table_and_json_say_why_each_case_stopped(tmp_path, runtime):
-    from harness.plan.cases import RunPolicy
+    from harness.plan.planner import RunPolicy
 
     from .test_cli import edgebench
 

@@ -20,15 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BuildError, EdgebenchError
-from harness.runtimes import (
-    LLAMA_CPP_PYTHON_VERSION,
-    BuildProgress,
-    Manifest,
-    build_runtime,
-    find_runtime,
-    target_names,
-)
-from harness.runtimes import build
+from harness.runtimes import LLAMA_CPP_PYTHON_VERSION, BuildProgress, Manifest, build, build_runtime, find_runtime, target_names
 from harness.runtimes.build import final_flags, find_tool, parse_percent, runtime_key
 from harness.runtimes.source import (
     SdistPin,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
-import socket
 import stat
 import subprocess
 import sys
@@ -34,12 +33,13 @@ from harness.lab.app import broker_url, make_app
 from harness.lab.jobs import LabRequest
 from harness.lab.schedule import cron_line
 from harness.paths import cache_dir, state_dir
-from harness.plan.cases import Case
-from harness.results.location import masked, store_url
-from harness.results.store import Store
+from harness.records import Case
+from harness.store.db import Store
+from harness.store.location import masked, store_url
 
 from .conftest import REPO, fake_llama_bench
 from .pg_fixture import PASSWORD
+from .ports import free_port
 from .sshd_fixture import Sshd
 
 SUITE = 'name = "secrets"\nrepetitions = 1\ninprocess_repetitions = 1\nmode = "none"\n[[prefill]]\nprompt = 64\n'
@@ -229,11 +229,6 @@ def test_the_board_work_folder_is_private_and_ours(sshd, tmp_path):
 
 # --- end to end: PostgreSQL with a scram password, Redis with one ----------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def stand_in(tmp_path):
@@ -311,7 +306,7 @@ def test_a_password_is_found_nowhere(tmp_path, pg_url, redis_server, stand_in, d
 
     # Connections that fail: a wrong port, a URL SQLAlchemy cannot parse, one with an '@' in the password.
     port = pg_url.rsplit(":", 1)[1].split("/")[0]
-    for url in (pg_url.replace(f":{port}/", f":{_free_port()}/"), pg_url.replace(f":{port}/", ":port/"),
+    for url in (pg_url.replace(f":{port}/", f":{free_port()}/"), pg_url.replace(f":{port}/", ":port/"),
                 pg_url.replace(f":{PASSWORD}@", f":{PASSWORD}@x@")):
         failed = _edgebench(tmp_path, stand_in, "results", "list", "--store", url, *common)
         assert failed.returncode != 0 and "edgebench:***@" in " ".join(failed.stderr.split()), failed.stderr

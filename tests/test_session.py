@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import update
 
 from harness.errors import EdgebenchError
-from harness.results.schema import runs
-from harness.results.store import Store
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
+from harness.store.db import Store
+from harness.store.schema import runs
 
 from .test_cli import edgebench
 

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from harness.errors import Interrupted
-from harness.results.store import Store
-from harness.run.signals import stop_requests
+from harness.signals import stop_requests
+from harness.store.db import Store
 
 from .conftest import REPO
 from .sshd_fixture import Sshd

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.boards.linux import parse_facts, permission_hints
 from harness.drivers.base import DeviceUnreachable, StagingError
-from harness.drivers.ssh import parse_facts, permission_hints, ssh_permission_hints
+from harness.drivers.ssh import ssh_permission_hints
 from harness.errors import BuildError
+from harness.telemetry.factory import telemetry_for
 
 from .conftest import DATA, REPO, fake_llama_bench
-from .sshd_fixture import Sshd, free_port
+from .ports import free_port
+from .sshd_fixture import Sshd
 
 HOSTILE = ["; rm -rf /", "$(id)", "`id`", "a'b\"c", "two words", "line\nbreak", "ünïcødé ✓", "", "-n", "$HOME", "*"]
 
@@ -154,7 +157,7 @@ def test_facts_parse_a_recorded_jetson_agx_orin():
 def runtime(tmp_path_factory):
     """A runtime folder the loopback board can run: the probe compiled here, and a stand-in
     llama-bench (tests/conftest.py) whose windows are `reps` x `seconds`."""
-    from harness.runtimes.probe import compile_probe
+    from harness.runtimes.native import compile_probe
 
     root = tmp_path_factory.mktemp("runtime")
     compile_probe("cc", root / "bin" / "edgebench-probe")
@@ -171,10 +174,10 @@ def _bench(runtime, reps, seconds):
 def _measure(driver, runtime, reps=2, seconds=1.2):
     """One stand-in llama-bench process under the board's telemetry, as the runner runs it."""
     from harness.engines.llamabench import LlamaBench
-    from harness.plan.cases import Case
+    from harness.records import Case
 
     engine = LlamaBench()
-    with driver.telemetry(str(runtime)) as telemetry:
+    with telemetry_for(driver, str(runtime)) as telemetry:
         done = driver.run(telemetry.wrap([_bench(runtime, reps, seconds)], engine.marks), timeout=60, on_start=telemetry.attach)
     assert done.ok, done.stderr
     parsed = engine.parse(Case("llamabench", "prefill", 64, 0, 0, inprocess_reps=reps), done, telemetry.marks())
@@ -223,7 +226,7 @@ def test_plain_linux_says_why_there_is_no_board_power(board, runtime):
 
 
 def test_without_a_runtime_every_figure_says_so(board):
-    with board.telemetry() as telemetry:
+    with telemetry_for(board) as telemetry:
         done = board.run(telemetry.wrap(["true"]), timeout=30)
     metrics = telemetry.metrics(done, (), 0, "no window")
     assert metrics and all(m.value is None and "probe not available" in m.missing_reason for m in metrics)
@@ -322,7 +325,7 @@ def test_edgebench_run_over_ssh_end_to_end(sshd, tmp_path, host_runtime, default
     assert by[("prefill p16", "prefill_tps")]["mean"] > 0
     assert by[("decode n4", "temp_max_c")]["mean"] >= 52.968  # tegrastats' hottest zone, over the process
     assert by[("decode n4", "peak_rss_mb")]["mean"] > 50  # the probe's wait4 of llama-bench on the board
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     store = Store(results)
     power = [m for m in store.measurements([shown["run"]["id"]]) if m["metric"] == "energy_j"]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from harness.plan import cores
 from harness.drivers.local import LocalDriver
-from harness.telemetry.devicefs import read_clusters
+from harness.plan import cores
+from harness.telemetry.clusters import Cluster, parse_online, probe_cpu, read_clusters
 from harness.telemetry.state import capture_state, format_state, parse_ps, wait_for_cool
 
 PS_PROCPS = """    PID %CPU   RSS COMMAND
@@ -101,35 +99,29 @@ def test_clusters_fastest_first_and_threads_choices(tmp_path: Path) -> None:
     big = cores.choose(clusters, "big")
     assert big.threads == 4 and big.mask == "0xf0" and "fastest" in big.why
     assert cores.choose(clusters, "all").mask == "0xff"
-    assert cores.choose(clusters, 2).cpus == (4, 5)
-    assert cores.choose(clusters, [0, 7]).mask == "0x81"
-    with pytest.raises(ValueError, match="no core"):
-        cores.choose(clusters, [9])
-    with pytest.raises(ValueError, match="8 cores"):
-        cores.choose(clusters, 9)
-    assert cores.probe_cpu(clusters, busy=big.cpus) == 3  # the slowest free core
-    assert cores.probe_cpu(clusters, busy=range(8)) is None
+    assert probe_cpu(clusters, busy=big.cpus) == 3  # the slowest free core
+    assert probe_cpu(clusters, busy=range(8)) is None
 
 
 def test_a_machine_without_capacity_or_cpufreq_is_one_cluster(tmp_path: Path) -> None:
     _tree(tmp_path, {"/sys/devices/system/cpu/online": "0-1\n"})
     clusters = read_clusters(LocalDriver(), 2, root=str(tmp_path))
-    assert clusters == [cores.Cluster((0, 1), None, None)]
+    assert clusters == [Cluster((0, 1), None, None)]
     assert cores.choose(clusters, "big").why == "all cores (one cluster)"
-    assert cores.parse_online("0-3,6,8-9") == [0, 1, 2, 3, 6, 8, 9]
+    assert parse_online("0-3,6,8-9") == [0, 1, 2, 3, 6, 8, 9]
 
 
 def test_threads_big_resolves_per_device_and_is_recorded() -> None:
-    from harness.plan.cases import Case
+    from harness.records import Case
 
-    phone = [cores.Cluster((4, 5, 6, 7), 1024, 2841.6), cores.Cluster((0, 1, 2, 3), 410, 1804.8)]
+    phone = [Cluster((4, 5, 6, 7), 1024, 2841.6), Cluster((0, 1, 2, 3), 410, 1804.8)]
     case = Case("llamabench", "decode", 0, 32, 0, settings=(("threads", "big"),))
     run, chosen = cores.resolve_threads(case, phone)
     assert dict(run.settings) == {"threads": 4, "cpu_mask": "0xf0"}
     assert chosen is not None and chosen["cpus"] == [4, 5, 6, 7] and chosen["threads"] == "big"
     unset, chosen = cores.resolve_threads(Case("llamabench", "decode", 0, 32, 0), phone)
     assert dict(unset.settings)["threads"] == 4  # the default is the performance cores
-    pc = [cores.Cluster((0, 1), None, None)]
+    pc = [Cluster((0, 1), None, None)]
     same, chosen = cores.resolve_threads(Case("llamabench", "decode", 0, 32, 0), pc)
     assert same.settings == () and chosen is None  # alike cores: the runtime's default stands
     own_mask = Case("llamabench", "decode", 0, 32, 0, settings=(("cpu_mask", "0x1"), ("threads", "all")))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.results.stats import pooled_cv, summarize
+from harness.stats import pooled_cv, summarize
 
 
 def test_summary_matches_hand_computed_t_interval():

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from harness.errors import EdgebenchError, StoreError
-from harness.plan.cases import Case, Plan
-from harness.results.location import store_url as resolve_url
-from harness.results.records import Metric
-from harness.results.schema import SCHEMA_VERSION, schema_version
-from harness.results.store import Store
+from harness.plan.planner import Plan
+from harness.records import Case, Metric
 from harness.run.session import estimate_seconds
+from harness.store.db import Store
+from harness.store.location import store_url as resolve_url
+from harness.store.schema import SCHEMA_VERSION, schema_version
 
 from .conftest import DATA, REPO
 from .pg_fixture import PASSWORD
@@ -280,8 +280,8 @@ def test_identity_prefers_the_most_stable_source_and_skips_placeholders():
 
 def test_identity_keeps_two_local_hosts_apart_and_joins_one_device_under_two_names(store):
     from harness.drivers.identity import identity_from
-    from harness.results.analysis import history_frame
-    from harness.results.compare import previous_run
+    from harness.analysis.tables import history_frame
+    from harness.analysis.compare import previous_run
 
     pc, board = identity_from(PC, "pc"), identity_from(BOARD, "pi")
 
@@ -328,7 +328,7 @@ def test_artifacts_are_stored_with_the_run_and_exported_as_files(store, tmp_path
     with store.engine.connect() as conn:  # identical telemetry files are one blob, compressed
         from sqlalchemy import func, select
 
-        from harness.results.schema import blobs
+        from harness.store.schema import blobs
 
         count, size, packed = conn.execute(select(func.count(), func.sum(blobs.c.size), func.sum(func.length(blobs.c.data)))).one()
     assert count == 4 and packed < size  # two stdouts (per rep), one telemetry csv, facts
@@ -339,7 +339,7 @@ def test_artifacts_are_stored_with_the_run_and_exported_as_files(store, tmp_path
 def test_push_copies_runs_with_artifacts_once(tmp_path, store_url):
     with Store(tmp_path / "laptop") as laptop, Store(tmp_path / "lab", store_url) as lab:
         first, second = _run_with_files(laptop), _run_with_files(laptop)
-        from harness.results.push import push
+        from harness.store.push import push
 
         pushed = push(laptop, lab, [first, second])
         assert (pushed.runs, pushed.executions, pushed.artifacts) == (2, 8, 18)
@@ -380,7 +380,7 @@ def test_push_from_the_cli_masks_the_password(tmp_path, pg_url):
 def _lease(identity: str, holder: str, pid: int) -> dict:
     import socket
 
-    from harness.results.store import now_iso
+    from harness.records import now_iso
 
     return {"identity": identity, "holder": holder, "host": socket.gethostname(), "pid": pid, "since": now_iso(), "heartbeat_at": now_iso()}
 
@@ -388,8 +388,8 @@ def _lease(identity: str, holder: str, pid: int) -> dict:
 def test_insert_missing_is_true_exactly_when_it_inserted(store):
     from sqlalchemy import select
 
-    from harness.results.schema import leases
-    from harness.results.sql import insert_missing
+    from harness.store.schema import leases
+    from harness.store.sql import insert_missing
 
     with store.transaction() as conn:
         assert insert_missing(conn, leases, ["identity"], _lease("dev", "first", 1)) is True
@@ -407,8 +407,8 @@ def test_insert_missing_racing_on_one_key_is_true_once(store):
 
     from sqlalchemy import func, select
 
-    from harness.results.schema import leases
-    from harness.results.sql import insert_missing
+    from harness.store.schema import leases
+    from harness.store.sql import insert_missing
 
     start, answers, errors = threading.Barrier(8), [], []
 
@@ -434,8 +434,8 @@ def test_insert_missing_racing_on_one_key_is_true_once(store):
 def test_a_lease_is_taken_fresh_taken_over_when_stale_and_refused_when_held(store):
     from sqlalchemy import select
 
-    from harness.lab.leases import try_acquire
-    from harness.results.schema import leases
+    from harness.store.leases import try_acquire
+    from harness.store.schema import leases
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
     assert try_acquire(store, "free", "me") is None  # an empty table: taken (the bug: refused by itself)
@@ -455,7 +455,7 @@ def test_lab_cancel_counts_what_it_cancelled_and_flagged(store):
     from sqlalchemy import update
 
     from harness.lab.jobs import LabRequest, create_jobs, jobs_of, request_cancel
-    from harness.results.schema import lab_jobs
+    from harness.store.schema import lab_jobs
 
     request = LabRequest(devices=("a", "b", "c"), suite="quick")
     jobs = create_jobs(store, "lab-1", request, "quick", "", {d: (f"id:{d}", f"q.{d}") for d in request.devices})
@@ -481,7 +481,7 @@ def test_removing_a_schedule_removes_it_once(store, tmp_path):
 # --- files out of the store: bounded, checked, never written through a link -----------------
 
 def _plant_blob(store: Store, run_id: str, path: str, size: int, data: bytes, sha: str) -> None:
-    from harness.results.schema import artifacts, blobs
+    from harness.store.schema import artifacts, blobs
 
     with store.transaction() as conn:
         conn.execute(blobs.insert().values(sha256=sha, size=size, data=data))
@@ -546,7 +546,7 @@ def test_the_power_chart_reads_the_store_not_the_run_folder(store, tmp_path):
     """A report built on another host: the run folder is not there, the stored telemetry is."""
     import shutil as sh
 
-    from harness.results.analysis import power_series
+    from harness.analysis.tables import power_series
 
     run_id = new_run(store)
     folder = store.artifacts_dir(run_id)

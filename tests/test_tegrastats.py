@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.telemetry.boards import jetson_module
+from harness.boards.power import jetson_module
 from harness.telemetry.tegrastats import board_power, parse_line, parse_tegrastats, rails, temperatures
 
 from .conftest import DATA

@@ -21,8 +21,9 @@ import pynvml
 import pytest
 
 from harness.drivers.base import Completed, ResourceUsage
-from harness.results.records import Metric
 from harness.drivers.local import LocalDriver
+from harness.drivers.nvml import gpu_names
+from harness.records import Metric
 from harness.telemetry import HostTelemetry, Sample, describe_host_sensors, nvml, procfs, rapl, sysfs
 
 DATA = Path(__file__).resolve().parent / "data" / "telemetry"
@@ -355,7 +356,7 @@ def test_nvml_available_reason_on_this_host() -> None:
     if ok:
         pytest.skip("this host has an NVIDIA GPU")
     assert "no NVIDIA GPU found" in reason or "not installed" in reason
-    assert nvml.gpu_names() == []
+    assert gpu_names() == []
 
 
 # --- the real host, the CSV and the sensor report -------------------------------------------

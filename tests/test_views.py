@@ -16,10 +16,10 @@ from rich.console import Console
 
 from harness.cli import views
 from harness.drivers.local import LocalDriver
-from harness.plan.cases import Case
-from harness.results.analysis import summary_frame, tidy_frame
-from harness.results.records import Metric
-from harness.results.store import Store, now_iso
+from harness.plan.planner import Case
+from harness.analysis.tables import summary_frame, tidy_frame
+from harness.records import Metric
+from harness.store.db import Store, now_iso
 from harness.telemetry.state import capture_state, summary_parts
 
 from .conftest import REPO

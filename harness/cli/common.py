@@ -21,7 +21,7 @@ from harness.cli import views
 from harness.errors import EdgebenchError, StoreGone
 
 if TYPE_CHECKING:
-    from harness.results.store import Store
+    from harness.store.db import Store
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
@@ -53,7 +53,7 @@ class Failures(TyperGroup):
         from sqlalchemy.exc import SQLAlchemyError
 
         from harness.credentials import mask_url
-        from harness.results.store import DISK_ERRORS, cause
+        from harness.store.db import DISK_ERRORS, cause
 
         try:
             return super().invoke(ctx)
@@ -77,7 +77,7 @@ def check_format(fmt: str) -> str:
 
 def open_store(results: Optional[Path], url: Optional[str] = None) -> Store:
     from harness.paths import default_results_dir
-    from harness.results.store import Store
+    from harness.store.db import Store
 
     return Store(results or default_results_dir(), url)
 

@@ -24,8 +24,8 @@ def compare(
     fmt: str = FormatOpt,
 ) -> None:
     """B/A per case with 95% intervals and verdicts; exits 1 when a regression is flagged."""
-    from harness.results.analysis import tidy_frame
-    from harness.results.compare import CompareSettings, compare_frames
+    from harness.analysis.tables import tidy_frame
+    from harness.analysis.compare import CompareSettings, compare_frames
 
     store = open_store(results, store_url)
     a, b = store.run(run_a)["id"], store.run(run_b)["id"]
@@ -64,7 +64,7 @@ def claims(
 ) -> None:
     """Published figures against stored runs: measured / claimed, with every differing condition
     named; the claims no stored run tests are one line saying which devices and models would."""
-    from harness.results.claims import CLAIMS_DIR, check_claims, load_claims, ratio_checks_for
+    from harness.analysis.claims import CLAIMS_DIR, check_claims, load_claims, ratio_checks_for
 
     store = open_store(results, store_url)
     loaded = load_claims(claims_dir or CLAIMS_DIR)

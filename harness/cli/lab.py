@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from harness.lab.jobs import Job, LabRequest
-    from harness.results.store import Store
+    from harness.store.db import Store
 
 app = typer.Typer(no_args_is_help=True, help="Lab runs over an inventory: all devices at once, scheduled.")
 

@@ -14,7 +14,7 @@ from harness.cli.common import FormatOpt, JsonOpt, ResultsOpt, StoreOpt, console
 from harness.errors import EdgebenchError
 
 if TYPE_CHECKING:
-    from harness.results.store import Store
+    from harness.store.db import Store
 
 app = typer.Typer(no_args_is_help=True, help="Stored runs.")
 
@@ -48,7 +48,7 @@ def results_export(
     store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Export the per-process tidy table of a run, or its stored files (--artifacts)."""
-    from harness.results.analysis import tidy_frame
+    from harness.analysis.tables import tidy_frame
 
     store = open_store(results, store_url)
     run_id = store.run(run_id)["id"]
@@ -82,7 +82,7 @@ def results_push(
     store_url: Optional[str] = StoreOpt,
 ) -> None:
     """Copy runs with their artifacts into another store; pushing again copies nothing new."""
-    from harness.results.push import push
+    from harness.store.push import push
 
     source = open_store(results, store_url)
     target = open_store(results, to)
@@ -94,7 +94,7 @@ def results_push(
 
 def show_runs(store: Store, run_ids: list[str], as_json: bool, fmt: str = "table", *, sweep: bool = False) -> None:
     """Each run; after a sweep, its frontier (with --json: one document holding them all)."""
-    from harness.results.quality import frontier_frame
+    from harness.analysis.quality import frontier_frame
 
     frontier = frontier_frame(store, run_ids) if sweep else None
     if as_json:
@@ -109,9 +109,9 @@ def show_runs(store: Store, run_ids: list[str], as_json: bool, fmt: str = "table
 
 
 def _run_payload(store: Store, run_id: str) -> dict[str, Any]:
-    from harness.results.analysis import contended_processes, summary_frame, tidy_frame
-    from harness.results.quality import quality_results
-    from harness.results.roofline import roofline_frame
+    from harness.analysis.tables import contended_processes, summary_frame, tidy_frame
+    from harness.analysis.quality import quality_results
+    from harness.analysis.roofline import roofline_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))

@@ -60,7 +60,7 @@ def run(
     from harness.plan.suites import parse_precision, parse_setting_overrides
     from harness.run import orchestrate
     from harness.run.session import RunOptions, estimate_seconds, prepare
-    from harness.run.signals import stop_requests
+    from harness.signals import stop_requests
     from harness.runtimes.quantize import parse_types
 
     store = open_store(results, store_url)

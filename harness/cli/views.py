@@ -247,7 +247,7 @@ def cell_text(cell: Any) -> str:
 
 
 def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) -> tuple[str, ...]:
-    from harness.results.analysis import HEADLINE
+    from harness.analysis.tables import HEADLINE
 
     processes = f"{row['repetitions']} processes per case"
     if stops:  # a precision target gave the cases as many processes as each needed
@@ -266,7 +266,7 @@ def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) ->
 def summary_grid(row: Any, summary: Any, stops: dict[str, Any] | None = None) -> Grid:
     """One row per case, one column per headline metric the run measured; with a precision
     target (`stops`, by case label), a last column says where each case stopped and why."""
-    from harness.results.analysis import HEADLINE, wide_table
+    from harness.analysis.tables import HEADLINE, wide_table
 
     facts = json.loads(row["facts_json"])
     wide = wide_table(summary)
@@ -296,7 +296,7 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
 
 def contended_lines(store: Any, run_id: str) -> list[str]:
     """Each contended process: what others used, the load before it, and who was busiest."""
-    from harness.results.analysis import contended_processes
+    from harness.analysis.tables import contended_processes
 
     lines = []
     for p in contended_processes(store, run_id):
@@ -308,8 +308,8 @@ def contended_lines(store: Any, run_id: str) -> list[str]:
 
 
 def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
-    """Decode cases against what the measured memory bandwidth allows (harness.results.roofline)."""
-    from harness.results.roofline import roofline_frame
+    """Decode cases against what the measured memory bandwidth allows (harness.analysis.roofline)."""
+    from harness.analysis.roofline import roofline_frame
 
     frame = roofline_frame(store, run_ids)
     if frame.empty:
@@ -364,7 +364,7 @@ def condition_lines(store: Any, run_id: str) -> list[str]:
 def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> None:
     """A run's summary, its contended processes, its roofline, the conditions it ran under, its
     failures and note."""
-    from harness.results.analysis import failures_frame, summary_frame, tidy_frame
+    from harness.analysis.tables import failures_frame, summary_frame, tidy_frame
 
     row = store.run(run_id)
     show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
@@ -381,7 +381,7 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
 def show_quality(console: Console, store: Any, run_id: str, fmt: str = "table", side: str = "") -> None:
     """A run's quality lines (red where its backend failed the gate); `side` ("A: ") names the
     run in a comparison, where speed ratios alone would hide what each side's output cost."""
-    from harness.results.quality import quality_results
+    from harness.analysis.quality import quality_results
 
     for quality in quality_results(store, run_id):
         show_lines(console, [side + quality.line()], fmt, "bold red" if quality.differs else "")
@@ -395,7 +395,7 @@ def show_roofline(console: Console, store: Any, run_ids: list[str], fmt: str = "
 
 def compare_grid(a: str, b: str, rows: Sequence[Any], threshold: float) -> Grid:
     """B/A per case and metric with its interval and verdict; a regression row is flagged."""
-    from harness.results.analysis import TITLES
+    from harness.analysis.tables import TITLES
 
     cells, styles = [], []
     for r in rows:
@@ -423,8 +423,8 @@ def frontier_grid(frontier: Any) -> Grid:
 def claims_grid(checks: Sequence[Any]) -> Grid:
     """The claims some stored run tests, measured against claimed; the claims none can test
     are one caption line naming the devices and models that would (as in the report)."""
-    from harness.results.analysis import TITLES
-    from harness.results.claims import untested_line
+    from harness.analysis.tables import TITLES
+    from harness.analysis.claims import untested_line
 
     rows = []
     for c in (c for c in checks if c.run_id is not None):

@@ -9,7 +9,6 @@ file already there with the right sha256 is not pushed again.
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import struct
@@ -20,32 +19,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from harness.boards.android import FACTS_SCRIPT, parse_facts
 from harness.credentials import child_env
-from harness.drivers.base import (
-    CommandFailed,
-    Completed,
-    DeviceFacts,
-    DeviceUnreachable,
-    DriverError,
-    StagingError,
-    Telemetry,
-)
+from harness.drivers.base import CommandFailed, Completed, DeviceUnreachable, DriverError, StagingError
 from harness.drivers.identity import adb_identity
 from harness.hashing import sha256_file
+from harness.paths import replacing
+from harness.records import DeviceFacts
 
 DEFAULT_SERVER = "127.0.0.1:5037"
 DEFAULT_WORKDIR = "/data/local/tmp/edgebench"
 _PID_MARKER = "@edgebench-pid "
 _STDOUT, _STDERR, _EXIT = 1, 2, 3
-_SECTION = "----edgebench-section----"
-
-# CPU part numbers (MIDR) of Arm cores found in phones, for a readable cpu_model.
-ARM_CORES = {
-    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
-    "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78",
-    "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2", "0xd4d": "Cortex-A715",
-    "0xd4e": "Cortex-X3", "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4",
-}
 
 
 def _adb_imports() -> Any:
@@ -57,6 +42,7 @@ def _adb_imports() -> Any:
 class AdbDriver:
     """One phone, by serial, on the adb server at `adb_server` ("host:port")."""
 
+    kind = "adb"
     is_host = False
     SETTINGS: dict[str, tuple[type, str]] = {
         "serial": (str, "the device serial as `adb devices` lists it (USB serial or host:port for Wi-Fi ADB)"),
@@ -179,7 +165,7 @@ class AdbDriver:
                 if pid is not None:
                     on_start(pid)
             return process.wait(timeout)
-        except BaseException:  # Ctrl-C, SIGTERM (harness.run.signals), a bug: nothing stays running on the phone
+        except BaseException:  # Ctrl-C, SIGTERM (harness.signals), a bug: nothing stays running on the phone
             process.kill()
             raise
 
@@ -225,17 +211,14 @@ class AdbDriver:
         return sent
 
     def pull(self, remote: str, local: Path) -> None:
-        local = Path(local)
         adbutils = _adb_imports()
-        tmp = local.with_name(f".{local.name}.partial")
-        try:
-            self.device().sync.pull_file(remote, tmp)
-        except (adbutils.AdbError, OSError, EOFError) as exc:
-            tmp.unlink(missing_ok=True)
-            if not self._still_there():
-                raise self._lost(f"pulling {remote}", exc) from None
-            raise StagingError(f"{self.name}: cannot pull {remote}: {exc}") from None
-        os.replace(tmp, local)
+        with replacing(Path(local)) as tmp:
+            try:
+                self.device().sync.pull_file(remote, tmp)
+            except (adbutils.AdbError, OSError, EOFError) as exc:
+                if not self._still_there():
+                    raise self._lost(f"pulling {remote}", exc) from None
+                raise StagingError(f"{self.name}: cannot pull {remote}: {exc}") from None
 
     def sha256(self, remote: str) -> str | None:
         """sha256 computed on the phone (`sha256sum`, else `toybox sha256sum`, else pulled and
@@ -269,69 +252,8 @@ class AdbDriver:
         return adb_identity(done.stdout, self.serial or "")
 
     def facts(self) -> DeviceFacts:
-        from harness.runtimes.targets import cpu_features
-        from harness.telemetry.android import (
-            POWER_SUPPLY_SCRIPT,
-            battery_reading,
-            parse_getprop,
-        )
-
-        commands = ["getprop", "cat /proc/cpuinfo", "cat /proc/meminfo", "uname -r", "dumpsys battery", POWER_SUPPLY_SCRIPT]
-        done = self._check(["sh", "-c", f"; echo {_SECTION}; ".join(commands)])
-        getprop, cpuinfo, meminfo, kernel, battery_text, power_dump = (part.strip("\n") for part in done.stdout.split(_SECTION + "\n"))
-        props = parse_getprop(getprop)
-        cores = cpuinfo.count("processor\t:") or cpuinfo.count("processor")
-        try:
-            reading = battery_reading(power_dump, battery_text)
-            battery = reading.battery
-            power = f"{'+'.join(battery.powered_by) or 'battery'}, {battery.status}"
-        except ValueError:  # no `dumpsys battery` (not a full Android system)
-            reading, battery, power = None, None, None
-        soc = " ".join(v for v in (props.get("ro.soc.manufacturer"), props.get("ro.soc.model")) if v) or props.get("ro.board.platform", "")
-        release, sdk = props.get("ro.build.version.release", "?"), props.get("ro.build.version.sdk", "?")
-        features = cpu_features(cpuinfo)
-        extra: dict[str, Any] = {
-            "serial": self.serial,
-            "adb_server": f"{self.server_host}:{self.server_port}",
-            "model": props.get("ro.product.model"),
-            "manufacturer": props.get("ro.product.manufacturer"),
-            "device": props.get("ro.product.device"),
-            "soc": soc,
-            "abi": props.get("ro.product.cpu.abi"),
-            "abilist": props.get("ro.product.cpu.abilist", "").split(","),
-            "android_version": release,
-            "sdk": sdk,
-            "build_fingerprint": props.get("ro.build.fingerprint"),
-            "kernel": kernel.strip(),
-            "cpu_features": features,
-            "cpu_cores": _core_summary(cpuinfo),
-            "battery": None if battery is None else {"status": battery.status, "powered_by": list(battery.powered_by),
-                                                     "level_pct": battery.level_pct, "temperature_c": battery.temperature_c},
-            "battery_power": None if reading is None else reading.to_json(),  # detected units/sign, energy eligibility
-        }
-        return DeviceFacts(
-            name=self.name,
-            driver="adb",
-            os="Android",
-            os_release=f"Android {release} (API {sdk})",
-            arch=props.get("ro.product.cpu.abi", "unknown"),
-            cpu_model=f"{soc} ({extra['cpu_cores']})" if extra["cpu_cores"] else soc,
-            cores=cores,
-            ram_mb=_meminfo_total_mb(meminfo),
-            hostname=f"{props.get('ro.product.manufacturer', '')} {props.get('ro.product.model', '')}".strip(),
-            power_source=power,
-            extra=extra,
-        )
-
-    def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
-        """The native probe (staged with the runtime) sampling on the phone beside the benchmark,
-        as its parent; without a staged runtime every on-device metric is missing, saying so."""
-        from harness.telemetry.missing import MissingTelemetry
-        from harness.telemetry.probe import ProbeTelemetry
-
-        if runtime_dir is None:
-            return MissingTelemetry("probe not available: no runtime was staged on the device")
-        return ProbeTelemetry(self, f"{runtime_dir}/bin/edgebench-probe", self.workdir)
+        done = self._check(["sh", "-c", FACTS_SCRIPT])
+        return parse_facts(self.name, done.stdout, self.serial, f"{self.server_host}:{self.server_port}")
 
 
 class AdbProcess:
@@ -343,12 +265,14 @@ class AdbProcess:
         self._pid_seen = threading.Event()
         self._stdout, self._stderr = bytearray(), bytearray()
         self._exit: int | None = None
-        self._error: BaseException | None = None
+        self._error: Exception | None = None  # the transport's, when it went away mid-command
+        self._bug: BaseException | None = None  # anything else the reader hit: raised by wait() as itself
         self._started = time.perf_counter()
         self._done = threading.Event()
         threading.Thread(target=self._read, name=f"adb-{argv[0]}", daemon=True).start()
 
     def _read(self) -> None:
+        adbutils = _adb_imports()
         try:
             while True:
                 header = self._conn.read_exact(5)
@@ -362,8 +286,10 @@ class AdbProcess:
                 elif kind == _EXIT:
                     self._exit = data[0] if data else 255
                     return
-        except BaseException as exc:  # EOF or a reset: the transport is gone
+        except (adbutils.AdbError, OSError, EOFError) as exc:  # EOF or a reset: the transport is gone
             self._error = exc
+        except BaseException as exc:  # not the transport: a bug must not read as "device lost"
+            self._bug = exc
         finally:
             self._pid_seen.set()
             self._done.set()
@@ -394,6 +320,8 @@ class AdbProcess:
             if not self._done.wait(30):
                 self._conn.close()
                 self._done.wait(5)
+        if self._bug is not None:
+            raise self._bug
         if self._exit is None and not timed_out:
             raise self.driver._lost(f"running {_describe(self.argv)}", self._error)
         exit_code = self._exit if self._exit is not None else 137
@@ -417,21 +345,3 @@ def _describe(argv: Sequence[str]) -> str:
 
 def _listing(listed: Mapping[str, str]) -> str:
     return ", ".join(f"{s} ({state})" for s, state in listed.items()) or "no devices"
-
-
-def _meminfo_total_mb(meminfo: str) -> int:
-    for line in meminfo.splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
-def _core_summary(cpuinfo: str) -> str:
-    """"4x Cortex-A55 + 2x Cortex-A78 + 2x Cortex-X1" from the per-processor CPU part lines."""
-    counts: dict[str, int] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "CPU part":
-            core = ARM_CORES.get(value.strip().lower(), f"part {value.strip()}")
-            counts[core] = counts.get(core, 0) + 1
-    return " + ".join(f"{n}x {core}" for core, n in counts.items())

@@ -23,10 +23,12 @@ from typing import Any, Callable, Mapping, Sequence
 import psutil
 
 from harness.credentials import child_env
-from harness.drivers.base import Completed, DeviceFacts, ResourceUsage, StagingError, Telemetry
+from harness.drivers.base import Completed, ResourceUsage, StagingError
 from harness.drivers.identity import IDENTITY_FILES, identity_from
+from harness.drivers.nvml import gpu_names
 from harness.hashing import sha256_file
-from harness.paths import state_dir
+from harness.paths import replacing, state_dir
+from harness.records import DeviceFacts
 
 REAPER = Path(__file__).with_name("reaper.py")
 
@@ -66,6 +68,7 @@ def _governors() -> dict[str, str]:
 class LocalDriver:
     """Runs on the machine running edgebench; no copies are needed to stage files."""
 
+    kind = "local"
     is_host = True
     SETTINGS: dict[str, tuple[type, str]] = {
         "pseudo": (str, "a name that makes this entry a device of its own on this host (its own lab queue and history)"),
@@ -77,8 +80,6 @@ class LocalDriver:
         self.pseudo = pseudo
 
     def facts(self) -> DeviceFacts:
-        from harness.telemetry.nvml import gpu_names
-
         uname = platform.uname()
         governors = _governors()
         extra: dict[str, Any] = {
@@ -158,7 +159,7 @@ class LocalDriver:
             finally:
                 if timer is not None:
                     timer.cancel()
-                # anything the benchmark left behind; everything, on Ctrl-C or SIGTERM (harness.run.signals)
+                # anything the benchmark left behind; everything, on Ctrl-C or SIGTERM (harness.signals)
                 _kill_group(proc.pid)
             final = report.readline()
         stdout, stderr = (s.text() for s in streams)
@@ -176,32 +177,19 @@ class LocalDriver:
         )
         return LocalProcess(proc, tuple(argv))
 
-    def telemetry(self, runtime_dir: str | None = None) -> Telemetry:
-        """Sampling beside one benchmark process: the runtime's native probe when there is one
-        (it runs the benchmark as its child), else the in-process host sampler (pyllama cases,
-        which have no runtime)."""
-        from harness.telemetry.host import HostTelemetry
-        from harness.telemetry.probe import ProbeTelemetry
-
-        probe = Path(runtime_dir or "") / "bin" / "edgebench-probe"
-        if runtime_dir and probe.is_file():
-            return GpuBeside(ProbeTelemetry(self, str(probe), self.workdir))
-        return HostTelemetry()
-
-    def push(self, local: Path, remote: str) -> None:
-        """Copy under a temporary name, verify, then rename: a reader never sees half a file."""
+    def push(self, local: Path, remote: str) -> int:
+        """Copy under a temporary name, verify, then rename: a reader never sees half a file.
+        Returns the bytes copied: 0 when the target already holds this exact file."""
         target = Path(remote)
         want = sha256_file(local)
         if target.is_file() and sha256_file(target) == want:
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(local, tmp)
-        if sha256_file(tmp) != want:
-            tmp.unlink(missing_ok=True)
-            raise StagingError(f"copy of {local} to {remote} does not match its sha256")
-        shutil.copymode(local, tmp)
-        os.replace(tmp, target)
+            return 0
+        with replacing(target) as tmp:
+            shutil.copyfile(local, tmp)
+            if sha256_file(tmp) != want:
+                raise StagingError(f"copy of {local} to {remote} does not match its sha256")
+            shutil.copymode(local, tmp)
+        return target.stat().st_size
 
     def pull(self, remote: str, local: Path) -> None:
         try:
@@ -212,48 +200,6 @@ class LocalDriver:
     def sha256(self, remote: str) -> str | None:
         path = Path(remote)
         return sha256_file(path) if path.is_file() else None
-
-
-class GpuBeside:
-    """The probe's figures plus the host's NVIDIA GPU power, energy and memory (NVML), which
-    the probe does not read: a GPU's figures come from the driver's library, not from sysfs."""
-
-    def __init__(self, inner: Any) -> None:
-        from harness.telemetry.host import HostTelemetry
-
-        self.inner = inner
-        self.host = HostTelemetry()
-
-    def __enter__(self) -> "GpuBeside":
-        self.host.__enter__()
-        self.inner.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.inner.__exit__(*exc)
-        finally:
-            self.host.__exit__(*exc)
-
-    def wrap(self, argv: list[str], marks: str | None = None, cpus: Sequence[int] | None = None) -> list[str]:
-        return self.inner.wrap(argv, marks, cpus)
-
-    def attach(self, pid: int) -> None:
-        self.inner.attach(pid)
-
-    def marks(self) -> list[tuple[float, str]]:
-        return self.inner.marks()
-
-    def metrics(self, completed: Completed, windows: Sequence[tuple[float, float]], tokens: int,
-                no_window: str | None = None) -> list[Any]:
-        gpu = [m for m in self.host.metrics(completed, windows, tokens, no_window) if m.name.startswith("gpu_")]
-        return self.inner.metrics(completed, windows, tokens, no_window) + gpu
-
-    def write_csv(self, path: Path) -> None:
-        self.inner.write_csv(path)
-
-    def details(self) -> dict[str, Any]:
-        return self.inner.details()
 
 
 class LocalProcess:

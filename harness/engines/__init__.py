@@ -9,18 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from harness.drivers.base import Completed
 from harness.errors import EdgebenchError
-
-if TYPE_CHECKING:  # the registry itself imports neither, so the plan can ask it without a circle
-    from harness.drivers.base import Completed
-    from harness.plan.cases import Case
-    from harness.results.records import Metric
-
-
-Window = tuple[float, float]  # (start_s, duration_s) of one measured repetition, on the device clock
-Mark = tuple[float, str]  # (t_s on the device clock, the stderr line) as the sampler stamped it
+from harness.records import Case, Mark, Metric, Window
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,3 @@ def get_engine(name: str) -> Engine:
     except KeyError:
         raise EdgebenchError(f"unknown engine {name!r}; valid engines: {', '.join(sorted(_REGISTRY))}") from None
     return getattr(import_module(module), cls)()
-
-
-def engine_names() -> list[str]:
-    return sorted(_REGISTRY)

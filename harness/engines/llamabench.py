@@ -19,9 +19,25 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult, Mark, Window
-from harness.plan.cases import LLAMABENCH_SETTINGS, Case
-from harness.results.records import Metric
+from harness.engines import EngineOutputError, EngineResult
+from harness.records import Case, Mark, Metric, Window
+
+# llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
+# The suite validates its [settings] against this table; the plan resolves threads into it.
+LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
+    "threads": ("-t", "n_threads"),
+    "cpu_mask": ("-C", "cpu_mask"),
+    "cpu_strict": ("--cpu-strict", "cpu_strict"),
+    "poll": ("--poll", "poll"),
+    "n_gpu_layers": ("-ngl", "n_gpu_layers"),
+    "flash_attn": ("-fa", "flash_attn"),
+    "cache_type_k": ("-ctk", "type_k"),
+    "cache_type_v": ("-ctv", "type_v"),
+    "batch": ("-b", "n_batch"),
+    "ubatch": ("-ub", "n_ubatch"),
+    "load_mode": ("-lm", "load_mode"),
+    "delay": ("--delay", "delay"),  # seconds of cool-off before the test, outside its measured repetitions
+}
 
 # The JSONL fields that describe how the case ran (stored with every result).
 EFFECTIVE_FIELDS = (

@@ -16,9 +16,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult, Mark
-from harness.plan.cases import Case
-from harness.results.records import Metric
+from harness.engines import EngineOutputError, EngineResult
+from harness.records import Case, Mark, Metric
 
 # suite setting -> llama-perplexity flag: the settings that change what the backend computes.
 FLAGS: dict[str, str] = {

@@ -45,11 +45,10 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult, Mark, Window
+from harness.engines import EngineOutputError, EngineResult
 from harness.errors import exited
-from harness.plan.cases import Case
-from harness.results.records import Metric
-from harness.results.stats import percentile
+from harness.records import Case, Mark, Metric, Window
+from harness.stats import percentile
 
 if TYPE_CHECKING:
     import llama_cpp

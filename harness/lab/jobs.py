@@ -29,10 +29,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from harness.errors import EdgebenchError, StoreGone
 from harness.plan.suites import SETTING_CHECKS, Suite
-from harness.results.schema import lab_devices, lab_jobs
-from harness.results.sql import upsert
-from harness.results.store import Store, new_run_id, now_iso
+from harness.records import now_iso
 from harness.run.session import RunOptions
+from harness.store.db import Store, new_run_id
+from harness.store.schema import lab_devices, lab_jobs
+from harness.store.sql import upsert
 
 FINAL = ("done", "failed", "cancelled")
 OPEN = ("queued", "running", "unreachable")
@@ -297,7 +298,7 @@ def request_cancel(store: Store, lab_id: str) -> tuple[int, int]:
     running each kills its benchmark and marks it. Returns (cancelled now, flagged)."""
     j = lab_jobs.c
     with store.transaction() as conn:
-        # Counted from RETURNING, not rowcount (harness/results/sql.py says why).
+        # Counted from RETURNING, not rowcount (harness/store/sql.py says why).
         now = conn.execute(update(lab_jobs).where(j.lab_id == lab_id, j.status.in_(("queued", "unreachable")))
                            .values(status="cancelled", cancel=1, finished_at=now_iso(), error="cancelled before it ran").returning(j.id)).all()
         flagged = conn.execute(update(lab_jobs).where(j.lab_id == lab_id, j.status == "running").values(cancel=1).returning(j.id)).all()

@@ -31,10 +31,11 @@ from harness.credentials import BROKER_ENV, STORE_ENV, mask_url
 from harness.errors import EdgebenchError
 from harness.lab.app import make_app
 from harness.lab.jobs import LabRequest
-from harness.paths import private_dir, write_private
-from harness.results.location import store_url as parse_store_url
-from harness.results.schema import lab_schedules
-from harness.results.store import Store, now_iso
+from harness.paths import private_dir, write_atomic
+from harness.records import now_iso
+from harness.store.db import Store
+from harness.store.location import store_url as parse_store_url
+from harness.store.schema import lab_schedules
 
 FIRE = "edgebench.fire_schedule"
 log = logging.getLogger("edgebench.lab")
@@ -181,4 +182,4 @@ def cron_env(root: Path, store_url: str | None, broker: str | None) -> Path | No
     name = hashlib.sha256("\n".join(f"{k}={mask_url(v)}" for k, v in values.items()).encode()).hexdigest()[:12]
     text = "# edgebench: the store and broker of a scheduled `lab run` (sourced by its crontab line)\n"
     text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
-    return write_private(private_dir(root / "lab") / f"cron-{name}.env", text)
+    return write_atomic(private_dir(root / "lab") / f"cron-{name}.env", text)

@@ -24,8 +24,8 @@ from harness.lab.jobs import (FILE_NAME_FORM, Job, JobInputs, LabRequest, create
 from harness.lab.worker import select_devices
 from harness.plan.inventory import load_inventory
 from harness.plan.suites import load_suite
-from harness.results.artifacts import put_blob
-from harness.results.store import Store, now_iso
+from harness.store.artifacts import put_blob
+from harness.store.db import Store, now_iso
 from harness.run.session import Callbacks, RunOptions
 from harness.run.sweep import sweep_options
 from harness.runtimes.corpus import resolve_corpus

@@ -26,12 +26,12 @@ from celery.exceptions import Retry
 
 from harness.drivers.base import DeviceUnreachable
 from harness.errors import EdgebenchError, LeaseLost, StoreGone
-from harness.lab import jobs, leases
+from harness.lab import jobs
 from harness.lab.jobs import JobRefused
 from harness.paths import cache_dir
 from harness.plan.suites import Suite, parse_suite
-from harness.results import artifacts
-from harness.results.store import Store, now_iso
+from harness.store import artifacts, leases
+from harness.store.db import Store, now_iso
 from harness.run import orchestrate
 from harness.run.orchestrate import LeaseTerms, RunRequest
 from harness.run.session import Callbacks, RunOptions

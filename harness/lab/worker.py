@@ -36,8 +36,9 @@ from harness.errors import EdgebenchError
 from harness.lab.app import BROKER_ENV, RUN_JOB, make_app, queue_for
 from harness.lab.jobs import open_jobs, register_device, served_devices, store_outage
 from harness.plan.inventory import DeviceSpec, load_inventory
-from harness.results.location import STORE_ENV
-from harness.results.store import Store, now_iso
+from harness.records import now_iso
+from harness.store.db import Store
+from harness.store.location import STORE_ENV
 
 HEARTBEAT_S = 5.0
 

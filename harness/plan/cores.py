@@ -1,37 +1,19 @@
-"""CPU clusters (big.LITTLE and friends) and which cores a benchmark, and the probe, use.
+"""Which cores a case's benchmark runs on: a `threads` setting resolved against the device's
+CPU clusters (harness.telemetry.clusters) when the plan is made.
 
 Phones and boards mix fast and slow cores; `-t 8` on a 4+4 phone puts half the threads on
-little cores and the figure then measures the slowest core. Clusters come from
-`cpu_capacity` (the scheduler's own ranking, Arm) or else `cpuinfo_max_freq`; a machine where
-neither exists (x86 VMs) is one cluster. The default is the performance cores.
+little cores and the figure then measures the slowest core. The default is the performance
+cores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-from harness.plan.cases import Case
-
-if TYPE_CHECKING:  # pure: the files are read by harness.telemetry.devicefs.read_clusters
-    from harness.telemetry.devicefs import FileRead
-
-CORE_GLOBS = (
-    "/sys/devices/system/cpu/cpu[0-9]*/cpu_capacity",
-    "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq",
-    "/sys/devices/system/cpu/online",
-)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Cores of one kind, fastest cluster first in every list this module returns."""
-
-    cpus: tuple[int, ...]
-    capacity: int | None  # cpu_capacity (1024 = the fastest core), when the kernel has it
-    max_mhz: float | None
-
+from harness.records import Case
+from harness.telemetry.clusters import Cluster
 
 @dataclass(frozen=True)
 class CoreChoice:
@@ -43,69 +25,19 @@ class CoreChoice:
     why: str
 
 
-def parse_online(text: str) -> list[int]:
-    """`/sys/devices/system/cpu/online` ("0-3,6") -> [0, 1, 2, 3, 6]."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if "-" in part:
-            lo, hi = part.split("-")
-            cpus.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            cpus.append(int(part))
-    return cpus
-
-
-def clusters_from(files: dict[str, "FileRead"], cores: int) -> list[Cluster]:
-    """Group cores by (capacity, max frequency), fastest first (pure)."""
-    online = files.get("/sys/devices/system/cpu/online")
-    cpus = parse_online(online.value) if online and online.value else list(range(cores))
-    groups: dict[tuple[int | None, float | None], list[int]] = {}
-    for cpu in cpus:
-        base = f"/sys/devices/system/cpu/cpu{cpu}"
-        cap = files.get(f"{base}/cpu_capacity")
-        freq = files.get(f"{base}/cpufreq/cpuinfo_max_freq")
-        key = (int(cap.value) if cap and cap.value and cap.value.isdigit() else None,
-               int(freq.value) / 1000 if freq and freq.value and freq.value.isdigit() else None)
-        groups.setdefault(key, []).append(cpu)
-    ranked = sorted(groups.items(), key=lambda kv: (-(kv[0][0] or 0), -(kv[0][1] or 0)))
-    return [Cluster(tuple(c), cap, mhz) for (cap, mhz), c in ranked]
-
-
 def _mask(cpus: Sequence[int]) -> str:
     return hex(sum(1 << c for c in cpus))
 
 
-def choose(clusters: Sequence[Cluster], threads: str | int | Sequence[int]) -> CoreChoice:
-    """`threads` = "big" (the fastest cluster, the default), "all", N (N cores, fastest first)
-    or a list of core numbers -> threads, cores and mask to run on."""
-    fastest_first = [cpu for cluster in clusters for cpu in cluster.cpus]
+def choose(clusters: Sequence[Cluster], threads: Literal["big", "all"]) -> CoreChoice:
+    """`threads` = "big" (the fastest cluster, the default) or "all" -> threads, cores and mask
+    to run on. A count or a list of cores in a suite is passed to the engine as it is."""
     if threads == "big":
         cpus = clusters[0].cpus
         why = f"the fastest of {len(clusters)} cluster(s)" if len(clusters) > 1 else "all cores (one cluster)"
-    elif threads == "all":
-        cpus, why = tuple(fastest_first), "all cores"
-    elif isinstance(threads, int) and not isinstance(threads, bool):
-        if not 1 <= threads <= len(fastest_first):
-            raise ValueError(f"threads = {threads}: the device has {len(fastest_first)} cores")
-        cpus, why = tuple(sorted(fastest_first[:threads])), f"{threads} core(s), fastest first"
-    elif isinstance(threads, (list, tuple)) and threads:
-        unknown = sorted(set(threads) - set(fastest_first))
-        if unknown:
-            raise ValueError(f"threads = {list(threads)}: no core {unknown} on this device (cores: {sorted(fastest_first)})")
-        cpus, why = tuple(sorted(set(threads))), "the listed cores"
     else:
-        raise ValueError(f'threads = {threads!r}: expected "big", "all", a positive integer or a list of cores')
+        cpus, why = tuple(cpu for cluster in clusters for cpu in cluster.cpus), "all cores"
     return CoreChoice(len(cpus), tuple(cpus), _mask(cpus), why)
-
-
-def probe_cpu(clusters: Sequence[Cluster], busy: Sequence[int]) -> int | None:
-    """A core for the probe that the benchmark does not use: the slowest free one, or None
-    when the benchmark uses every core (the probe then floats, costing a tick's worth)."""
-    for cluster in reversed(clusters):
-        free = [cpu for cpu in cluster.cpus if cpu not in busy]
-        if free:
-            return free[-1]
-    return None
 
 
 def resolve_threads(case: Case, clusters: Sequence[Cluster], *, takes_mask: bool = True) -> tuple[Case, dict[str, Any] | None]:

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.engines.llamabench import LLAMABENCH_SETTINGS
 from harness.errors import ConfigError
-from harness.plan.cases import LLAMABENCH_SETTINGS
 
 GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")

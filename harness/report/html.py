@@ -12,7 +12,11 @@ import jinja2
 import pandas as pd
 
 from harness import __version__
-from harness.results.analysis import (
+from harness.analysis.claims import ClaimsError, check_claims, load_claims, ratio_checks_for, untested_line
+from harness.analysis.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
+from harness.analysis.quality import frontier_frame, quality_results
+from harness.analysis.roofline import roofline_frame
+from harness.analysis.tables import (
     TITLES,
     failures_frame,
     history_frame,
@@ -23,8 +27,7 @@ from harness.results.analysis import (
     tidy_frame,
     wide_table,
 )
-from harness.results.claims import ClaimsError, check_claims, load_claims, ratio_checks_for, untested_line
-from harness.results.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
+from harness.records import now_iso
 from harness.report.figures import (
     bars,
     decode_roofline,
@@ -35,9 +38,7 @@ from harness.report.figures import (
     speed_quality,
     throughput_vs_context,
 )
-from harness.results.quality import frontier_frame, quality_results
-from harness.results.roofline import roofline_frame
-from harness.results.store import Store, now_iso
+from harness.store.db import Store
 
 
 def _environment() -> jinja2.Environment:

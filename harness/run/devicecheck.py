@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec
 from harness.telemetry.probe import discover
@@ -54,9 +55,9 @@ def check_device(spec: DeviceSpec) -> DeviceReport:
     return report
 
 
-def _free_mb(driver: object, workdir: str) -> int | None:
+def _free_mb(driver: Driver, workdir: str) -> int | None:
     """Free space where edgebench stages files (its work folder, or the nearest existing parent)."""
-    done = driver.run(["sh", "-c", 'd="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -k "$d"', "sh", workdir], timeout=30)  # type: ignore[attr-defined]
+    done = driver.run(["sh", "-c", 'd="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -k "$d"', "sh", workdir], timeout=30)
     lines = done.stdout.strip().splitlines()
     try:
         return int(lines[-1].split()[3]) // 1024

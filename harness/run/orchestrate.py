@@ -18,9 +18,9 @@ from typing import Callable
 from sqlalchemy import RowMapping
 
 from harness.errors import EdgebenchError, StoreError
-from harness.lab.leases import held, manual_holder
+from harness.store.leases import held, manual_holder
 from harness.plan.suites import Suite
-from harness.results.store import Store, new_run_id
+from harness.store.db import Store, new_run_id
 from harness.run.runner import StepResult
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 from harness.run.sweep import sweep_options

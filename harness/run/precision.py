@@ -2,7 +2,7 @@
 
 After the suite's fixed rounds, each case's primary figure (prefill/decode tok/s, TTFT) is
 summarised over its successful processes with the interval the summary table shows
-(`harness.results.stats.summarize`: Student-t, 95%). A case whose half-width is more than the
+(`harness.stats.summarize`: Student-t, 95%). A case whose half-width is more than the
 target share of its mean gets one more process in the next round, interleaved with the other
 unfinished cases, until it is within target or has `max_repetitions` processes. Every case's
 verdict is stored with it, so the table can say why it stopped and a resumed run goes on from
@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from harness.plan.cases import Case, RunPolicy
-from harness.results.records import Stop
-from harness.results.stats import summarize
-from harness.results.store import Store
+from harness.plan.planner import RunPolicy
+from harness.records import Case, Stop
+from harness.stats import summarize
+from harness.store.db import Store
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,19 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from harness.drivers.base import Completed, Driver, DriverError, Telemetry
+from harness.drivers.base import Completed, Driver, DriverError
 from harness.engines import EngineResult, get_engine
 from harness.errors import EdgebenchError, Interrupted, StoreGone, exited
-from harness.plan.cases import Case, RunPolicy
-from harness.results.records import Metric
-from harness.results.store import Store, now_iso
-from harness.plan.cores import Cluster, benchmark_cpus
-from harness.run.contention import Watch, quiet_sample
+from harness.plan.cores import benchmark_cpus
+from harness.plan.planner import RunPolicy
+from harness.records import Case, Metric, now_iso
 from harness.run.precision import further_rounds
+from harness.run.watch import Watch, quiet_sample
+from harness.store.db import Store
+from harness.telemetry.base import Telemetry
+from harness.telemetry.clusters import Cluster, read_clusters
 from harness.telemetry.contention import wait_for_quiet
-from harness.telemetry.devicefs import read_clusters
+from harness.telemetry.factory import telemetry_for
 from harness.telemetry.state import capture_state, wait_for_cool
 
 
@@ -192,7 +194,7 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     state, clusters = _device_state(driver)
     argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path, inputs=targets.inputs.get(case.key))
     started = now_iso()
-    with driver.telemetry(targets.runtime_dir) as telemetry, Watch(driver) as watch:
+    with telemetry_for(driver, targets.runtime_dir) as telemetry, Watch(driver) as watch:
         wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))
         completed = driver.run(wrapped, timeout=timeout_s, on_start=telemetry.attach)
     _write_artifacts(store.artifacts_dir(run_id) / case.key, step.rep, completed, telemetry)

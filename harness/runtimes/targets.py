@@ -192,12 +192,6 @@ def arm_arch(features: Iterable[str], *, sve: bool = False) -> str:
     return "armv8.2-a" + "".join(f"+{ext}" for ext in extensions) if extensions else ARM_BASELINE
 
 
-def cpu_features(cpuinfo: str) -> list[str]:
-    """The `Features` words every processor in an aarch64 /proc/cpuinfo has, sorted."""
-    sets = [set(value.split()) for key, _, value in (line.partition(":") for line in cpuinfo.splitlines()) if key.strip() == "Features"]
-    return sorted(set.intersection(*sets)) if sets else []
-
-
 def _aarch64_common(user: Mapping[str, str]) -> tuple[str, ...]:
     """Portable CPU code without OpenMP (absent from static and bionic links alike); the arch
     is the device's (see `flags_for_device`) or, without a device, the plain baseline."""

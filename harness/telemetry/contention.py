@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from harness.drivers.base import DriverError
-from harness.results.records import Metric
-from harness.telemetry.devicefs import FileRead
+from harness.drivers.devicefs import FileRead
+from harness.records import Metric
 
 FOREIGN_UNIT = "% of one core"
 DEFAULT_THRESHOLD_PCT = 10.0

@@ -24,12 +24,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.drivers.base import DeviceFacts
-from harness.results.records import Metric
+from harness.boards.power import RPI_PMIC_SCOPE, jetson_module
+from harness.records import DeviceFacts, Metric
 from harness.telemetry import Sample, energy, tegrastats, vcgencmd
-from harness.telemetry.boards import RPI_PMIC_SCOPE, jetson_module
+
+if TYPE_CHECKING:  # paramiko loads only when an SSH device is used
+    from harness.drivers.ssh import SshDriver
 
 TEGRASTATS_LOOP = (
     'tegrastats --interval "$0" | while IFS= read -r line; do '
@@ -54,7 +56,7 @@ class BoardTool:
     monotonic, from the probe's `clocks` line) answers on the probe's clock.
     """
 
-    def __init__(self, driver: Any, facts: DeviceFacts, interval_ms: int = 200) -> None:
+    def __init__(self, driver: SshDriver, facts: DeviceFacts, interval_ms: int = 200) -> None:
         self.driver, self.facts, self.interval_ms = driver, facts, interval_ms
         tools = set(facts.extra.get("tools", ()))
         self.tool = "tegrastats" if "tegrastats" in tools else "vcgencmd" if "vcgencmd" in tools else None

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import median
 
-from harness.results.records import Metric
+from harness.records import Metric
 
 # Where the sensor sits, i.e. what its watts include. Ordered from widest to narrowest scope:
 # the first one found is the headline figure.

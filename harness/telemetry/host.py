@@ -18,7 +18,7 @@ from statistics import fmean
 from types import TracebackType
 
 from harness.drivers.base import Completed
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Found, Sample, energy, nvml, procfs, sysfs, unreadable_reason
 from harness.telemetry.rapl import Rapl
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.results.records import Metric
+from harness.records import Metric
 
 
 class MissingTelemetry:

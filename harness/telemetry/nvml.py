@@ -12,7 +12,8 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any, Callable, Sequence
 
-from harness.results.records import Metric
+from harness.drivers.nvml import device_name, start_nvml
+from harness.records import Metric
 from harness.telemetry import Sample
 
 _BYTES_PER_MB = 2**20  # MiB, as everywhere in edgebench
@@ -41,23 +42,6 @@ _READINGS: tuple[tuple[str, str, Callable[[Any, Any], float]], ...] = (
 )
 
 
-def _start() -> tuple[Any | None, str]:
-    """pynvml, initialised, or None and the reason it cannot be used on this machine."""
-    try:
-        import pynvml
-    except ImportError:
-        return None, "nvidia-ml-py (pynvml) is not installed"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return None, "no NVIDIA GPU found: NVML library not found (libnvidia-ml.so.1 comes with the driver)"
-    except pynvml.NVMLError_DriverNotLoaded:
-        return None, "no NVIDIA GPU found: the NVIDIA kernel driver is not loaded"
-    except pynvml.NVMLError as exc:
-        return None, f"NVML failed to initialise: {exc}"
-    return pynvml, "ok"
-
-
 class NvmlGpus:
     """Every GPU NVML sees, read once per tick; `api` is pynvml or a stand-in with its calls."""
 
@@ -70,7 +54,7 @@ class NvmlGpus:
     @classmethod
     def open(cls) -> tuple["NvmlGpus | None", str]:
         """All GPUs, or None and why there are none."""
-        api, reason = _start()
+        api, reason = start_nvml()
         if api is None:
             return None, reason
         count = api.nvmlDeviceGetCount()
@@ -80,8 +64,7 @@ class NvmlGpus:
         return cls(api, [api.nvmlDeviceGetHandleByIndex(i) for i in range(count)]), "ok"
 
     def names(self) -> list[str]:
-        names = [self.api.nvmlDeviceGetName(handle) for handle in self.handles]
-        return [name.decode() if isinstance(name, bytes) else name for name in names]
+        return [device_name(self.api, handle) for handle in self.handles]
 
     def close(self) -> None:
         self.api.nvmlShutdown()
@@ -151,14 +134,3 @@ def nvml_available() -> tuple[bool, str]:
         return False, reason
     gpus.close()
     return True, "ok"
-
-
-def gpu_names() -> list[str]:
-    """Names of the NVIDIA GPUs on this host, for device facts; [] where there are none."""
-    gpus, _ = NvmlGpus.open()
-    if gpus is None:
-        return []
-    try:
-        return gpus.names()
-    finally:
-        gpus.close()

@@ -29,13 +29,13 @@ from statistics import fmean
 from types import TracebackType
 from typing import Any
 
-from harness.plan import cores
+from harness.boards.android import detect_power_convention
 from harness.drivers.base import Completed, Driver, ResourceUsage
-from harness.results.records import Metric
+from harness.drivers.devicefs import FileRead, read_files
+from harness.records import Metric
 from harness.telemetry import Sample, contention, energy, procfs, rapl, sysfs
-from harness.telemetry.android import detect_power_convention
+from harness.telemetry.clusters import CORE_GLOBS, Cluster, clusters_from, probe_cpu
 from harness.telemetry.coprocess import BoardTool
-from harness.telemetry.devicefs import FileRead, read_files
 
 FORMAT_VERSION = 3  # what probe/edgebench-probe.c writes
 # Formats this edgebench reads: 2 is 3 without the `clocks` line, so its board-tool samples
@@ -361,11 +361,11 @@ def _product(current: list[Sample], voltage: list[Sample], scales: dict[str, flo
 
 
 class ProbeTelemetry:
-    """The Telemetry protocol (harness.drivers.base) through the probe, for any driver.
+    """The Telemetry protocol (harness.telemetry.base) through the probe, for any driver.
 
     `probe` and `workdir` are paths on the device; `root` prefixes every sysfs path (tests);
     `cpu` pins the probe: a core number, None (no pinning) or "auto" (the slowest core the
-    benchmark's cores, as `wrap` is told them, leave free: see harness.plan.cores.probe_cpu);
+    benchmark's cores, as `wrap` is told them, leave free: see harness.telemetry.clusters.probe_cpu);
     `idle_s` of idle baseline is sampled before the benchmark when a power source exists;
     `beside` is a board tool run next to the probe (SSH boards: tegrastats, vcgencmd).
     """
@@ -380,15 +380,15 @@ class ProbeTelemetry:
         self.beside = beside
         self.out = str(PurePosixPath(workdir) / "probe" / f"{uuid.uuid4().hex}.txt")
         self.discovery: Discovery | None = None
-        self.clusters: list[cores.Cluster] = []
+        self.clusters: list[Cluster] = []
         self.text: str | None = None
         self.trace: ProbeTrace | None = None
         self.read_error: str | None = None
 
     def __enter__(self) -> "ProbeTelemetry":
-        files = read_files(self.driver, DISCOVERY_GLOBS + cores.CORE_GLOBS, self.root)
+        files = read_files(self.driver, DISCOVERY_GLOBS + CORE_GLOBS, self.root)
         self.discovery = classify(files)
-        self.clusters = cores.clusters_from(files, cores=1)
+        self.clusters = clusters_from(files, cores=1)
         self.driver.run(["mkdir", "-p", str(PurePosixPath(self.out).parent)], timeout=self.timeout)
         if self.beside is not None:
             self.beside.start()
@@ -510,7 +510,7 @@ class ProbeTelemetry:
     def _probe_cpu(self, busy: Sequence[int] | None) -> int | None:
         """The core for the probe: off the benchmark's cores (all of them when not told)."""
         every = [cpu for cluster in self.clusters for cpu in cluster.cpus]
-        return cores.probe_cpu(self.clusters, every if busy is None else list(busy))
+        return probe_cpu(self.clusters, every if busy is None else list(busy))
 
     def _idle_ms(self) -> int:
         """The idle baseline's length: `idle_s`, but long enough that a board tool's slower

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.drivers.base import ResourceUsage
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Sample
 
 # The status keys sampled each tick (all kB); kernels before 4.5 have no Rss* split.

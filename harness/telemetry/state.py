@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Driver, DriverError
-from harness.telemetry.devicefs import FileRead, read_files
+from harness.drivers.devicefs import FileRead, read_files
 
 _POLICY = "/sys/devices/system/cpu/cpufreq/policy*"
 STATE_GLOBS = (

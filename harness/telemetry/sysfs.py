@@ -11,7 +11,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Callable, Sequence
 
-from harness.results.records import Metric
+from harness.records import Metric
 from harness.telemetry import Found, Sample, shown, unreadable_reason
 
 # Substrings of thermal zone types / hwmon names that measure the CPU package or cores:

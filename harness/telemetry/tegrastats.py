@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 
+from harness.boards.power import IGNORED_TEMPERATURES, INVALID_TEMPERATURE_C, JetsonModule
 from harness.telemetry import Sample
-from harness.telemetry.boards import IGNORED_TEMPERATURES, INVALID_TEMPERATURE_C, JetsonModule
 
 _DATE = re.compile(r"^\d\d-\d\d-\d{4} \d\d:\d\d:\d\d ")
 _STAMP = re.compile(r"^(\d+(?:\.\d+)?) (?=\S)")

@@ -5,80 +5,23 @@
 `VDD_CORE_A current(7)=1.08053000A` / `VDD_CORE_V volt(15)=0.72178200V`. Power is the sum of
 V*A over rails that have both a current and a voltage line, paired by name (the channel
 numbers do not pair); `EXT5V_V` (the 5 V input) has no current channel, so the sum is the
-PMIC's output rails only (scope: `boards.RPI_PMIC_SCOPE`).
+PMIC's output rails only (scope: `harness.boards.power.RPI_PMIC_SCOPE`).
 
-The `get_throttled` bits are from the Raspberry Pi documentation ("vcgencmd: get_throttled").
+`get_throttled` is kept as its raw bits; bits 0-3 are the conditions now (under-voltage, arm
+frequency capped, throttled, soft temperature limit), 16-19 the same since boot (Raspberry Pi
+documentation, "vcgencmd: get_throttled"): the `throttled` metric reads bits 0-3.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from harness.telemetry import Sample
-
-THROTTLED_BITS: dict[int, str] = {
-    0: "under-voltage detected",
-    1: "arm frequency capped",
-    2: "currently throttled",
-    3: "soft temperature limit active",
-    16: "under-voltage has occurred since boot",
-    17: "arm frequency capping has occurred since boot",
-    18: "throttling has occurred since boot",
-    19: "soft temperature limit has occurred since boot",
-}
 
 _TEMP = re.compile(r"temp=(-?\d+(?:\.\d+)?)'C")
 _CLOCK = re.compile(r"frequency\(\d+\)=(\d+)")
 _THROTTLED = re.compile(r"throttled=(0x[0-9a-fA-F]+)")
 _PMIC = re.compile(r"^\s*(\S+)_([AV]) (?:current|volt)\(\d+\)=(-?\d+(?:\.\d+)?)[AV]\s*$", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Throttled:
-    """`get_throttled` decoded: each condition now (bits 0-3) and since boot (bits 16-19)."""
-
-    raw: int
-    under_voltage: bool
-    freq_capped: bool
-    throttled: bool
-    soft_temp_limit: bool
-    under_voltage_occurred: bool
-    freq_capped_occurred: bool
-    throttled_occurred: bool
-    soft_temp_limit_occurred: bool
-
-    @property
-    def reasons(self) -> list[str]:
-        """Every set bit in words (unknown bits by number), for the stored evidence."""
-        return [THROTTLED_BITS.get(bit, f"bit {bit}") for bit in range(32) if self.raw >> bit & 1]
-
-    @property
-    def now(self) -> bool:
-        return bool(self.raw & 0xF)
-
-
-def parse_throttled(text: str) -> Throttled:
-    m = _THROTTLED.search(text)
-    if not m:
-        raise ValueError(f"not get_throttled output: {text.strip()[:80]!r}")
-    raw = int(m.group(1), 16)
-    bit = lambda n: bool(raw >> n & 1)  # noqa: E731
-    return Throttled(raw, bit(0), bit(1), bit(2), bit(3), bit(16), bit(17), bit(18), bit(19))
-
-
-def parse_temp(text: str) -> float:
-    m = _TEMP.search(text)
-    if not m:
-        raise ValueError(f"not measure_temp output: {text.strip()[:80]!r}")
-    return float(m.group(1))
-
-
-def parse_clock_mhz(text: str) -> float:
-    m = _CLOCK.search(text)
-    if not m:
-        raise ValueError(f"not measure_clock output: {text.strip()[:80]!r}")
-    return int(m.group(1)) / 1e6
 
 
 def parse_pmic(text: str) -> dict[str, tuple[float | None, float | None]]:

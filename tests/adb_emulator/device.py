@@ -85,7 +85,7 @@ class EmulatedPhone:
         return ("device::" + ";".join(fields) + ";features=" + ",".join(FEATURES)).encode()
 
     def props(self) -> dict[str, str]:
-        from harness.telemetry.android import parse_getprop
+        from harness.boards.android import parse_getprop
 
         return parse_getprop((self.fs.profile / "getprop.txt").read_text())
 

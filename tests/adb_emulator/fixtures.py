@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.adb_emulator.device import EmulatedPhone
+from tests.ports import free_port
 
 ANDROID_DATA = Path(__file__).resolve().parent.parent / "data" / "android"
 PIXEL7 = ANDROID_DATA / "pixel7"
@@ -78,12 +78,6 @@ class AdbServer:
         return pids
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _require_tools() -> str:
     adb = shutil.which("adb")
     if adb is None:
@@ -100,7 +94,7 @@ def _require_tools() -> str:
 def adb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdbServer]:
     adb = _require_tools()
     home = tmp_path_factory.mktemp("adb-home")
-    server = AdbServer(_free_port(), home, adb)
+    server = AdbServer(free_port(), home, adb)
     started = server.adb_cmd("start-server", timeout=60)
     if started.returncode != 0:
         pytest.skip(f"cannot start an adb server: {started.stderr.strip()}")

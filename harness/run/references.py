@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import EdgebenchError
-from harness.plan.cases import Case, QualityInputs
+from harness.plan.planner import QualityInputs
 from harness.plan.suites import Suite
+from harness.records import Case
 from harness.runtimes.build import Runtime
 from harness.runtimes.corpus import Corpus, resolve_corpus
 from harness.runtimes.logits import MAGIC, LogitsError, check_fits

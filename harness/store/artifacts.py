@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import Connection, select
 
 from harness.errors import StoreError
-from harness.results.schema import artifacts, blobs
-from harness.results.sql import insert_missing, upsert
+from harness.store.schema import artifacts, blobs
+from harness.store.sql import insert_missing, upsert
 
 # The largest file a run keeps (raw output, telemetry CSVs, facts): a bound on what one blob
 # may inflate to whatever size its row claims.

@@ -1,134 +1,23 @@
-"""Suite x model x device -> the concrete list of cases to run.
+"""The planner: suite x model x device -> the concrete list of cases to run (a `Plan`).
 
-A case is one process invocation of one engine with every result-changing setting explicit,
-so its identity (a hash of its definition) changes whenever anything that matters changes.
+A case (harness.records.Case) is one process invocation of one engine with every
+result-changing setting explicit, so its identity (a hash of its definition) changes whenever
+anything that matters changes. The planner asks the engine registry which cases each engine
+can run, and resolves `threads` from the device's core clusters (harness.plan.cores).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from harness.plan.cores import Cluster
-    from harness.plan.suites import Suite
-
-# llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
-LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
-    "threads": ("-t", "n_threads"),
-    "cpu_mask": ("-C", "cpu_mask"),
-    "cpu_strict": ("--cpu-strict", "cpu_strict"),
-    "poll": ("--poll", "poll"),
-    "n_gpu_layers": ("-ngl", "n_gpu_layers"),
-    "flash_attn": ("-fa", "flash_attn"),
-    "cache_type_k": ("-ctk", "type_k"),
-    "cache_type_v": ("-ctv", "type_v"),
-    "batch": ("-b", "n_batch"),
-    "ubatch": ("-ub", "n_ubatch"),
-    "load_mode": ("-lm", "load_mode"),
-    "delay": ("--delay", "delay"),  # seconds of cool-off before the test, outside its measured repetitions
-}
-
-# The figure a case is run for: what a precision target is about, and what the progress shows.
-PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms", "quality": "kld_mean"}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark test, run as `repetitions` separate processes by the runner.
-
-    kind: "prefill" (n_prompt tokens, no generation), "decode" (n_gen tokens after `depth`
-    tokens of context), "pg" (prompt then generation in one test), "latency" (pyllama:
-    time to first token and inter-token latency for an n_prompt prompt and n_gen tokens), or
-    "quality" (llama-perplexity: the output against the reference's over `chunks` windows of
-    n_prompt tokens; `quality` names the chunks, corpus and reference by sha256, so a case
-    scored against another reference is another case).
-    """
-
-    engine: str
-    kind: str
-    n_prompt: int
-    n_gen: int
-    depth: int
-    settings: tuple[tuple[str, Any], ...] = ()
-    inprocess_reps: int = 1
-    warmup: bool = True
-    quality: tuple[tuple[str, Any], ...] = ()
-
-    def setting(self, name: str, default: Any = None) -> Any:
-        return dict(self.settings).get(name, default)
-
-    def quality_value(self, name: str) -> Any:
-        return dict(self.quality).get(name)
-
-    @property
-    def runs_once(self) -> bool:
-        """A quality case computes the same figures every time: one process, not one per round."""
-        return self.kind == "quality"
-
-    def processes(self, repetitions: int) -> int:
-        """How many processes the case gets in a plan of `repetitions` rounds (before a precision target adds rounds)."""
-        return 1 if self.runs_once else repetitions
-
-    @property
-    def primary_metric(self) -> str:
-        return PRIMARY_METRIC[self.kind]
-
-    @property
-    def label(self) -> str:
-        """Short human name, e.g. `prefill p512`, `decode n64 @d2048`."""
-        parts = {
-            "prefill": f"p{self.n_prompt}",
-            "decode": f"n{self.n_gen}" + (f" @d{self.depth}" if self.depth else ""),
-            "pg": f"p{self.n_prompt}+n{self.n_gen}",
-            "latency": f"p{self.n_prompt}+n{self.n_gen}",
-            "quality": f"c{self.n_prompt} x{self.quality_value('chunks')}"
-            + (f" override {self.quality_value('override_kv')}" if self.quality_value("override_kv") else ""),
-        }[self.kind]
-        extra = " ".join(f"{k}={v}" for k, v in self.settings)
-        return f"{self.kind} {parts}" + (f" [{extra}]" if extra else "")
-
-    @property
-    def context(self) -> int:
-        """The context length the case exercises: what tables and plots use as x."""
-        return {"prefill": self.n_prompt, "decode": self.depth, "pg": self.n_prompt, "latency": self.n_prompt,
-                "quality": self.n_prompt}[self.kind]
-
-    def to_json(self) -> dict[str, Any]:
-        # "quality" only where there is one, so the keys of the speed cases stay what they were
-        return ({"quality": dict(self.quality)} if self.quality else {}) | {
-            "engine": self.engine,
-            "kind": self.kind,
-            "n_prompt": self.n_prompt,
-            "n_gen": self.n_gen,
-            "depth": self.depth,
-            "settings": dict(self.settings),
-            "inprocess_reps": self.inprocess_reps,
-            "warmup": self.warmup,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Case":
-        return cls(
-            engine=data["engine"],
-            kind=data["kind"],
-            n_prompt=data["n_prompt"],
-            n_gen=data["n_gen"],
-            depth=data["depth"],
-            settings=tuple(sorted(data["settings"].items())),
-            inprocess_reps=data["inprocess_reps"],
-            warmup=data["warmup"],
-            quality=tuple(sorted(data.get("quality", {}).items())),
-        )
-
-    @property
-    def key(self) -> str:
-        """Stable hash of the definition: equal keys measure the same thing."""
-        blob = json.dumps(self.to_json(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+from harness.engines import get_engine
+from harness.errors import ConfigError
+from harness.plan.cores import resolve_threads
+from harness.plan.suites import Suite
+from harness.records import Case
+from harness.telemetry.clusters import Cluster
 
 
 @dataclass(frozen=True)
@@ -194,7 +83,7 @@ class QualityInputs:
     references: Mapping[str, str]
 
 
-def build_plan(suite: "Suite", *, context_length: int | None, host: bool, clusters: Sequence["Cluster"] = (),
+def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters: Sequence[Cluster] = (),
                quality: QualityInputs | None = None) -> Plan:
     """Expand every sweep of the suite into cases for this device, dropping those that cannot run here.
 
@@ -207,9 +96,6 @@ def build_plan(suite: "Suite", *, context_length: int | None, host: bool, cluste
     not repeat it); without `quality` (--no-quality) it is skipped, and one longer than the
     model's context is an error, since its figure would be of another case.
     """
-    from harness.engines import get_engine  # engines import Case from here
-    from harness.plan.cores import resolve_threads  # cores imports Case from here
-
     cases: list[Case] = []
     cores: dict[str, dict[str, Any]] = {}
     skipped: list[tuple[str, str]] = []
@@ -254,8 +140,6 @@ def _product(sweeps: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
 
 def _quality_problem(values: dict[str, Any], context_length: int | None, quality: QualityInputs | None, source: str) -> str | None:
     """Why a quality case is not planned (skipped), or None; raises where it is an input error."""
-    from harness.errors import ConfigError
-
     if quality is None:
         return "quality cases are off (--no-quality)"
     if context_length is not None and values["context"] > context_length:
@@ -268,7 +152,7 @@ def _quality_problem(values: dict[str, Any], context_length: int | None, quality
     return None
 
 
-def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: "Suite",
+def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: Suite,
                quality: QualityInputs | None = None) -> Case:
     if kind == "quality" and quality is not None:
         chosen = {"chunks": values["chunks"], "corpus": quality.corpus_sha256,

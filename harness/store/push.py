@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, select, update
 
-from harness.results.schema import artifacts, blobs, cases, executions, measurements, models, runs, runtimes
-from harness.results.sql import insert_missing
-from harness.results.store import Store
+from harness.store.db import Store
+from harness.store.schema import artifacts, blobs, cases, executions, measurements, models, runs, runtimes
+from harness.store.sql import insert_missing
 
 # The run columns a later finish or resume changes.
 _MUTABLE = ("finished_at", "status", "repetitions", "facts_json", "note")

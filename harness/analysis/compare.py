@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness.results.analysis import KIND_ORDER, Contention
+from harness.analysis.tables import KIND_ORDER, Contention
 
 if TYPE_CHECKING:
-    from harness.results.store import Store
+    from harness.store.db import Store
 
 # Direction of "better" per metric; anything not listed is not compared.
 HIGHER_IS_BETTER = {"prefill_tps": True, "decode_tps": True, "pg_tps": True, "ttft_ms": False,
@@ -172,7 +172,7 @@ def previous_run(store: "Store", run_id: str) -> str | None:
 
 def regressions_since_previous(store: "Store", run_ids: list[str], settings: CompareSettings = CompareSettings()) -> list[dict]:
     """Every flagged regression of each run against its previous run, device named."""
-    from harness.results.analysis import tidy_frame
+    from harness.analysis.tables import tidy_frame
 
     found = []
     for run_id in run_ids:

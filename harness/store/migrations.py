@@ -15,7 +15,7 @@ from typing import Callable
 from sqlalchemy import Connection, inspect, text
 
 from harness.errors import StoreError
-from harness.results import schema
+from harness.store import schema
 
 _PG_LOCK_KEY = 0x6564_6762  # "edgb": the advisory lock id every edgebench store migration takes
 

@@ -47,7 +47,7 @@ cases = Table(
     Column("position", Integer, nullable=False),
     Column("case_json", Text, nullable=False),
     Column("cores_json", Text),  # how the plan chose its threads on this device (harness.plan.cores); NULL: no choice
-    Column("stop_json", Text),  # why a precision target stopped its rounds (harness.results.records.Stop); NULL: no target
+    Column("stop_json", Text),  # why a precision target stopped its rounds (harness.records.Stop); NULL: no target
 )
 
 executions = Table(

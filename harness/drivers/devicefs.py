@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.drivers.base import CommandFailed, Driver
-from harness.plan.cores import CORE_GLOBS, Cluster, clusters_from
 
 # $1 = root prefix (tests point it at a fake tree); then one glob per argument. Each file gives
 # `ok<TAB>path<TAB>line` per line, or one `err<TAB>path<TAB>reason`. Paths are shown without root.
@@ -81,8 +80,3 @@ def read_files(driver: Driver, patterns: Sequence[str], root: str = "", timeout:
     if done.exit_code != 0 and not done.stdout:
         raise CommandFailed(argv, done.exit_code, done.stderr_tail(5))
     return parse_reads(done.stdout)
-
-
-def read_clusters(driver: Driver, cores: int, root: str = "") -> list[Cluster]:
-    """The device's CPU clusters (harness.plan.cores), read through its driver."""
-    return clusters_from(read_files(driver, CORE_GLOBS, root), cores)

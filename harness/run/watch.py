@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Any
 
 from harness.drivers.base import Driver, DriverError
-from harness.results.records import Metric
+from harness.drivers.devicefs import read_files
+from harness.records import Metric
 from harness.telemetry import contention
-from harness.telemetry.devicefs import read_files
 
 QUIET_SAMPLE_S = 1.0
 

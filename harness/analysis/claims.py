@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from harness.errors import EdgebenchError
-from harness.results.store import device_key
+from harness.store.db import Store, device_key
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 UNKNOWN = "unknown"
@@ -390,7 +390,7 @@ def _assumed_line(claim: Published) -> str:
     return f"read from the source as: {', '.join(claim.assumed)} (the source says: {claim.stated})"
 
 
-def check_claims(store: Any, claims: Sequence[Published], run_ids: list[str] | None = None) -> list[Check]:
+def check_claims(store: Store, claims: Sequence[Published], run_ids: list[str] | None = None) -> list[Check]:
     """Each point claim against each given run (default: the latest run of every device and model)
     of a model it names; a claim with no such run gets one row saying what would test it.
     Ratio claims need a base and its variant, not one run: `check_ratio_claims` takes them."""
@@ -438,15 +438,15 @@ def _check(claim: Claim, run: _Run) -> Check:
                  mismatches=tuple(mismatches + ([context] if context else [])), **base)
 
 
-def _latest_runs(store: Any) -> list[str]:
+def _latest_runs(store: Store) -> list[str]:
     latest: dict[tuple[str, str], str] = {}
     for row in store.runs():  # newest first
         latest.setdefault((device_key(row), row["model_sha256"]), row["id"])
     return list(latest.values())
 
 
-def _load_run(store: Any, run_id: str) -> _Run:
-    from harness.results.analysis import summary_frame, tidy_frame
+def _load_run(store: Store, run_id: str) -> _Run:
+    from harness.analysis.tables import summary_frame, tidy_frame
 
     row = store.run(run_id)
     summary = summary_frame(tidy_frame(store, [row["id"]]))
@@ -513,10 +513,10 @@ def check_ratio_claims(claims: Sequence[Published], frontier: pd.DataFrame) -> l
             for base, variants in sweeps for check in _sweep_checks(claim, base, variants)]
 
 
-def ratio_checks_for(store: Any, claims: Sequence[Published], run_ids: list[str]) -> list[RatioCheck]:
+def ratio_checks_for(store: Store, claims: Sequence[Published], run_ids: list[str]) -> list[RatioCheck]:
     """`check_ratio_claims` over the frontier frame of these runs' sweeps. The frame's module is
     imported here, not at the top, so that point claims never load the quality analysis."""
-    from harness.results.quality import frontier_frame
+    from harness.analysis.quality import frontier_frame
 
     return check_ratio_claims(claims, frontier_frame(store, run_ids))
 

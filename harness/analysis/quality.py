@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.cases import Case
 from harness.plan.suites import QUALITY_MAX_KLD, QUALITY_MIN_TOP1
-from harness.results.store import Store
+from harness.records import Case
+from harness.store.db import Store
 
 FIGURES = ("ppl", "ppl_stderr", "ppl_base", "kld_mean", "kld_stderr", "kld_p99", "top1_agreement", "top1_stderr", "rms_dp")
 

@@ -2,17 +2,18 @@
 run through the driver from the staged runtime, once per device per run.
 
 Why: decode reads every weight once per token, so bandwidth is the ceiling on decode tokens/s
-(see `harness.results.roofline`). The test runs with each thread count (and cores) the run's cases use,
+(see `harness.analysis.roofline`). The test runs with each thread count (and cores) the run's cases use,
 because one core cannot saturate the memory bus that four can. Raw per-repetition times are
 kept; GB/s and its spread are derived when read. A figure is reused from a cache keyed by the
 device's identity and state, the binary and the thread counts, unless a re-measure is asked for.
+The program's output is parsed here too (`parse_output` -> `Bandwidth`), so analysis reads the
+stored figure with the same record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -20,11 +21,78 @@ from typing import Any
 
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
-from harness.paths import state_dir
-from harness.plan.cases import Case
-from harness.results.bandwidth import parse_output
-from harness.runtimes.probe import BANDWIDTH_NAME
-from harness.results.store import now_iso
+from harness.paths import state_dir, write_atomic
+from harness.records import Case, now_iso
+from harness.runtimes.native import BANDWIDTH_NAME
+from harness.stats import summarize
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """One parsed run of the program: raw nanoseconds per repetition, GB/s derived."""
+
+    threads: int
+    cpus: tuple[int, ...]
+    array_bytes: int
+    bytes_per_rep: int
+    rep_ns: tuple[int, ...]
+    capped: bool
+    cache_bytes: int | None
+
+    @property
+    def samples_gbps(self) -> tuple[float, ...]:
+        return tuple(self.bytes_per_rep / ns for ns in self.rep_ns)  # bytes per ns = GB/s (10^9)
+
+    @property
+    def gbps(self) -> float:
+        """The median: robust to a repetition disturbed by other work on a shared machine."""
+        return summarize(self.samples_gbps).median
+
+    def spread(self) -> dict[str, float | None]:
+        s = summarize(self.samples_gbps)
+        return {"median": s.median, "mean": s.mean, "stdev": s.stdev, "min": s.minimum, "max": s.maximum, "n": s.n}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cpus": list(self.cpus), "rep_ns": list(self.rep_ns), "gbps": self.spread()}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Bandwidth":
+        return cls(int(d["threads"]), tuple(d["cpus"]), int(d["array_bytes"]), int(d["bytes_per_rep"]),
+                   tuple(int(v) for v in d["rep_ns"]), bool(d["capped"]), d["cache_bytes"])
+
+    def describe(self) -> str:
+        s = self.spread()
+        pinned = f" on cores {','.join(map(str, self.cpus))}" if self.cpus else ""
+        return (f"{s['median']:.1f} GB/s (median of {s['n']}; min {s['min']:.1f}, max {s['max']:.1f}) "
+                f"triad, {self.threads} thread(s){pinned}, 3 x {self.array_bytes / 2**20:.0f} MiB")
+
+
+def parse_output(text: str) -> Bandwidth:
+    """The program's stdout (format version 1) -> Bandwidth; malformed output -> EdgebenchError."""
+    fields: dict[str, str] = {}
+    reps: list[int] = []
+    for line in text.splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if key == "rep":
+            reps.append(int(rest.split()[1]))
+        elif key:
+            fields[key] = rest
+    if fields.get("edgebench-bandwidth") != str(FORMAT_VERSION):
+        raise EdgebenchError(f"{BANDWIDTH_NAME}: expected output format {FORMAT_VERSION}, got: {text[:200]!r}")
+    if fields.get("check") != "ok":
+        raise EdgebenchError(f"{BANDWIDTH_NAME}: the triad's result check failed ({fields.get('check')}); the figure is not trusted")
+    if not reps or min(reps) <= 0:
+        raise EdgebenchError(f"{BANDWIDTH_NAME}: no timed repetitions in its output")
+    try:
+        cpus = () if fields["cpus"] == "-" else tuple(int(c) for c in fields["cpus"].split(","))
+        cache = None if fields["cache_bytes"] == "-" else int(fields["cache_bytes"])
+        return Bandwidth(int(fields["threads"]), cpus, int(fields["array_bytes"]), int(fields["bytes_per_rep"]),
+                         tuple(reps), fields["capped"] == "1", cache)
+    except (KeyError, ValueError) as exc:
+        raise EdgebenchError(f"{BANDWIDTH_NAME}: malformed output ({exc}): {text[:200]!r}") from None
+
 
 REPETITIONS = 7
 TIMEOUT_S = 300.0
@@ -97,8 +165,5 @@ def device_bandwidth(driver: Driver, facts: Mapping[str, Any], runtime_dir: str,
             pass  # a damaged cache entry is measured again
     data = measure(driver, runtime_dir, requests)
     if data["results"] and not data["errors"]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1))
     return {**data, "cached": False}

@@ -6,7 +6,7 @@ case is committed in its own transaction, so a crash loses at most the one in fl
 execution is known by (run, case, rep): writing it again replaces it, never duplicates it.
 The schema is versioned (`migrations`); a store newer than the code is refused.
 
-A run's files are written whole or not at all (`write_file`), and a process's files reach the
+A run's files are written whole or not at all (`harness.paths.write_atomic`), and a process's files reach the
 store only in its execution's transaction: a file left by a process whose row never got in (the
 database went away, the disk filled) is never stored, and the process runs again on resume.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,25 +26,27 @@ from sqlalchemy import URL, Connection, Engine, Executable, RowMapping, create_e
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from harness.errors import StoreError, StoreGone
-from harness.paths import private_file
-from harness.plan.cases import Case
-from harness.results import artifacts, schema
-from harness.results.location import masked, store_url
-from harness.results.migrations import migrate
-from harness.results.records import Metric, Stop
-from harness.results.sql import upsert
-from harness.results.schema import SCHEMA_VERSION, cases as cases_t, executions as executions_t
-from harness.results.schema import measurements as measurements_t, models, runs as runs_t, runtimes
+from harness.paths import private_file, write_atomic
+from harness.records import Case, Metric, Stop, now_iso
+from harness.store import artifacts, schema
+from harness.store.location import masked, store_url
+from harness.store.migrations import migrate
+from harness.store.schema import (
+    SCHEMA_VERSION,
+    cases as cases_t,
+    executions as executions_t,
+    measurements as measurements_t,
+    models,
+    runs as runs_t,
+    runtimes,
+)
+from harness.store.sql import upsert
 
-__all__ = ["SCHEMA_VERSION", "Execution", "Store", "cause", "device_key", "new_run_id", "now_iso", "server_now", "write_file"]
+__all__ = ["SCHEMA_VERSION", "Execution", "Store", "cause", "device_key", "new_run_id", "server_now"]
 
 # Seconds a connection attempt to a database server may take: past it, a store behind a dead
 # network fails with a message instead of hanging for the kernel's minutes of SYN retries.
 CONNECT_TIMEOUT_S = 10
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def server_now(conn: Connection) -> str:
@@ -57,20 +57,6 @@ def server_now(conn: Connection) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_file(path: Path, data: str | bytes) -> None:
-    """Write under a hidden temporary name, then rename: a full or failing disk leaves no
-    half-written file under the real name for a later `finish_run` or resume to trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cause(exc: BaseException) -> str:
@@ -220,9 +206,9 @@ class Store:
         return path
 
     def write_file(self, run_id: str, name: str, data: str | bytes) -> Path:
-        """Write one file of the run's folder, whole or not at all (`write_file`)."""
+        """Write one file of the run's folder, whole or not at all (`write_atomic`)."""
         path = self.artifacts_dir(run_id) / name
-        write_file(path, data)
+        write_atomic(path, data)
         return path
 
     def create_run(

@@ -1,4 +1,6 @@
-"""Android telemetry parsers: pure functions over what a phone prints (tested on traces).
+"""What an Android phone is and what its battery says: pure functions over what a phone
+prints (tested on traces). The adb driver runs `FACTS_SCRIPT` and hands its output to
+`parse_facts`; the probe detects the battery's power convention here.
 
 Battery current is the hard part: `/sys/class/power_supply/<battery>/current_now` is
 microamps on most kernels but milliamps on some vendors' (Samsung, Huawei), and the kernel's
@@ -14,6 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from harness.boards.linux import cpu_features
+from harness.records import DeviceFacts
 
 # BatteryManager.BATTERY_STATUS_* as `dumpsys battery` prints them.
 BATTERY_STATUS = {1: "unknown", 2: "charging", 3: "discharging", 4: "not charging", 5: "full"}
@@ -279,3 +285,83 @@ def read_battery(driver: object) -> BatteryReading:
     done = driver.run(["sh", "-c", f"{POWER_SUPPLY_SCRIPT}; echo {marker}; dumpsys battery"], timeout=60)  # type: ignore[attr-defined]
     power, _, dumpsys = done.stdout.partition(marker + "\n")
     return battery_reading(power, dumpsys)
+
+
+# One round trip gathers everything `parse_facts` needs; the sections are split by _SECTION.
+_SECTION = "----edgebench-section----"
+FACTS_SCRIPT = f"; echo {_SECTION}; ".join(
+    ["getprop", "cat /proc/cpuinfo", "cat /proc/meminfo", "uname -r", "dumpsys battery", POWER_SUPPLY_SCRIPT])
+
+
+def parse_facts(name: str, text: str, serial: str | None, adb_server: str) -> DeviceFacts:
+    """`FACTS_SCRIPT` output -> DeviceFacts (pure; the emulated phone's tests feed it)."""
+    getprop, cpuinfo, meminfo, kernel, battery_text, power_dump = (part.strip("\n") for part in text.split(_SECTION + "\n"))
+    props = parse_getprop(getprop)
+    cores = cpuinfo.count("processor\t:") or cpuinfo.count("processor")
+    try:
+        reading: BatteryReading | None = battery_reading(power_dump, battery_text)
+        battery: BatteryState | None = reading.battery
+        power = f"{'+'.join(battery.powered_by) or 'battery'}, {battery.status}"
+    except ValueError:  # no `dumpsys battery` (not a full Android system)
+        reading, battery, power = None, None, None
+    soc = " ".join(v for v in (props.get("ro.soc.manufacturer"), props.get("ro.soc.model")) if v) or props.get("ro.board.platform", "")
+    release, sdk = props.get("ro.build.version.release", "?"), props.get("ro.build.version.sdk", "?")
+    extra: dict[str, Any] = {
+        "serial": serial,
+        "adb_server": adb_server,
+        "model": props.get("ro.product.model"),
+        "manufacturer": props.get("ro.product.manufacturer"),
+        "device": props.get("ro.product.device"),
+        "soc": soc,
+        "abi": props.get("ro.product.cpu.abi"),
+        "abilist": props.get("ro.product.cpu.abilist", "").split(","),
+        "android_version": release,
+        "sdk": sdk,
+        "build_fingerprint": props.get("ro.build.fingerprint"),
+        "kernel": kernel.strip(),
+        "cpu_features": cpu_features(cpuinfo),
+        "cpu_cores": _core_summary(cpuinfo),
+        "battery": None if battery is None else {"status": battery.status, "powered_by": list(battery.powered_by),
+                                                 "level_pct": battery.level_pct, "temperature_c": battery.temperature_c},
+        "battery_power": None if reading is None else reading.to_json(),  # detected units/sign, energy eligibility
+    }
+    return DeviceFacts(
+        name=name,
+        driver="adb",
+        os="Android",
+        os_release=f"Android {release} (API {sdk})",
+        arch=props.get("ro.product.cpu.abi", "unknown"),
+        cpu_model=f"{soc} ({extra['cpu_cores']})" if extra["cpu_cores"] else soc,
+        cores=cores,
+        ram_mb=_meminfo_total_mb(meminfo),
+        hostname=f"{props.get('ro.product.manufacturer', '')} {props.get('ro.product.model', '')}".strip(),
+        power_source=power,
+        extra=extra,
+    )
+
+
+# CPU part numbers (MIDR) of Arm cores found in phones, for a readable cpu_model.
+ARM_CORES = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2", "0xd4d": "Cortex-A715",
+    "0xd4e": "Cortex-X3", "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4",
+}
+
+
+def _meminfo_total_mb(meminfo: str) -> int:
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def _core_summary(cpuinfo: str) -> str:
+    """"4x Cortex-A55 + 2x Cortex-A78 + 2x Cortex-X1" from the per-processor CPU part lines."""
+    counts: dict[str, int] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "CPU part":
+            core = ARM_CORES.get(value.strip().lower(), f"part {value.strip()}")
+            counts[core] = counts.get(core, 0) + 1
+    return " + ".join(f"{n}x {core}" for core, n in counts.items())

@@ -26,10 +26,10 @@ from sqlalchemy import Connection, RowMapping, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import EdgebenchError, Interrupted, LeaseLost
-from harness.results.schema import leases
-from harness.results.sql import insert_missing
-from harness.results.store import Store, server_now
-from harness.run.signals import raiser
+from harness.signals import raiser
+from harness.store.db import Store, server_now
+from harness.store.schema import leases
+from harness.store.sql import insert_missing
 
 HEARTBEAT_S = 5.0
 RETRY_S = 1.0  # after a failed heartbeat write
@@ -78,7 +78,7 @@ def try_acquire(store: Store, identity: str, holder: str) -> RowMapping | None:
         if row is None or not _stale(row, now):
             return row
         # Taken over only if nobody else did in between (same pid and heartbeat as read); RETURNING
-        # says whether this UPDATE matched, rowcount is not trusted (harness/results/sql.py).
+        # says whether this UPDATE matched, rowcount is not trusted (harness/store/sql.py).
         took = conn.execute(update(leases).where(leases.c.identity == identity, leases.c.pid == row["pid"], leases.c.host == row["host"],
                                                  leases.c.heartbeat_at == row["heartbeat_at"]).values(**mine)
                             .returning(leases.c.identity)).first() is not None
@@ -181,8 +181,3 @@ class _Keeper:
             self.stop_run(LeaseLost(f"the lease of device {self.identity} could not be renewed for "
                                     f"{STALE_AFTER_S - STOP_MARGIN_S:g} s ({self.error}); "
                                     f"stopped before another run may take the device"))
-
-
-def holders(store: Store) -> dict[str, RowMapping]:
-    with store.engine.connect() as conn:
-        return {r["identity"]: r for r in conn.execute(select(leases)).mappings().all()}

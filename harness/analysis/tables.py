@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.cases import Case
-from harness.results.quality import output_differs
-from harness.results.stats import drift, percentile, pooled_cv, summarize
-from harness.results.store import Store
+from harness.analysis.quality import output_differs
+from harness.records import Case
+from harness.stats import drift, percentile, pooled_cv, summarize
+from harness.store.db import Store
 
 # The metrics a summary table shows, in order, with their column titles.
 HEADLINE = {
@@ -93,7 +93,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
 _TIDY_COLUMNS = [
     "run_id", "device", "model", "quantization", "runtime", "case_key", "case", "engine", "kind", "context",
     "n_prompt", "n_gen", "depth", "rep", "status", "build", "metric", "value", "unit", "missing_reason", "samples",
-    "output_differs",  # the correctness gate's mark for the case's figures (harness.results.quality), or None
+    "output_differs",  # the correctness gate's mark for the case's figures (harness.analysis.quality), or None
 ]
 
 
@@ -255,7 +255,7 @@ def power_series(store: Store, run_id: str) -> pd.DataFrame:
 
 def local_scores(summary: pd.DataFrame) -> list[dict[str, Any]]:
     """The LocalScore-form score of every case that measured prefill, decode and TTFT together."""
-    from harness.results.stats import local_score
+    from harness.stats import local_score
 
     rows = []
     means = summary[summary["n"] > 0].pivot_table(index=["run_id", "case"], columns="metric", values="mean", aggfunc="first")

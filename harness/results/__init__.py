@@ -1,1 +1,0 @@
-"""Results: the store, its records, and everything derived from stored metrics only."""
