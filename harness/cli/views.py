@@ -19,12 +19,15 @@ import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:  # the store is only passed through here; importing it would load SQLAlchemy for every table
+    from harness.store.db import Store
 
 FORMATS = ("table", "plain", "csv", "markdown", "json")
 # Columns never taken narrower than this, unless their longest word is shorter.
@@ -279,7 +282,7 @@ def summary_grid(row: Any, summary: Any, stops: dict[str, Any] | None = None) ->
     return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(row, wide, stops))
 
 
-def stops_by_label(store: Any, run_id: str) -> dict[str, Any]:
+def stops_by_label(store: Store, run_id: str) -> dict[str, Any]:
     """Why a precision target stopped each case's rounds, by case label (empty without a target)."""
     labels = {case.key: case.label for case in store.cases(run_id)}
     return {labels[key]: stop for key, stop in store.stops(run_id).items()}
@@ -294,7 +297,7 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
     return text + (" *" if contended else "") + (" †" if differs else "")
 
 
-def contended_lines(store: Any, run_id: str) -> list[str]:
+def contended_lines(store: Store, run_id: str) -> list[str]:
     """Each contended process: what others used, the load before it, and who was busiest."""
     from harness.analysis.tables import contended_processes
 
@@ -307,7 +310,7 @@ def contended_lines(store: Any, run_id: str) -> list[str]:
     return lines
 
 
-def roofline_grid(store: Any, run_ids: list[str]) -> Grid | None:
+def roofline_grid(store: Store, run_ids: list[str]) -> Grid | None:
     """Decode cases against what the measured memory bandwidth allows (harness.analysis.roofline)."""
     from harness.analysis.roofline import roofline_frame
 
@@ -334,7 +337,7 @@ def _missing(value: Any) -> bool:
     return value is None or value != value  # NaN is the only value unequal to itself
 
 
-def condition_lines(store: Any, run_id: str) -> list[str]:
+def condition_lines(store: Store, run_id: str) -> list[str]:
     """Beside the figures: the power scope and the device state before each case's first
     process. What every case saw is one line; then per case only what differed (cases that
     differed alike share a line), so nine cases read as a few short lines, not nine long ones."""
@@ -361,7 +364,7 @@ def condition_lines(store: Any, run_id: str) -> list[str]:
     return lines + [f"before {', '.join(cases)}: {differed}" for differed, cases in cases_by_difference.items() if differed]
 
 
-def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> None:
+def show_run(console: Console, store: Store, run_id: str, fmt: str = "table") -> None:
     """A run's summary, its contended processes, its roofline, the conditions it ran under, its
     failures and note."""
     from harness.analysis.tables import failures_frame, summary_frame, tidy_frame
@@ -378,7 +381,7 @@ def show_run(console: Console, store: Any, run_id: str, fmt: str = "table") -> N
         show_lines(console, [row["note"]], fmt, "yellow")
 
 
-def show_quality(console: Console, store: Any, run_id: str, fmt: str = "table", side: str = "") -> None:
+def show_quality(console: Console, store: Store, run_id: str, fmt: str = "table", side: str = "") -> None:
     """A run's quality lines (red where its backend failed the gate); `side` ("A: ") names the
     run in a comparison, where speed ratios alone would hide what each side's output cost."""
     from harness.analysis.quality import quality_results
@@ -387,7 +390,7 @@ def show_quality(console: Console, store: Any, run_id: str, fmt: str = "table", 
         show_lines(console, [side + quality.line()], fmt, "bold red" if quality.differs else "")
 
 
-def show_roofline(console: Console, store: Any, run_ids: list[str], fmt: str = "table") -> None:
+def show_roofline(console: Console, store: Store, run_ids: list[str], fmt: str = "table") -> None:
     grid = roofline_grid(store, run_ids)
     if grid is not None:
         show(console, grid, fmt)
