@@ -59,11 +59,11 @@ def test_exit_codes_stderr_env_cwd_and_pid(board, tmp_path):
 
 def test_timeout_kills_the_remote_process_group(board, tmp_path):
     marker = tmp_path / "still-running"
-    done = board.run(["sh", "-c", f"sleep 30; touch {marker}"], timeout=1)
+    nap = f"sleep 29.{os.getpid()}"  # a duration no other process on the machine sleeps for
+    done = board.run(["sh", "-c", f"{nap}; touch {marker}"], timeout=1)
     assert done.timed_out and not done.ok
     time.sleep(0.5)
-    # The shell's own command line names this test's marker, so no other process can match it.
-    assert str(marker) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert nap not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout  # the child too
 
 
 def test_push_is_atomic_sha_skipped_and_counts_bytes(board, tmp_path):
