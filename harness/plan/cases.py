@@ -31,6 +31,21 @@ LLAMABENCH_SETTINGS: dict[str, tuple[str, str]] = {
     "load_mode": ("-lm", "load_mode"),
     "delay": ("--delay", "delay"),  # seconds of cool-off before the test, outside its measured repetitions
 }
+# Settings that reach the benchmark process as environment variables, not flags: suite key ->
+# variable. The Vulkan backend takes only discrete and integrated GPUs unless told which devices
+# to use, so a CPU Vulkan device (Mesa's lavapipe) runs a case only when it is named here.
+ENV_SETTINGS: dict[str, str] = {
+    "vk_visible_devices": "GGML_VK_VISIBLE_DEVICES",
+}
+
+
+def env_prefix(case: Case) -> list[str]:
+    """`env NAME=VALUE ...` to put before a case's program for its environment settings (none: []).
+    In the argv, not the driver's environment, because the argv is what every driver runs, what
+    the probe wraps and what is stored with each process: the device selection is recorded."""
+    pairs = [f"{ENV_SETTINGS[key]}={value}" for key, value in case.settings if key in ENV_SETTINGS]
+    return ["env", *pairs] if pairs else []
+
 
 # The figure a case is run for: what a precision target is about, and what the progress shows.
 PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms", "quality": "kld_mean"}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import ConfigError
-from harness.plan.cases import LLAMABENCH_SETTINGS
+from harness.plan.cases import ENV_SETTINGS, LLAMABENCH_SETTINGS
 
 GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -74,8 +74,10 @@ SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ubatch": (_int_in(1), "a positive integer"),
     "load_mode": (_one_of(LOAD_MODES), "one of " + ", ".join(LOAD_MODES)),
     "delay": (_int_in(0), "whole seconds >= 0"),
+    "vk_visible_devices": (lambda v: re.fullmatch(r"\d+(,\d+)*", str(v)) is not None and not isinstance(v, bool),
+                           'Vulkan device indices like 0 or "0,1"'),
 }
-assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS), "every llama-bench setting needs a check"
+assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS), "every setting needs a check"
 
 # test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
 _COUNT = (_int_in(1), "a positive integer or a list of them")
