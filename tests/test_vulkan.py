@@ -60,6 +60,15 @@ def test_the_system_header_version_is_read() -> None:
     assert version is not None and version[:2] >= (1, 3)
 
 
+@pytest.mark.skipif(not (SYSTEM / "vulkan" / "vulkan_core.h").is_file() or (header_version(SYSTEM) or NEEDED) >= NEEDED,
+                    reason="the system's Vulkan headers are absent or new enough (Debian 12's are too old)")
+def test_this_machines_old_headers_are_refused_with_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VULKAN_SDK", raising=False)
+    monkeypatch.setenv("EDGEBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BuildError, match=rf"Vulkan headers {'.'.join(map(str, header_version(SYSTEM) or ()))} in /usr/include"):
+        get_target("host-vulkan").flags({})
+
+
 def test_old_headers_stop_the_build_in_one_line_saying_what_was_found_and_needed(tmp_path: Path, old_system: Path) -> None:
     with pytest.raises(BuildError) as raised:
         include_flags({})
