@@ -4,7 +4,11 @@
 #   scripts/setup.sh          the tool: a C++ toolchain (llama.cpp is compiled on the first run), Python deps
 #   scripts/setup.sh --test   also the system packages the tests drive for real:
 #                             adb, openssh-server, qemu-user-static, g++-aarch64-linux-gnu, chromium,
-#                             postgresql and redis-server (the tests start throwaway servers of their own)
+#                             postgresql and redis-server (the tests start throwaway servers of their own),
+#                             glslc, spirv-headers, libvulkan-dev and mesa-vulkan-drivers (the host-vulkan runtime runs on
+#                             lavapipe, Mesa's CPU Vulkan device); where the system's Vulkan headers are older
+#                             than llama.cpp needs (Debian 12), Debian 13's libvulkan-dev is fetched with apt
+#                             and unpacked into the cache, where the host-vulkan target finds it
 # System packages are installed with apt-get only when missing and only when we are root;
 # otherwise the missing ones are listed (tests that need them skip and say why).
 set -euo pipefail
@@ -25,6 +29,10 @@ if [ "$want_tests" = 1 ]; then
   command -v chromium >/dev/null || need+=(chromium)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v redis-server >/dev/null || need+=(redis-server)
+  command -v glslc >/dev/null || need+=(glslc)
+  [ -f /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake ] || need+=(spirv-headers)
+  [ -f /usr/include/vulkan/vulkan_core.h ] || need+=(libvulkan-dev)
+  compgen -G '/usr/share/vulkan/icd.d/lvp_icd.*.json' >/dev/null || need+=(mesa-vulkan-drivers libvulkan1)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -57,4 +65,27 @@ sys.exit(m.version("llama-cpp-python") != PINNED.version)' 2>/dev/null; then
 fi
 "${pip[@]}" install -q --no-deps -e .
 "${pip[@]}" check
+
+# Vulkan headers new enough for the pinned llama.cpp (VK_EXT_layer_settings), for hosts whose own are
+# older: Debian 13's libvulkan-dev, downloaded with apt from a source list of our own (the system's
+# sources and installed packages stay as they are) and unpacked, not installed, into the cache.
+if [ "$want_tests" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  vk_check='from harness.runtimes.vulkan import headers_status; import sys; sys.exit(headers_status() is not None)'
+  if ! "$venv/bin/python" -c "$vk_check"; then
+    vk_dir=$("$venv/bin/python" -c 'from harness.runtimes.vulkan import fallback_headers_dir; print(fallback_headers_dir())')
+    apt_dir="$vk_dir/.apt"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
+    echo "deb http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir" -o "APT::Get::List-Cleanup=0"
+              -o "APT::Sandbox::User=root")  # the cache is private to us: _apt cannot write there
+    echo "setup: system Vulkan headers too old for llama.cpp; fetching Debian 13's libvulkan-dev into $vk_dir"
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$apt_dir" && rm -f libvulkan-dev_*.deb && apt-get "${apt_opts[@]}" download -qq libvulkan-dev/trixie)
+    deb=$(ls "$apt_dir"/libvulkan-dev_*.deb)
+    version=$(dpkg-deb -f "$deb" Version)
+    rm -rf "$vk_dir/$version" && dpkg-deb -x "$deb" "$vk_dir/$version"
+    "$venv/bin/python" -c "$vk_check" || { echo "setup: $deb did not give new enough Vulkan headers" >&2; exit 1; }
+  fi
+fi
 echo "setup: ready ($venv)"

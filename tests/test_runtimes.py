@@ -135,7 +135,7 @@ def test_merge_flags_is_canonical_and_user_wins() -> None:
 
 def test_unknown_target_lists_valid_ones() -> None:
     assert {"host", "host-cuda"} <= set(target_names())
-    with pytest.raises(EdgebenchError, match="valid targets: android-ndk, host, host-cuda, linux-aarch64"):
+    with pytest.raises(EdgebenchError, match="valid targets: android-ndk, host, host-cuda, host-vulkan, linux-aarch64"):
         get_target("toaster")
     with pytest.raises(EdgebenchError, match="unknown runtime target 'toaster'"):
         build_runtime("toaster")

@@ -297,6 +297,14 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
     return text + (" *" if contended else "") + (" †" if differs else "")
 
 
+def device_lines(store: Store, run_id: str) -> list[str]:
+    """The GPU devices the run's processes reported, once each, with the engine's note where one is
+    not a GPU (lavapipe runs Vulkan on the CPU): a figure from it must not pass for a GPU figure."""
+    seen = {(str(e.effective.get("backends", "")), str(e.effective.get("gpu_info") or "no GPU device"), e.effective.get("device_note"))
+            for e in store.executions(run_id) if e.effective.get("gpu_info") or e.effective.get("device_note")}
+    return [f"device: {info} ({backends})" + (f": {note}" if note else "") for backends, info, note in sorted(seen, key=str)]
+
+
 def contended_lines(store: Store, run_id: str) -> list[str]:
     """Each contended process: what others used, the load before it, and who was busiest."""
     from harness.analysis.tables import contended_processes
@@ -373,6 +381,7 @@ def show_run(console: Console, store: Store, run_id: str, fmt: str = "table") ->
     show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
     show_quality(console, store, row["id"], fmt)
     show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
+    show_lines(console, device_lines(store, row["id"]), fmt, "yellow")
     show_roofline(console, store, [row["id"]], fmt)
     show_lines(console, condition_lines(store, row["id"]), fmt)
     failures = failures_frame(store, row["id"])

@@ -16,6 +16,22 @@ from harness.errors import EdgebenchError
 from harness.records import Case, Mark, Metric, Window
 
 
+# Settings that reach the benchmark process as environment variables, not flags: suite key ->
+# variable. The Vulkan backend takes only discrete and integrated GPUs unless told which devices
+# to use, so a CPU Vulkan device (Mesa's lavapipe) runs a case only when it is named here.
+ENV_SETTINGS: dict[str, str] = {
+    "vk_visible_devices": "GGML_VK_VISIBLE_DEVICES",
+}
+
+
+def env_prefix(case: Case) -> list[str]:
+    """`env NAME=VALUE ...` to put before a case's program for its environment settings (none: []).
+    In the argv, not the driver's environment, because the argv is what every driver runs, what
+    the probe wraps and what is stored with each process: the device selection is recorded."""
+    pairs = [f"{ENV_SETTINGS[key]}={value}" for key, value in case.settings if key in ENV_SETTINGS]
+    return ["env", *pairs] if pairs else []
+
+
 @dataclass(frozen=True)
 class EngineResult:
     """What one process run of one case produced: everything engine-specific, parsed, so

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix
 from harness.records import Case, Mark, Metric, Window
 
 # llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
@@ -45,6 +45,13 @@ EFFECTIVE_FIELDS = (
     "n_batch", "n_ubatch", "load_mode", "backends", "cpu_info", "gpu_info", "devices",
     "model_type", "model_size", "model_n_params",
 )
+# Vulkan devices that are software on the CPU, by the name they report (llama-bench's gpu_info):
+# their figures must never pass for a GPU's. Mesa's lavapipe calls its device "llvmpipe (LLVM ...)".
+CPU_VULKAN_DEVICES = {"llvmpipe": "lavapipe"}
+# What ggml's Vulkan backend prints to stderr for each device it uses: index, name, driver, and a
+# warning line after a device whose Vulkan type is CPU.
+_VK_DEVICE = re.compile(r"^ggml_vulkan: (\d+) = (.*) \(([^()]*)\) \| uma: (\d)")
+_VK_CPU_TYPE = "ggml_vulkan: Warning: Device type is CPU"
 MARK_PREFIX = "llama-bench: "  # the prefix of llama-bench's --progress lines
 _RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
 
@@ -59,7 +66,7 @@ class LlamaBench:
     name = "llamabench"
     host_only = False
     marks = MARK_PREFIX
-    settings = tuple(LLAMABENCH_SETTINGS)
+    settings = (*LLAMABENCH_SETTINGS, *ENV_SETTINGS)
 
     def unsupported(self, case: Case) -> str | None:
         """llama-bench takes every suite setting."""
@@ -67,7 +74,7 @@ class LlamaBench:
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")
-        argv = [binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
+        argv = [*env_prefix(case), binary, "-m", model_path, "-o", "jsonl", "-r", str(case.inprocess_reps)]
         if case.kind == "pg":
             argv += ["-p", "0", "-n", "0", "-pg", f"{case.n_prompt},{case.n_gen}"]
         else:
@@ -75,7 +82,8 @@ class LlamaBench:
         if case.depth:
             argv += ["-d", str(case.depth)]
         for key, value in case.settings:
-            argv += [LLAMABENCH_SETTINGS[key][0], _flag_value(value)]
+            if key in LLAMABENCH_SETTINGS:
+                argv += [LLAMABENCH_SETTINGS[key][0], _flag_value(value)]
         argv.append("--progress")  # the marks its measured windows start at (see the module doc)
         if not case.warmup:
             argv.append("--no-warmup")
@@ -95,7 +103,7 @@ class LlamaBench:
         windows, no_window = _windows(row, marks)
         tokens = (int(row.get("n_prompt", 0)) + int(row.get("n_gen", 0))) * len(windows)
         return EngineResult(metrics=[metric], windows=windows, tokens=tokens, no_window=no_window, raw=rows,
-                            build=build, effective=effective_settings(row))
+                            build=build, effective=effective_settings(row, vulkan_devices(completed.stderr)))
 
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
@@ -134,9 +142,43 @@ def _windows(row: dict[str, Any], marks: Sequence[Mark]) -> tuple[tuple[Window, 
     return windows, None if windows else "llama-bench's --progress marks do not match its repetitions"
 
 
-def effective_settings(row: dict[str, Any]) -> dict[str, Any]:
-    """The settings llama-bench reports it used, for the store and the report."""
-    return {k: row[k] for k in EFFECTIVE_FIELDS if k in row}
+def effective_settings(row: dict[str, Any], vk_devices: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The settings llama-bench reports it used, for the store and the report; with the Vulkan
+    devices it used (`vulkan_devices`) and a `device_note` where the device it offloaded to is a
+    CPU implementation of a GPU API, or where no device took the layers it was asked to offload."""
+    effective = {k: row[k] for k in EFFECTIVE_FIELDS if k in row}
+    if vk_devices:
+        effective["vulkan_devices"] = [dict(d) for d in vk_devices]
+    if note := device_note(row, vk_devices):
+        effective["device_note"] = note
+    return effective
+
+
+def vulkan_devices(stderr: str) -> list[dict[str, Any]]:
+    """The Vulkan devices ggml says it uses (index, name, driver, uma, type where it says: "CPU")."""
+    devices: list[dict[str, Any]] = []
+    for line in stderr.splitlines():
+        if match := _VK_DEVICE.match(line):
+            devices.append({"index": int(match.group(1)), "name": match.group(2), "driver": match.group(3), "uma": match.group(4) == "1"})
+        elif line.startswith(_VK_CPU_TYPE) and devices:
+            devices[-1]["type"] = "CPU"
+    return devices
+
+
+def device_note(row: Mapping[str, Any], vk_devices: Sequence[Mapping[str, Any]] = ()) -> str | None:
+    """What a reader must know about the device a llama-bench row ran on: a CPU implementation of
+    a GPU API ("lavapipe: a CPU implementation; figures are not GPU figures"), known by its name or
+    by the CPU type ggml reports, or layers asked to be offloaded with no GPU device to take them;
+    None otherwise."""
+    gpu_info = str(row.get("gpu_info") or "")
+    software = [name for marker, name in CPU_VULKAN_DEVICES.items() if marker in gpu_info.lower()]
+    software += [str(d["name"]) for d in vk_devices if d.get("type") == "CPU" and not any(m in str(d["name"]).lower() for m in CPU_VULKAN_DEVICES)]
+    if software:
+        return f"{', '.join(software)}: a CPU implementation; figures are not GPU figures"
+    if not gpu_info and int(row.get("n_gpu_layers") or 0) > 0 and str(row.get("backends", "CPU")) != "CPU":
+        return (f"no GPU device took the offloaded layers ({row['backends']} found none; its Vulkan backend skips CPU devices "
+                "such as lavapipe unless the vk_visible_devices setting names them): figures are CPU figures")
+    return None
 
 
 def _the_row(rows: list[dict[str, Any]], case: Case, completed: Completed) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix
 from harness.records import Case, Mark, Metric
 
 # suite setting -> llama-perplexity flag: the settings that change what the backend computes.
@@ -54,7 +54,7 @@ class Perplexity:
     name = "perplexity"
     host_only = False
     marks = None
-    settings = tuple(FLAGS)
+    settings = (*FLAGS, *ENV_SETTINGS)  # the Vulkan device too: the quality case must score the device the speed cases ran on
 
     def unsupported(self, case: Case) -> str | None:
         return None
@@ -65,10 +65,11 @@ class Perplexity:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-perplexity")
         n_ctx = str(case.n_prompt)
         # one sequence per batch (-b = context): the device holds one window's KV cache, not four
-        argv = [binary, "-m", model_path, "--kl-divergence-base", inputs["logits"], "--kl-divergence",
+        argv = [*env_prefix(case), binary, "-m", model_path, "--kl-divergence-base", inputs["logits"], "--kl-divergence",
                 "-c", n_ctx, "-b", n_ctx, "--chunks", str(case.quality_value("chunks"))]
         for key, value in case.settings:
-            argv += [FLAGS[key], _flag(value)]
+            if key in FLAGS:
+                argv += [FLAGS[key], _flag(value)]
         if override := case.quality_value("override_kv"):
             argv += ["--override-kv", str(override)]
         return argv

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.engines import ENV_SETTINGS
 from harness.engines.llamabench import LLAMABENCH_SETTINGS
 from harness.errors import ConfigError
 
@@ -74,8 +75,10 @@ SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ubatch": (_int_in(1), "a positive integer"),
     "load_mode": (_one_of(LOAD_MODES), "one of " + ", ".join(LOAD_MODES)),
     "delay": (_int_in(0), "whole seconds >= 0"),
+    "vk_visible_devices": (lambda v: re.fullmatch(r"\d+(,\d+)*", str(v)) is not None and not isinstance(v, bool),
+                           'Vulkan device indices like 0 or "0,1"'),
 }
-assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS), "every llama-bench setting needs a check"
+assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS), "every setting needs a check"
 
 # test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
 _COUNT = (_int_in(1), "a positive integer or a list of them")

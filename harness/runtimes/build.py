@@ -38,6 +38,7 @@ from harness.paths import cache_dir
 from harness.runtimes.native import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
 from harness.runtimes.source import Source, cached_pinned_source, directory_source, fetch_pinned_source, file_lock, stream
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
+from harness.runtimes.vulkan import toolchain
 
 MANIFEST_VERSION = 1
 
@@ -60,6 +61,9 @@ class Manifest:
     files: dict[str, str] = field(hash=False)  # path relative to the runtime folder -> sha256
     built_at: str
     build_seconds: float
+    # Backend tools that change the binaries beside the compiler: for Vulkan the header version and
+    # glslc's version (see `vulkan.toolchain`); empty for a CPU build and in manifests from before.
+    toolchain: dict[str, str] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class Manifest:
             "files": dict(self.files),
             "built_at": self.built_at,
             "build_seconds": self.build_seconds,
+            "toolchain": dict(self.toolchain),
         }
 
     @classmethod
@@ -93,6 +98,7 @@ class Manifest:
             files={str(k): str(v) for k, v in d["files"].items()},
             built_at=str(d["built_at"]),
             build_seconds=float(d["build_seconds"]),
+            toolchain={str(k): str(v) for k, v in d.get("toolchain", {}).items()},
         )
 
 
@@ -301,6 +307,7 @@ def _build(
         cmake_flags=flags,
         compiler=(llama / "compiler.txt").read_text().strip(),
         files={},
+        toolchain=_read_toolchain(llama),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.monotonic() - started, 3),
     )
@@ -312,8 +319,9 @@ def _build(
 def _llama_programs(
     target: Target, src: Source, flags: tuple[str, ...], jobs: int, report: _Reporter, force: bool
 ) -> Path:
-    """The folder holding the target's programs in `bin/`, `build.log` and `compiler.txt` for
-    these inputs: cached, or configured and built in `cache_dir()/builds/<key>/` (kept on failure)."""
+    """The folder holding the target's programs in `bin/`, `build.log`, `compiler.txt` and
+    `toolchain.json` for these inputs: cached, or configured and built in
+    `cache_dir()/builds/<key>/` (kept on failure)."""
     key = runtime_key(src.sha256, target.name, flags, programs=target.programs)
     done = cache_dir() / "llama-cpp" / key
     if not force and (done / "compiler.txt").is_file():
@@ -351,10 +359,17 @@ def _llama_programs(
             raise BuildError(f"the build finished without producing the shared libraries {', '.join(target.libraries)}; full log: {log_path}")
     shutil.copy2(log_path, staged / "build.log")
     (staged / "compiler.txt").write_text(compiler_description(tree) + "\n")
+    (staged / "toolchain.json").write_text(json.dumps(toolchain((tree / "CMakeCache.txt").read_text(errors="replace"))) + "\n")
     shutil.rmtree(done, ignore_errors=True)
     os.rename(staged, done)
     shutil.rmtree(work, ignore_errors=True)
     return done
+
+
+def _read_toolchain(llama: Path) -> dict[str, str]:
+    """The build's `toolchain.json`; empty for programs cached before it was written (CPU builds)."""
+    path = llama / "toolchain.json"
+    return {str(k): str(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
 
 
 def shared_objects(folder: Path) -> list[Path]:

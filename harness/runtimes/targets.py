@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.errors import BuildError, EdgebenchError
+from harness.runtimes import vulkan
 
 # Every target gets these. Only the runtime's programs are wanted, statically linked against
 # llama/ggml so each is one relocatable binary (the host targets link shared: see SHARED_FLAGS),
@@ -171,6 +172,13 @@ def _host_cuda_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     return flags + (f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(_detect_cuda_architectures())}",)
 
 
+def _host_vulkan_flags(user: Mapping[str, str]) -> tuple[str, ...]:
+    """The host CPU build plus llama.cpp's Vulkan backend: any Vulkan device here, including Mesa's
+    lavapipe (a CPU implementation), which is how the GPU code path runs on a machine with no GPU.
+    Headers too old for the pinned llama.cpp stop the build before it compiles (see `vulkan`)."""
+    return _host_flags(user) + ("-DGGML_VULKAN=ON",) + vulkan.include_flags(user)
+
+
 # The cross compilers Debian's g++-aarch64-linux-gnu installs.
 AARCH64_CC, AARCH64_CXX = "aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++"
 ARM_BASELINE = "armv8-a"
@@ -226,7 +234,8 @@ def ndk_home(user: Mapping[str, str] | None = None, env: Mapping[str, str] | Non
 
 def _android_ndk_flags(user: Mapping[str, str]) -> tuple[str, ...]:
     """The NDK's own toolchain file (clang, bionic): what apps ship, and the only build that can
-    load the vendor's OpenCL/Vulkan drivers (`-DGGML_OPENCL=ON` / `-DGGML_VULKAN=ON` as flags)."""
+    load the vendor's OpenCL/Vulkan drivers (`-DGGML_OPENCL=ON` / `-DGGML_VULKAN=ON` as flags;
+    Vulkan also takes glslc and headers from the host, see `vulkan.cross_flags`)."""
     ndk = ndk_home(user)
     if ndk is None:
         raise BuildError("android-ndk needs an Android NDK: pass --ndk PATH or set ANDROID_NDK_HOME")
@@ -236,7 +245,13 @@ def _android_ndk_flags(user: Mapping[str, str]) -> tuple[str, ...]:
         "-DANDROID_ABI=arm64-v8a",
         f"-DANDROID_PLATFORM={user.get('ANDROID_PLATFORM', ANDROID_PLATFORM)}",
         *_aarch64_common(user),
+        *(vulkan.cross_flags(user) if _on(user.get("GGML_VULKAN", "")) else ()),
     )
+
+
+def _on(value: str) -> bool:
+    """CMake's truth for a definition's value (ON, 1, TRUE, YES, Y)."""
+    return value.upper() in ("ON", "1", "TRUE", "YES", "Y")
 
 
 def _arm_device_flags(features: Sequence[str]) -> tuple[str, ...]:
@@ -249,6 +264,8 @@ _REGISTRY: dict[str, Target] = {
         Target("host", "native CPU build for this machine (Metal on macOS)", _host_flags, programs=HOST_PROGRAMS,
                libraries=HOST_LIBRARIES),
         Target("host-cuda", "native CPU + CUDA for this machine's NVIDIA GPUs", _host_cuda_flags, programs=HOST_PROGRAMS,
+               libraries=HOST_LIBRARIES),
+        Target("host-vulkan", "native CPU + Vulkan (any Vulkan device; lavapipe runs it on the CPU)", _host_vulkan_flags,
                libraries=HOST_LIBRARIES),
         Target("linux-aarch64", "static aarch64 cross build (Android from /data/local/tmp, Linux boards)",
                _linux_aarch64_flags, _arm_device_flags),
