@@ -194,7 +194,7 @@ def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path
                           env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr + done.stdout
     store = Store(results)
-    run_id = store.run("latest")["id"]
+    run_id = store.run("latest").id
     (case,), (execution,) = store.cases(run_id), store.executions(run_id)
     assert dict(case.settings) == {"threads": 4} and execution.status == "ok"
     argv = execution.raw["argv"]
