@@ -144,7 +144,7 @@ def _show_plan(prepared: Prepared, estimate: float | None, fmt: str) -> None:
     rows = []
     for i, case in enumerate(prepared.plan.cases, 1):
         how = prepared.plan.cores.get(case.key)
-        threads = f"{how['n_threads']} on cores {','.join(map(str, how['cpus']))} ({how['why']})" if how else str(case.setting("threads", "runtime default"))
+        threads = f"{how.n_threads} on cores {','.join(map(str, how.cpus))} ({how.why})" if how else str(case.setting("threads", "runtime default"))
         rows.append((str(i), case.engine, case.label, str(case.context), str(case.inprocess_reps), threads))
     title = f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}"
     grid = views.Grid(title, ("#", "engine", "case", "context", "in-process reps", "threads"), tuple(rows),

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from harness.errors import StoreError, StoreGone
 from harness.paths import private_file, write_atomic
-from harness.records import Case, Metric, Stop, now_iso
+from harness.records import Case, CoreChoice, Metric, Stop, now_iso
 from harness.store import artifacts, schema
 from harness.store.location import masked, store_url
 from harness.store.migrations import migrate
@@ -257,7 +257,7 @@ class Store:
         version: str,
         device_identity: str | None = None,
         run_id: str | None = None,
-        cores: Mapping[str, dict[str, Any]] | None = None,
+        cores: Mapping[str, CoreChoice] | None = None,
     ) -> str:
         """Record a new run and its cases (with how each one's threads were chosen, `cores`);
         `run_id` (from `new_run_id`) when the caller chose it beforehand, as a lab job does so
@@ -275,7 +275,7 @@ class Store:
             ))
             conn.execute(cases_t.insert(), [
                 {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json()),
-                 "cores_json": json.dumps(cores[c.key]) if cores and c.key in cores else None}
+                 "cores_json": json.dumps(cores[c.key].to_json()) if cores and c.key in cores else None}
                 for i, c in enumerate(cases)
             ])
         self.artifacts_dir(run_id)
@@ -391,11 +391,11 @@ class Store:
         rows = self._read(select(cases_t.c.case_json).where(cases_t.c.run_id == run_id).order_by(cases_t.c.position))
         return [Case.from_json(json.loads(r["case_json"])) for r in rows]
 
-    def case_cores(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def case_cores(self, run_id: str) -> dict[str, CoreChoice]:
         """Per case key: how its threads were chosen for the device (cases without a choice are absent)."""
         c = cases_t.c
         rows = self._read(select(c.case_key, c.cores_json).where(c.run_id == run_id, c.cores_json.is_not(None)))
-        return {r["case_key"]: json.loads(r["cores_json"]) for r in rows}
+        return {r["case_key"]: CoreChoice.from_json(json.loads(r["cores_json"])) for r in rows}
 
     def stops(self, run_id: str) -> dict[str, Stop]:
         """Per case key: why a precision target stopped its rounds (absent: no target)."""
