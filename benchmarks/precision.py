@@ -35,7 +35,7 @@ def per_case(results: Path, rounds: int | None = None) -> tuple[dict[str, tuple[
     """Per case label: its primary figure per successful process and its processes' wall
     seconds (the first `rounds` rounds only, when given); and the run id."""
     store = Store(results)
-    run_id = store.run("latest")["id"]
+    run_id = store.run("latest").id
     cases = {case.key: case for case in store.cases(run_id)}
     keep = {(e.case_key, e.rep): e for e in store.executions(run_id) if rounds is None or e.rep < rounds}
     figures: dict[str, tuple[list[float], float]] = {case.label: ([], 0.0) for case in cases.values()}

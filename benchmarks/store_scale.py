@@ -39,7 +39,7 @@ def add_runs(store: Store, count: int, start: int) -> None:
             device=device, device_identity=f"machine-id:{device}", suite_name="nightly", suite_text="", repetitions=2,
             timeout_s=60, cases=CASES, model_sha256="0" * 64, model_info=MODEL, runtime_key=RUNTIME["key"], runtime_manifest=RUNTIME,
             facts={"name": device, "cpu_model": "cpu", "cores": 8, "ram_mb": 16000, "os_release": "Debian", "arch": "x86_64",
-                   "power_source": None, "gpus": []}, command=[], version="bench",
+                   "power_source": None, "gpus": []}, command={}, version="bench",
         )
         for rep in range(2):
             for case in CASES:
@@ -56,7 +56,7 @@ def add_runs(store: Store, count: int, start: int) -> None:
 def latest_per_device(store: Store) -> list[str]:
     latest: dict[str, str] = {}
     for row in store.runs():
-        latest.setdefault(row["device"], row["id"])
+        latest.setdefault(row.device, row.id)
     return sorted(latest.values())
 
 

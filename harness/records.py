@@ -1,5 +1,5 @@
-"""The records every layer passes around: a case, a metric, a precision verdict, a measured
-window, the device's facts, and the clock they are stamped with.
+"""The records every layer passes around: a case, a metric, a precision verdict, a core choice,
+a measured window, the device's facts, and the clock they are stamped with.
 
 A leaf: it imports nothing of edgebench, so the planner, the engines, telemetry, the store and
 analysis can all share these types without importing each other (tests/test_layout.py).
@@ -89,6 +89,26 @@ class Stop:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> "Stop":
         return cls(**data)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CoreChoice:
+    """What a case's `threads` setting ("big" or "all") became on one device (harness.plan.cores
+    decides): stored with the case, shown by the plan, and the thread counts the bandwidth figure
+    is measured at (harness.telemetry.bandwidth), so it lives here, below all three."""
+
+    threads: str  # what the suite asked: "big" | "all"
+    n_threads: int
+    cpus: tuple[int, ...]
+    cpu_mask: str | None  # the mask the case runs with, llama-bench -C form ("0xf0"); None: the engine takes none
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threads": self.threads, "n_threads": self.n_threads, "cpus": list(self.cpus), "cpu_mask": self.cpu_mask, "why": self.why}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CoreChoice":
+        return cls(data["threads"], int(data["n_threads"]), tuple(data["cpus"]), data["cpu_mask"], data["why"])
 
 
 # The figure a case is run for: what a precision target is about, and what the progress shows.

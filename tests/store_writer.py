@@ -24,7 +24,7 @@ def main(root: str, url: str, count: int, resume: str | None) -> None:
     reps = count // len(CASES)
     run_id = resume or store.create_run(
         device="writer", suite_name="writers", suite_text="", repetitions=reps, timeout_s=30, cases=CASES,
-        model_sha256="0" * 64, model_info={}, runtime_key=None, runtime_manifest=None, facts={}, command=[], version="test",
+        model_sha256="0" * 64, model_info={}, runtime_key=None, runtime_manifest=None, facts={}, command={}, version="test",
     )
     print(f"run {run_id}", flush=True)
     done = {(e.case_key, e.rep) for e in store.executions(run_id) if e.status == "ok"}

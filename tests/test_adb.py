@@ -283,6 +283,6 @@ def test_quality_on_the_emulated_phone_passes_the_gate(adb_server, phone, tmp_pa
     assert quality["kld_mean"] < 0.02 and quality["top1_agreement"] >= 95
     assert not any(r["output_differs"] for r in payload["summary"])
     run_dir = tmp_path / "results" / "runs" / payload["run"]["id"]
-    quality_case = next(c for c in json.loads(payload["run"]["facts_json"])["quality"]["references"])
+    quality_case = next(c for c in payload["run"]["facts"]["quality"]["references"])
     argv = json.loads((run_dir / quality_case / "rep0.argv.json").read_text())
     assert f"{WORK}/references/" in " ".join(argv) and any(a.endswith("bin/llama-perplexity") for a in argv)

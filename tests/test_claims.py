@@ -117,7 +117,7 @@ def store_with_default_run(tmp_path, default_model):
     cases = [Case("llamabench", "decode", 0, 32, 0), Case("llamabench", "decode", 0, 32, 2048)]
     run_id = store.create_run(device="local", suite_name="t", suite_text="", repetitions=1, timeout_s=60, cases=cases,
                               model_sha256=model.sha256, model_info=model.to_json(), runtime_key=None, runtime_manifest=None,
-                              facts={"name": "local", "cpu_model": "AMD EPYC", "cores": 2, "extra": {}}, command=[], version="t")
+                              facts={"name": "local", "cpu_model": "AMD EPYC", "cores": 2, "extra": {}}, command={}, version="t")
     for case, tps in zip(cases, (80.0, 33.0)):
         store.record_execution(run_id, case, 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None,
                                raw={"records": []}, metrics=[Metric("decode_tps", tps, "tok/s")])

@@ -258,7 +258,7 @@ def test_a_hog_beside_a_real_llama_bench_run_is_shown_contended_and_not_compared
     assert "contended" not in a.stdout
     assert "* prefill p64: contended: others used up to" in b.stdout and "contended: prefill p64 round 1: others used" in b.stdout
     store = Store(results)
-    run_b, run_a = (r["id"] for r in store.runs())
+    run_b, run_a = (r.id for r in store.runs())
     values = {(m["run_id"], m["rep"], m["metric"]): m["value"] for m in store.measurements([run_a, run_b])}
     for rep in (0, 1):
         assert values[(run_a, rep, "contended")] == 0.0 and values[(run_a, rep, "foreign_cpu_pct")] is not None

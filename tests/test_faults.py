@@ -144,7 +144,7 @@ def _assert_complete_and_once(store: Store, run_id: str) -> None:
     executions = store.executions(run_id)
     assert sorted((e.case_key, e.rep) for e in executions) == sorted((c.key, r) for c in store.cases(run_id) for r in range(3))
     assert {e.status for e in executions} == {"ok"}
-    assert store.run(run_id)["status"] == "finished"
+    assert store.run(run_id).status == "finished"
     stored = store.artifacts(run_id)
     rep_files = {name for name in stored if "/" in name}
     assert rep_files == {f"{e.case_key}/rep{e.rep}.{kind}" for e in executions for kind in ("stdout", "stderr", "argv.json", "telemetry.csv")}
@@ -244,7 +244,7 @@ def test_a_run_whose_lease_cannot_be_renewed_stops_mid_benchmark_and_resume_comp
     assert "the lease of device machine-id:" in message and "could not be renewed for 6 s" in message
     assert "results store postgresql+psycopg://edgebench:***@" in message and PASSWORD not in cut.stderr
     store = Store(results, pg_url)
-    run_id = store.run("latest")["id"]
+    run_id = store.run("latest").id
     assert len(store.executions(run_id)) == 2
 
     resumed = edgebench(runtime, "run", "--resume", run_id, "--store", pg_url, "--results", str(results), cwd=tmp_path)

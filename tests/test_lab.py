@@ -122,7 +122,7 @@ def _assert_each_job_once(store: Store, lab_id: str, reps: int = 1) -> list:
     assert [j.status for j in jobs] == ["done"] * len(jobs), [(j.id, j.status, j.error) for j in jobs]
     for job in jobs:
         run = store.run(job.run_id)
-        assert run["status"] == "finished" and run["device_identity"] == job.identity
+        assert run.status == "finished" and run.device_identity == job.identity
         executions = store.executions(job.run_id)
         assert sorted((e.case_key, e.rep) for e in executions) == sorted({(e.case_key, r) for e in executions for r in range(reps)})
         assert all(e.status == "ok" for e in executions)
@@ -222,7 +222,7 @@ def test_two_models_on_four_devices_over_two_workers_land_in_one_postgresql(tmp_
         jobs = _assert_each_job_once(store, lab_id)
         assert len(jobs) == 8 and len(store.runs()) == 8
         assert {(j.device, j.options.model) for j in jobs} == {(d, m) for d in ("mx-a", "mx-b", "mx-c", "mx-d") for m in ("default", str(second_model))}
-        assert len({store.run(j.run_id)["model_sha256"] for j in jobs}) == 2
+        assert len({store.run(j.run_id).model_sha256 for j in jobs}) == 2
         assert len({j.identity for j in jobs}) == 4 and len({j.pid for j in jobs}) == 4  # one device worker process per device
     status = _lab(tmp_path, "status", lab_id, env=env)
     assert status.stdout.count("done") >= 8 and "8 done" in status.stdout
@@ -238,7 +238,7 @@ def test_a_worker_killed_mid_benchmark_resumes_its_job_on_restart(tmp_path, redi
     lab_id = submitted.stdout.strip()
     with _store(tmp_path) as store:
         (job,) = jobs_of(store, lab_id)
-        first = _until(lambda: [e for e in store.executions(job.run_id) if e.status == "ok"] if job.run_id in {r["id"] for r in store.runs()} else [],
+        first = _until(lambda: [e for e in store.executions(job.run_id) if e.status == "ok"] if job.run_id in {r.id for r in store.runs()} else [],
                        300, "a finished process")
         worker.kill9()
         kept = {(e.case_key, e.rep): (e.id, e.wall_s) for e in store.executions(job.run_id)}
@@ -283,7 +283,7 @@ def test_lab_cancel_kills_the_running_benchmark(tmp_path, redis_server, workers,
         assert "1 running job(s) being stopped" in cancelled.stderr, cancelled.stderr
         (job,) = _until(lambda: [j for j in jobs_of(store, lab_id) if j.final], 120, "the cancellation")
         assert job.status == "cancelled" and "killed" in job.error
-        assert store.run(job.run_id)["status"] == "interrupted" and len(store.executions(job.run_id)) < 30
+        assert store.run(job.run_id).status == "interrupted" and len(store.executions(job.run_id)) < 30
         waited = _lab(tmp_path, "wait", second, "--timeout", "300", env=env)  # the device's next job runs
         assert waited.returncode == 0, waited.stdout + waited.stderr
 
@@ -320,7 +320,7 @@ def test_the_embedded_broker_runs_the_matrix_and_a_manual_run_meets_the_lease(tm
             manual_run = json.loads(waited.stdout)["run"]
             lab_runs = [store.run(j.run_id) for j in jobs if j.device == "em-a"]
             # The manual run started after the lab job it waited for had finished: never beside it.
-            assert manual_run["created_at"] >= min(r["finished_at"] for r in lab_runs)
+            assert manual_run["created_at"] >= min(r.finished_at for r in lab_runs)
         assert (tmp_path / "results" / "lab" / lab_id / "report.html").exists() and "8 done" in out
     finally:
         if lab.poll() is None:

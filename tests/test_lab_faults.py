@@ -343,7 +343,7 @@ def test_postgresql_stopped_mid_benchmark_the_job_resumes_its_run(tmp_path, redi
     lab_id = submitted.stdout.strip()
     with _store(tmp_path, pg_url) as store:
         (job,) = jobs_of(store, lab_id)
-        _until(lambda: job.run_id in {r["id"] for r in store.runs()} and any(e.status == "ok" for e in store.executions(job.run_id)),
+        _until(lambda: job.run_id in {r.id for r in store.runs()} and any(e.status == "ok" for e in store.executions(job.run_id)),
                300, "a finished process")
         kept = {(e.case_key, e.rep): e.id for e in store.executions(job.run_id) if e.status == "ok"}
     pg_cluster.stop("immediate")

@@ -145,7 +145,7 @@ def test_latency_cases_on_two_core_clusters_get_a_thread_count_llama_cpp_python_
         assert PyLlama().unsupported(case) is None
         args, unknown = _parser().parse_known_args(PyLlama().argv(case, runtime_dir="/opt/runtime", model_path=__file__)[3:])
         assert unknown == [] and args.threads == 4
-        assert plan.cores[case.key]["cpus"] == [4, 5, 6, 7] and "takes a thread count, not a mask" in plan.cores[case.key]["why"]
+        assert plan.cores[case.key].cpus == (4, 5, 6, 7) and "takes a thread count, not a mask" in plan.cores[case.key].why
     for case in (c for c in plan.cases if c.engine == "llamabench"):
         assert dict(case.settings) == {"threads": 4, "cpu_mask": "0xf0"}
         argv = LlamaBench().argv(case, runtime_dir="/rt", model_path="/m.gguf")
@@ -194,13 +194,13 @@ def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path
                           env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr + done.stdout
     store = Store(results)
-    run_id = store.run("latest")["id"]
+    run_id = store.run("latest").id
     (case,), (execution,) = store.cases(run_id), store.executions(run_id)
     assert dict(case.settings) == {"threads": 4} and execution.status == "ok"
     argv = execution.raw["argv"]
     assert argv[argv.index("--threads") + 1] == "4" and "--cpu-mask" not in argv
     assert execution.raw["records"][0]["settings"]["n_threads"] == 4  # what llama-cpp-python ran with
-    assert store.case_cores(run_id)[case.key]["cpus"] == [4, 5, 6, 7]
+    assert store.case_cores(run_id)[case.key].cpus == (4, 5, 6, 7)
 
 
 def test_a_quality_case_scoring_too_few_tokens_for_statistics_is_an_error():

@@ -332,7 +332,7 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
         "llama-bench: benchmark 1/1: prompt run 1/2", "llama-bench: benchmark 1/1: prompt run 2/2"]
     assert "proc/RssFile" in (case_dir / "rep0.telemetry.csv").read_text()
     store = Store(results)
-    (execution,) = store.executions(store.runs()[0]["id"])
+    (execution,) = store.executions(store.runs()[0].id)
     assert execution.raw["telemetry"]["sampler"] == "edgebench-probe"
     assert len(execution.raw["windows"]) == 2 and execution.effective["backends"] == "CPU"  # from the engine
     assert "load_avg" in execution.raw["state"]

@@ -137,7 +137,7 @@ def test_the_default_model_against_itself_on_the_host_is_the_same_output(tmp_pat
     assert abs(quality["kld_mean"]) < 1e-4 and quality["top1_agreement"] == 100.0 and quality["ppl"] > 1
     assert not any(r["output_differs"] for r in payload["summary"])
     run_id = payload["run"]["id"]
-    facts = json.loads(payload["run"]["facts_json"])["quality"]
+    facts = payload["run"]["facts"]["quality"]
     assert facts["corpus"]["name"] == "pydoc" and len(facts["corpus"]["sha256"]) == 64
     (reference,) = facts["references"].values()
     assert reference["n_ctx"] == 256 and reference["n_chunk"] == 1 and reference["is_model_under_test"]
@@ -200,7 +200,7 @@ def test_a_quantize_sweep_orders_kld_and_draws_the_frontier(tmp_path):
     assert any(r["pareto"] for r in rows.values()) and all(r["decode_tps"] > 0 for r in rows.values())
     runs = payload["runs"]
     assert len({r["run"]["id"] for r in runs}) == 4
-    variant = next(r for r in runs if json.loads(r["run"]["command_json"])["variant"] == "Q2_K")
+    variant = next(r for r in runs if r["run"]["command"]["variant"] == "Q2_K")
     assert variant["quality"][0]["against_model"] is False and variant["quality"][0]["differs"] is None
     report = (tmp_path / "results" / "runs" / runs[-1]["run"]["id"] / "report.html").read_text(encoding="utf-8")
     assert "Speed against quality" in report and "Frontier" in report and "★" in report

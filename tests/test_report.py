@@ -37,7 +37,7 @@ def _run(store: Store, speed: float, seed: int) -> str:
         device=HOSTILE, suite_name="quick", suite_text="", repetitions=6, timeout_s=60, cases=CASES,
         model_sha256="ab" * 32, model_info=MODEL.to_json(),
         runtime_key=None, runtime_manifest=None, facts={"name": HOSTILE, "cpu_model": HOSTILE, "gpus": []},
-        command=[], version="test",
+        command={}, version="test",
     )
     for rep in range(6):
         for case in CASES:

@@ -102,8 +102,8 @@ def test_host_run_gives_an_efficiency_figure(tmp_path, host_runtime, default_mod
     assert "memory bandwidth:" in run.stderr and "decode roofline" in run.stdout
     shown = json.loads(subprocess.run([sys.executable, "-m", "harness", "results", "show", "--json", "--results", str(results)],
                                       capture_output=True, text=True, timeout=300, env=env).stdout)
-    bandwidth = shown["run"]["facts_json"]
-    assert "bandwidth" in json.loads(bandwidth) and json.loads(bandwidth)["bandwidth"]["cached"] is False
+    facts = shown["run"]["facts"]
+    assert "bandwidth" in facts and facts["bandwidth"]["cached"] is False
     rows = {r["case"]: r for r in shown["roofline"]}
     for label in ("decode n8", "decode n8 @d256"):
         row = rows[label]
@@ -134,7 +134,7 @@ def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path
     run_id = store.create_run(
         device="orin", suite_name="t", suite_text="", repetitions=2, timeout_s=60, cases=[case], model_sha256="cd" * 32,
         model_info={**model.to_json(), "traffic": traffic.to_json()}, runtime_key=None, runtime_manifest=None,
-        facts={"name": "orin", "gpus": []}, command=[], version="test")
+        facts={"name": "orin", "gpus": []}, command={}, version="test")
     effective = {"backends": "CUDA", "gpu_info": "Orin", "n_gpu_layers": 99, "type_k": "q8_0", "n_threads": 6}
     for rep, tps in enumerate((40.0, 44.0)):
         store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t", error=None, build=None,

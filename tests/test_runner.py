@@ -65,12 +65,12 @@ def _new_run(store: Store, repetitions: int = 2, cases: list[Case] = CASES) -> s
     return store.create_run(
         device="local", suite_name="t", suite_text="", repetitions=repetitions, timeout_s=30, cases=cases,
         model_sha256="0" * 64, model_info={"filename": "m.gguf"}, runtime_key=None, runtime_manifest=None,
-        facts={"name": "local"}, command=[], version="test",
+        facts={"name": "local"}, command={}, version="test",
     )
 
 
 def _run(store: Store, run_id: str, runtime: Path, timeout: float = 30, **kw):
-    steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
+    steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id).repetitions)
     return execute(store, run_id, LocalDriver(), steps, RunTargets(str(runtime), "/m.gguf"), timeout_s=timeout, **kw)
 
 
@@ -82,7 +82,7 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime, 
     order = [(e.case_key, e.rep) for e in store.executions(run_id)]
     a, b = (c.key for c in CASES)
     assert order == [(a, 0), (b, 0), (a, 1), (b, 1)]
-    assert store.run(run_id)["status"] == "finished"
+    assert store.run(run_id).status == "finished"
     artifacts = store.artifacts_dir(run_id) / a
     assert json.loads((artifacts / "rep0.stdout").read_text())["n_prompt"] == 16
     assert (artifacts / "rep0.telemetry.csv").exists()
@@ -106,7 +106,7 @@ def test_a_failing_process_is_recorded_and_the_run_goes_on(tmp_path, runtime, mo
     assert [r.status for r in results] == ["ok", status, "ok", "ok"]
     failed = [e for e in store.executions(run_id) if e.status != "ok"]
     assert len(failed) == 1 and text in failed[0].error
-    assert store.run(run_id)["status"] == "failed"
+    assert store.run(run_id).status == "failed"
     peak = [m for m in store.measurements([run_id]) if m["metric"] == "peak_rss_mb" and m["status"] == status]
     assert peak and peak[0]["value"] is not None  # the failed process's rusage is kept
 
@@ -121,8 +121,8 @@ def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtim
 
     with pytest.raises(DeviceUnreachable):
         _run(store, run_id, runtime, on_start=vanish)
-    assert store.run(run_id)["status"] == "interrupted"
-    assert "--resume" in store.run(run_id)["note"]
+    assert store.run(run_id).status == "interrupted"
+    assert "--resume" in store.run(run_id).note
     assert len(store.executions(run_id)) == 2
     store.close()
 
@@ -130,7 +130,7 @@ def test_resume_after_a_crash_between_cases_keeps_finished_ones(tmp_path, runtim
     remaining = pending_steps(reopened, run_id, reopened.cases(run_id), 2)
     assert [(s.case.key, s.rep) for s in remaining] == [(CASES[0].key, 1), (CASES[1].key, 1)]
     _run(reopened, run_id, runtime)
-    assert reopened.run(run_id)["status"] == "finished"
+    assert reopened.run(run_id).status == "finished"
     assert sorted((e.case_key, e.rep) for e in reopened.executions(run_id)) == sorted(
         (c.key, r) for c in CASES for r in range(2)
     )
@@ -150,8 +150,8 @@ def test_resume_retries_only_failed_processes(tmp_path, runtime, store_url):
 def test_store_refuses_a_newer_schema_and_finds_runs_by_prefix(tmp_path):
     store = Store(tmp_path)
     run_id = _new_run(store)
-    assert store.run(run_id[:10])["id"] == run_id
-    assert store.run("latest")["id"] == run_id
+    assert store.run(run_id[:10]).id == run_id
+    assert store.run("latest").id == run_id
     with pytest.raises(StoreError, match="not in the store"):
         store.run("nope")
     with store.engine.begin() as conn:
@@ -188,7 +188,7 @@ def test_sustained_mode_keeps_running_rounds_until_time_is_up(tmp_path, runtime)
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     results = _run(store, run_id, runtime, policy=RunPolicy(mode="sustained", sustained_minutes=0.05))
-    rounds = store.run(run_id)["repetitions"]
+    rounds = store.run(run_id).repetitions
     assert rounds >= 2 and len(results) == 2 * rounds
     assert sorted({e.rep for e in store.executions(run_id)}) == list(range(rounds))
 
@@ -247,7 +247,7 @@ def test_precision_adds_interleaved_rounds_only_for_cases_not_within_target(tmp_
     assert (stops[a].reason, stops[a].n) == ("within-target", 2) and stops[a].half_width < 0.15
     assert (stops[b].reason, stops[b].processes) == ("max-repetitions", 6) and stops[b].half_width > 0.15
     assert (stops[c].reason, stops[c].n) == ("within-target", 5) and stops[c].metric == "decode_tps"
-    assert store.run(run_id)["status"] == "finished" and store.run(run_id)["repetitions"] == 2
+    assert store.run(run_id).status == "finished" and store.run(run_id).repetitions == 2
 
 
 def test_precision_target_survives_an_interruption_and_resume(tmp_path, runtime):
@@ -264,13 +264,13 @@ def test_precision_target_survives_an_interruption_and_resume(tmp_path, runtime)
 
     with pytest.raises(DeviceUnreachable):
         _run(store, run_id, runtime, on_start=vanish, policy=policy)
-    assert store.run(run_id)["status"] == "interrupted"
+    assert store.run(run_id).status == "interrupted"
     assert pending_steps(store, run_id, store.cases(run_id), 2) == []  # the fixed rounds are done
     _run(store, run_id, runtime, policy=policy)  # as --resume does: no fixed steps left, precision goes on
     reps = sorted((e.case_key, e.rep) for e in store.executions(run_id))
     assert reps == sorted((case.key, r) for case in CASES for r in range(4))  # nothing redone, nothing beyond the limit
     assert {s.reason for s in store.stops(run_id).values()} == {"max-repetitions"}
-    assert store.run(run_id)["status"] == "finished"
+    assert store.run(run_id).status == "finished"
 
 
 def test_a_case_whose_last_process_failed_gets_no_more_rounds(tmp_path, runtime):

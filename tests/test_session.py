@@ -48,7 +48,7 @@ def test_resume_refuses_a_model_file_that_changed(tmp_path, default_model):
     assert first.returncode == 0, first.stderr
     store = Store(results)
     row = store.run("latest")
-    executions = [e.id for e in store.executions(row["id"])]
+    executions = [e.id for e in store.executions(row.id)]
     with model.open("r+b") as fh:  # one byte of the last tensor's data: still a GGUF llama.cpp loads, another model
         fh.seek(-1, 2)
         last = fh.read(1)
@@ -58,9 +58,9 @@ def test_resume_refuses_a_model_file_that_changed(tmp_path, default_model):
     again = edgebench("run", "--resume", "latest", "--results", str(results), cwd=tmp_path)
     message = " ".join(again.stderr.split())
     assert again.returncode == 2, again.stderr
-    assert f"run {row['id']} used model sha256 {row['model_sha256'][:12]}" in message and f"{model} is now" in message
+    assert f"run {row.id} used model sha256 {row.model_sha256[:12]}" in message and f"{model} is now" in message
     assert "start a new run" in message
-    assert [e.id for e in Store(results).executions(row["id"])] == executions  # nothing ran
+    assert [e.id for e in Store(results).executions(row.id)] == executions  # nothing ran
 
 
 @pytest.mark.slow
@@ -69,10 +69,10 @@ def test_resume_refuses_a_runtime_other_than_the_runs(tmp_path, host_runtime, de
     store = Store(tmp_path / "results")
     run_id, _ = start(store, prepare(RunOptions(suite=str(tmp_path / "prefill.toml"))), Callbacks())
     manifest = json.loads((store.artifacts_dir(run_id) / "runtime.json").read_text())
-    assert store.run(run_id)["runtime_key"] == manifest["key"] == host_runtime.manifest.key
+    assert store.run(run_id).runtime_key == manifest["key"] == host_runtime.manifest.key
     other = "f" * 64  # as if the run had been made with another llama.cpp build (an upgrade, other flags)
     with store.transaction() as conn:
         conn.execute(update(runs).where(runs.c.id == run_id).values(runtime_key=other, status="interrupted"))
     with pytest.raises(EdgebenchError, match=rf"run {run_id} used runtime ffffffffffff, but this build is {host_runtime.manifest.key[:12]}"):
         resume(store, run_id, Callbacks())
-    assert store.run(run_id)["status"] == "interrupted"  # refused before anything ran
+    assert store.run(run_id).status == "interrupted"  # refused before anything ran

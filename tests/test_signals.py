@@ -95,16 +95,16 @@ def test_sigterm_kills_the_benchmark_marks_the_run_interrupted_and_resume_finish
     assert _alive(list(tree)) == []  # llama-bench, the probe and the reaper went with it
     store = Store(results)
     row = store.run("latest")
-    assert row["status"] == "interrupted" and f"--resume {row['id']}" in row["note"] and "SIGTERM" in row["note"]
-    before = {(e.case_key, e.rep): e.id for e in store.executions(row["id"]) if e.status == "ok"}
+    assert row.status == "interrupted" and f"--resume {row.id}" in row.note and "SIGTERM" in row.note
+    before = {(e.case_key, e.rep): e.id for e in store.executions(row.id) if e.status == "ok"}
     assert len(before) == 1  # the first prefill finished; the decode was cut
 
     resumed = edgebench("run", "--resume", "latest", "--results", str(results), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     store = Store(results)
-    after = {(e.case_key, e.rep): e.id for e in store.executions(row["id"]) if e.status == "ok"}
+    after = {(e.case_key, e.rep): e.id for e in store.executions(row.id) if e.status == "ok"}
     assert len(after) == 4 and all(after[k] == v for k, v in before.items())  # finished processes are not redone
-    assert store.run(row["id"])["status"] == "finished"
+    assert store.run(row.id).status == "finished"
 
 
 def test_a_second_signal_does_not_cut_the_cleanup_short():

@@ -97,8 +97,8 @@ def test_clusters_fastest_first_and_threads_choices(tmp_path: Path) -> None:
     assert [c.cpus for c in clusters] == [(4, 5, 6, 7), (0, 1, 2, 3)]
     assert clusters[0].capacity == 1024 and clusters[1].max_mhz == 1804.8
     big = cores.choose(clusters, "big")
-    assert big.threads == 4 and big.mask == "0xf0" and "fastest" in big.why
-    assert cores.choose(clusters, "all").mask == "0xff"
+    assert big.n_threads == 4 and big.cpu_mask == "0xf0" and "fastest" in big.why
+    assert cores.choose(clusters, "all").cpu_mask == "0xff"
     assert probe_cpu(clusters, busy=big.cpus) == 3  # the slowest free core
     assert probe_cpu(clusters, busy=range(8)) is None
 
@@ -118,7 +118,7 @@ def test_threads_big_resolves_per_device_and_is_recorded() -> None:
     case = Case("llamabench", "decode", 0, 32, 0, settings=(("threads", "big"),))
     run, chosen = cores.resolve_threads(case, phone)
     assert dict(run.settings) == {"threads": 4, "cpu_mask": "0xf0"}
-    assert chosen is not None and chosen["cpus"] == [4, 5, 6, 7] and chosen["threads"] == "big"
+    assert chosen is not None and chosen.cpus == (4, 5, 6, 7) and chosen.threads == "big"
     unset, chosen = cores.resolve_threads(Case("llamabench", "decode", 0, 32, 0), phone)
     assert dict(unset.settings)["threads"] == 4  # the default is the performance cores
     pc = [Cluster((0, 1), None, None)]

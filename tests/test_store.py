@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import fields
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from harness.errors import EdgebenchError, StoreError
 from harness.plan.planner import Plan
 from harness.records import Case, Metric
 from harness.run.session import estimate_seconds
-from harness.store.db import Store
+from harness.store.db import RunRecord, Store
 from harness.store.location import store_url as resolve_url
-from harness.store.schema import SCHEMA_VERSION, schema_version
+from harness.store.schema import SCHEMA_VERSION, runs, schema_version
 
 from .conftest import DATA, REPO
 from .pg_fixture import PASSWORD
@@ -36,7 +37,7 @@ def new_run(store: Store, device: str = "local", facts: dict | None = None) -> s
     return store.create_run(
         device=device, suite_name="t", suite_text="", repetitions=2, timeout_s=30, cases=CASES,
         model_sha256="0" * 64, model_info={"filename": "m.gguf"}, runtime_key="rt", runtime_manifest={"target": "host"},
-        facts=facts or {"name": device}, command=["edgebench"], version="test",
+        facts=facts or {"name": device}, command={}, version="test",
     )
 
 
@@ -55,15 +56,15 @@ def store(tmp_path: Path, store_url: str | None):
 
 
 def test_a_run_round_trips(store):
-    run_id = new_run(store)
+    run_id = new_run(store, facts={"name": "local", "bandwidth": {"gbs": 12.5}})
     for rep in range(2):
         for case in CASES:
             record(store, run_id, case, rep, 100.0 + rep)
-    store.set_facts(run_id, {"name": "local", "bandwidth_gbs": 12.5})
     store.finish_run(run_id, "finished", "all good")
     row = store.run(run_id)
-    assert (row["status"], row["note"], row["device"]) == ("finished", "all good", "local")
-    assert store.run(run_id[:10])["id"] == run_id and store.run("latest")["id"] == run_id
+    assert (row.status, row.note, row.device) == ("finished", "all good", "local")
+    assert row.facts == {"name": "local", "bandwidth": {"gbs": 12.5}} and row.command == {} and row.device_key == "name:local"
+    assert store.run(run_id[:10]).id == run_id and store.run("latest").id == run_id
     assert [c.key for c in store.cases(run_id)] == [c.key for c in CASES]
     assert [(e.case_key, e.rep, e.raw) for e in store.executions(run_id)] == [
         (c.key, rep, {"rep": rep}) for rep in range(2) for c in CASES
@@ -75,7 +76,13 @@ def test_a_run_round_trips(store):
     assert store.model_info("0" * 64) == {"filename": "m.gguf"} and store.runtime_manifest("rt") == {"target": "host"}
     assert store.wall_times("local") == {CASES[0].key: 1.5, CASES[1].key: 1.5}
     store.mark_running(run_id)
-    assert store.run(run_id)["status"] == "running" and store.run(run_id)["finished_at"] is None
+    assert store.run(run_id).status == "running" and store.run(run_id).finished_at is None
+
+
+def test_a_run_record_has_a_field_per_column():
+    """A column added to `runs` needs its field: the record is built from the row whole."""
+    parsed = {"facts_json": "facts", "command_json": "command"}
+    assert [f.name for f in fields(RunRecord)] == [parsed.get(c.name, c.name) for c in runs.columns]
 
 
 def test_the_dry_run_estimate_counts_a_quality_case_once(store):
@@ -170,11 +177,11 @@ def test_a_store_from_the_first_release_is_migrated_with_its_data(tmp_path):
     with Store(old) as store:
         assert store.schema_version() == SCHEMA_VERSION
         (row,) = store.runs()
-        assert (row["status"], row["suite_name"], row["runtime_key"]) == ("finished", "quick", "host-abc")
-        assert [(e.rep, e.status) for e in store.executions(row["id"])] == [(0, "ok"), (0, "ok"), (1, "ok"), (1, "ok")]
-        values = sorted((m["metric"], m["value"]) for m in store.measurements([row["id"]]) if m["value"] is not None)
+        assert (row.status, row.suite_name, row.runtime_key) == ("finished", "quick", "host-abc")
+        assert [(e.rep, e.status) for e in store.executions(row.id)] == [(0, "ok"), (0, "ok"), (1, "ok"), (1, "ok")]
+        values = sorted((m["metric"], m["value"]) for m in store.measurements([row.id]) if m["value"] is not None)
         assert values == [("decode_tps", 101.0), ("decode_tps", 102.0), ("prefill_tps", 100.0), ("prefill_tps", 101.0)]
-        record(store, row["id"], CASES[0], 2, 5.0)  # and it takes new runs
+        record(store, row.id, CASES[0], 2, 5.0)  # and it takes new runs
     Store(tmp_path / "fresh").close()
     assert _shape(resolve_url(old)) == _shape(resolve_url(tmp_path / "fresh"))
 
@@ -289,7 +296,7 @@ def test_identity_keeps_two_local_hosts_apart_and_joins_one_device_under_two_nam
         run_id = store.create_run(
             device=name, device_identity=identity, suite_name="t", suite_text="", repetitions=1, timeout_s=30,
             cases=CASES, model_sha256="0" * 64, model_info={}, runtime_key=None, runtime_manifest=None,
-            facts={"name": name, "identity": identity}, command=[], version="test",
+            facts={"name": name, "identity": identity}, command={}, version="test",
         )
         record(store, run_id, CASES[1], 0, value)
         store.finish_run(run_id, "finished")
@@ -583,7 +590,7 @@ def test_results_list_takes_every_format(store, tmp_path):
     assert all(done.returncode == 0 for done in shown.values()), {f: d.stderr for f, d in shown.items()}
     rows = list(csv.reader(io.StringIO(shown["csv"].stdout)))
     assert rows == [["run", "created", "status", "device", "suite", "model"],
-                    [run_id, store.run(run_id)["created_at"], "finished", "local", "t", "m.gguf"]]
+                    [run_id, store.run(run_id).created_at, "finished", "local", "t", "m.gguf"]]
     assert f"| {run_id} |" in shown["markdown"].stdout and "| run | created |" in shown["markdown"].stdout
     assert all(run_id in shown[f].stdout and "m.gguf" in shown[f].stdout for f in ("table", "plain"))
     assert "─" in shown["table"].stdout and "─" not in shown["plain"].stdout

@@ -44,7 +44,7 @@ def wide_run(tmp_path_factory):
     run_id = store.create_run(device="local", suite_name="wide", suite_text="", repetitions=3, timeout_s=60, cases=CASES,
                               model_sha256="cd" * 32, model_info={"filename": "big.gguf"}, runtime_key=None, runtime_manifest=None,
                               facts={"name": "local", "cpu_model": "a CPU with a long marketing name", "cores": 2, "extra": {}},
-                              command=[], version="t")
+                              command={}, version="t")
     for rep in range(3):
         for i, case in enumerate(CASES):
             metrics = [Metric(name, value * (1 + 0.03 * rep + 0.01 * i), unit) for name, (value, unit) in METRICS.items()]
@@ -140,7 +140,7 @@ def test_one_case_has_one_whole_line(tmp_path):
     store = Store(tmp_path / "results")
     run_id = store.create_run(device="local", suite_name="one", suite_text="", repetitions=1, timeout_s=60, cases=CASES[:1],
                               model_sha256="cd" * 32, model_info={}, runtime_key=None, runtime_manifest=None, facts={"name": "local"},
-                              command=[], version="t")
+                              command={}, version="t")
     raw = {"state": {"load_avg": [0.5], "mem_available_mb": 2048}, "telemetry": {}}
     store.record_execution(run_id, CASES[0], 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None, raw=raw,
                            metrics=[])

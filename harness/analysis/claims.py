@@ -17,7 +17,6 @@ measure (task accuracy) is listed as not testable, with the reason, never given 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -28,7 +27,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from harness.errors import EdgebenchError
-from harness.store.db import Store, device_key
+from harness.store.db import Store
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 UNKNOWN = "unknown"
@@ -440,19 +439,19 @@ def _check(claim: Claim, run: _Run) -> Check:
 
 def _latest_runs(store: Store) -> list[str]:
     latest: dict[tuple[str, str], str] = {}
-    for row in store.runs():  # newest first
-        latest.setdefault((device_key(row), row["model_sha256"]), row["id"])
+    for run in store.runs():  # newest first
+        latest.setdefault((run.device_key, run.model_sha256), run.id)
     return list(latest.values())
 
 
 def _load_run(store: Store, run_id: str) -> _Run:
     from harness.analysis.tables import summary_frame, tidy_frame
 
-    row = store.run(run_id)
-    summary = summary_frame(tidy_frame(store, [row["id"]]))
+    run = store.run(run_id)
+    summary = summary_frame(tidy_frame(store, [run.id]))
     means = summary[summary["n"] > 0] if not summary.empty else pd.DataFrame(columns=["metric", "context", "case", "mean"])
-    ran = any(e.status == "ok" for e in store.executions(row["id"]))
-    return _Run(row["id"], row["device"], json.loads(row["facts_json"]), store.model_info(row["model_sha256"]), means, ran)
+    ran = any(e.status == "ok" for e in store.executions(run.id))
+    return _Run(run.id, run.device, run.facts, store.model_info(run.model_sha256), means, ran)
 
 
 @dataclass(frozen=True)

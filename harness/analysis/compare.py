@@ -163,10 +163,10 @@ def comparisons_frame(rows: list[Comparison]) -> pd.DataFrame:
 def previous_run(store: "Store", run_id: str) -> str | None:
     """The latest earlier run of the same device (by identity), suite and model: what a nightly
     run is judged against."""
-    row = store.run(run_id)
-    for other in store.history(row["id"]):
-        if other["id"] != row["id"] and other["status"] in ("finished", "failed"):
-            return other["id"]
+    run = store.run(run_id)
+    for other in store.history(run.id):
+        if other.id != run.id and other.status in ("finished", "failed"):
+            return other.id
     return None
 
 
@@ -181,5 +181,5 @@ def regressions_since_previous(store: "Store", run_ids: list[str], settings: Com
             continue
         for row in compare_frames(tidy_frame(store, [before]), tidy_frame(store, [run_id]), settings):
             if row.regression:
-                found.append({"device": store.run(run_id)["device"], "run_id": run_id, "previous": before, **row.__dict__})
+                found.append({"device": store.run(run_id).device, "run_id": run_id, "previous": before, **row.__dict__})
     return found

@@ -14,7 +14,6 @@ the Pareto-best rows of a sweep have no other row at least as fast with at most 
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -90,23 +89,23 @@ def thresholds(suite_text: str) -> tuple[float, float]:
 
 
 def quality_results(store: Store, run_id: str) -> list[QualityResult]:
-    row = store.run(run_id)
-    cases = [c for c in store.cases(row["id"]) if c.kind == "quality"]
+    run = store.run(run_id)
+    cases = [c for c in store.cases(run.id) if c.kind == "quality"]
     if not cases:
         return []
-    facts = json.loads(row["facts_json"] or "{}").get("quality", {})
-    max_kld, min_top1 = thresholds(row["suite_text"])
+    facts = run.facts.get("quality", {})
+    max_kld, min_top1 = thresholds(run.suite_text)
     figures: dict[str, dict[str, float]] = {}
-    for m in store.measurements([row["id"]]):
+    for m in store.measurements([run.id]):
         if m["status"] == "ok" and m["metric"] in FIGURES and m["value"] is not None:
             figures.setdefault(m["case_key"], {})[m["metric"]] = float(m["value"])
-    latest = {e.case_key: e for e in store.executions(row["id"])}
+    latest = {e.case_key: e for e in store.executions(run.id)}
     out = []
     for case in cases:
         ref = facts.get("references", {}).get(case.key, {})
         execution = latest.get(case.key)
         status = "not run" if execution is None else ("ok" if case.key in figures else execution.status)
-        out.append(QualityResult(row["id"], case, status, figures.get(case.key, {}), _reference_words(store, ref, row["model_sha256"]),
+        out.append(QualityResult(run.id, case, status, figures.get(case.key, {}), _reference_words(store, ref, run.model_sha256),
                                  bool(ref.get("is_model_under_test")), facts.get("corpus", {}).get("name", "?"), max_kld, min_top1,
                                  None if execution is None else execution.error))
     return out
@@ -147,15 +146,14 @@ def frontier_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     """One row per run (FRONTIER_COLUMNS); `is_base` only for the base of a `--quantize` sweep."""
     rows = []
     for run_id in run_ids:
-        row = store.run(run_id)
-        command = json.loads(row["command_json"] or "{}")
-        command = command if isinstance(command, dict) else {}
-        info = store.model_info(row["model_sha256"])
-        speed = _decode_figures(store, row["id"])
-        quality = next((q for q in quality_results(store, row["id"]) if q.status == "ok"), None)
+        run = store.run(run_id)
+        command = run.command
+        info = store.model_info(run.model_sha256)
+        speed = _decode_figures(store, run.id)
+        quality = next((q for q in quality_results(store, run.id) if q.status == "ok"), None)
         got = quality.figures if quality else {}
         sweep = command.get("sweep")
-        rows.append({"sweep": sweep or row["id"], "run_id": row["id"], "device": row["device"], "model": info.get("filename"),
+        rows.append({"sweep": sweep or run.id, "run_id": run.id, "device": run.device, "model": info.get("filename"),
                      "variant": command.get("variant") or ("base" if sweep else info.get("quantization")),
                      "is_base": bool(sweep) and not command.get("variant"),
                      "size_bytes": info.get("file_size"), "n_params": info.get("parameter_count"), **speed,

@@ -10,7 +10,6 @@ is layers x d x KV heads x head size x (bytes per K element + bytes per V elemen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,20 +76,19 @@ def roofline_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     rows = []
     for run_id in run_ids:
         run = store.run(run_id)
-        facts = json.loads(run["facts_json"])
-        model = store.model_info(run["model_sha256"])
+        model = store.model_info(run.model_sha256)
         traffic = ModelTraffic.from_json(model["traffic"]) if "traffic" in model else None
-        cases = {c.key: c for c in store.cases(run["id"])}
-        tps = {(m["case_key"], m["rep"]): m["value"] for m in store.measurements([run["id"]])
+        cases = {c.key: c for c in store.cases(run.id)}
+        tps = {(m["case_key"], m["rep"]): m["value"] for m in store.measurements([run.id])
                if m["metric"] == "decode_tps" and m["value"] is not None}
         executions: dict[str, list] = {}
-        for e in store.executions(run["id"]):
+        for e in store.executions(run.id):
             if e.status == "ok" and cases[e.case_key].kind == "decode" and cases[e.case_key].engine == "llamabench":
                 executions.setdefault(e.case_key, []).append(e)
         for key, done in executions.items():
             measured = [tps[(key, e.rep)] for e in done if (key, e.rep) in tps]
-            rows.append(_row(run["id"], run["device"], model.get("filename", "?"), cases[key], done[0].effective, measured,
-                             facts.get("bandwidth"), traffic))
+            rows.append(_row(run.id, run.device, model.get("filename", "?"), cases[key], done[0].effective, measured,
+                             run.facts.get("bandwidth"), traffic))
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 

@@ -49,17 +49,17 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     runs: dict[str, dict[str, Any]] = {}
     differs: dict[tuple[str, str], str] = {}
     for run_id in run_ids:
-        row = store.run(run_id)
-        differs |= {(row["id"], key): mark for key, mark in output_differs(store, row["id"]).items()}
-        model = store.model_info(row["model_sha256"])
-        runs[row["id"]] = {
-            "device": row["device"],
-            "model": model.get("filename", row["model_sha256"][:12]),
+        run = store.run(run_id)
+        differs |= {(run.id, key): mark for key, mark in output_differs(store, run.id).items()}
+        model = store.model_info(run.model_sha256)
+        runs[run.id] = {
+            "device": run.device,
+            "model": model.get("filename", run.model_sha256[:12]),
             "quantization": model.get("quantization"),
-            "runtime": row["runtime_key"],
+            "runtime": run.runtime_key,
         }
-        for case in store.cases(row["id"]):
-            cases[(row["id"], case.key)] = case
+        for case in store.cases(run.id):
+            cases[(run.id, case.key)] = case
     records = []
     ids = list(runs)
     for m in store.measurements(ids):
@@ -288,11 +288,11 @@ def history_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     rows = []
     for run_id in run_ids:
         this = store.run(run_id)
-        related = store.history(this["id"], HISTORY_RUNS)
-        summary = summary_frame(tidy_frame(store, [r["id"] for r in related]))
+        related = store.history(this.id, HISTORY_RUNS)
+        summary = summary_frame(tidy_frame(store, [r.id for r in related]))
         if summary.empty:
             continue
-        created = {r["id"]: r["created_at"] for r in related}
+        created = {r.id: r.created_at for r in related}
         wanted = summary[summary["metric"].isin(["prefill_tps", "decode_tps"]) & (summary["n"] > 0)]
         for r in wanted.itertuples():
             rows.append({"device": r.device, "case": r.case, "metric": r.metric, "created_at": created[r.run_id], "mean": r.mean})

@@ -28,7 +28,7 @@ def compare(
     from harness.analysis.compare import CompareSettings, compare_frames
 
     store = open_store(results, store_url)
-    a, b = store.run(run_a)["id"], store.run(run_b)["id"]
+    a, b = store.run(run_a).id, store.run(run_b).id
     rows = compare_frames(tidy_frame(store, [a]), tidy_frame(store, [b]), CompareSettings(threshold / 100, min_effect / 100))
     if as_json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
@@ -51,7 +51,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report of stored runs."""
     store = open_store(results, store_url)
-    write_report(store, [store.run(r)["id"] for r in (runs or ["latest"])], output)
+    write_report(store, [store.run(r).id for r in (runs or ["latest"])], output)
 
 
 def claims(
@@ -68,10 +68,10 @@ def claims(
 
     store = open_store(results, store_url)
     loaded = load_claims(claims_dir or CLAIMS_DIR)
-    run_ids = [store.run(run)["id"]] if run else None
+    run_ids = [store.run(run).id] if run else None
     checks = check_claims(store, loaded, run_ids)
     # ratio claims need a sweep's base and variants: every stored run unless one is named
-    ratios = ratio_checks_for(store, loaded, run_ids or [r["id"] for r in store.runs()])
+    ratios = ratio_checks_for(store, loaded, run_ids or [r.id for r in store.runs()])
     if as_json:
         out.print_json(json.dumps([c.to_json() for c in checks] + [c.to_json() for c in ratios]))
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -23,8 +24,8 @@ app = typer.Typer(no_args_is_help=True, help="Stored runs.")
 def results_list(results: Optional[Path] = ResultsOpt, store_url: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
     """Stored runs, newest first."""
     store = open_store(results, store_url)
-    rows = tuple((row["id"], row["created_at"], row["status"], row["device"], row["suite_name"],
-                  store.model_info(row["model_sha256"]).get("filename", "?")) for row in store.runs())
+    rows = tuple((run.id, run.created_at, run.status, run.device, run.suite_name,
+                  store.model_info(run.model_sha256).get("filename", "?")) for run in store.runs())
     grid = views.Grid("", ("run", "created", "status", "device", "suite", "model"), tuple(tuple(map(str, r)) for r in rows),
                       text=frozenset({"status", "device", "suite", "model"}))
     views.show(out, grid, fmt)
@@ -51,7 +52,7 @@ def results_export(
     from harness.analysis.tables import tidy_frame
 
     store = open_store(results, store_url)
-    run_id = store.run(run_id)["id"]
+    run_id = store.run(run_id).id
     if artifacts:
         written = store.export_artifacts(run_id, artifacts)
         console.print(f"{run_id}: {len(written)} file(s) written under {artifacts}", markup=False)
@@ -86,7 +87,7 @@ def results_push(
 
     source = open_store(results, store_url)
     target = open_store(results, to)
-    ids = [source.run(r)["id"] for r in runs] if runs else [r["id"] for r in reversed(source.runs())]
+    ids = [source.run(r).id for r in runs] if runs else [r.id for r in reversed(source.runs())]
     pushed = push(source, target, ids)
     out.print(f"pushed {len(ids)} run(s) to {target.where}: {pushed.runs} new or updated, "
               f"{pushed.executions} process run(s), {pushed.artifacts} file(s) copied", highlight=False, markup=False)
@@ -113,13 +114,13 @@ def _run_payload(store: Store, run_id: str) -> dict[str, Any]:
     from harness.analysis.quality import quality_results
     from harness.analysis.roofline import roofline_frame
 
-    row = store.run(run_id)
-    summary = summary_frame(tidy_frame(store, [row["id"]]))
-    return {"run": {k: row[k] for k in row.keys() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
-            "quality": [q.to_json() for q in quality_results(store, row["id"])],
-            "contended": contended_processes(store, row["id"]),
-            "roofline": json.loads(roofline_frame(store, [row["id"]]).to_json(orient="records")),
-            "stops": [{"case": label, **stop.to_json(), "text": stop.describe()} for label, stop in views.stops_by_label(store, row["id"]).items()]}
+    run = store.run(run_id)
+    summary = summary_frame(tidy_frame(store, [run.id]))
+    return {"run": {k: v for k, v in asdict(run).items() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
+            "quality": [q.to_json() for q in quality_results(store, run.id)],
+            "contended": contended_processes(store, run.id),
+            "roofline": json.loads(roofline_frame(store, [run.id]).to_json(orient="records")),
+            "stops": [{"case": label, **stop.to_json(), "text": stop.describe()} for label, stop in views.stops_by_label(store, run.id).items()]}
 
 
 def write_report(store: Store, run_ids: list[str], output: Path, *, lab: bool = False) -> None:

@@ -85,8 +85,9 @@ def run(
             write_report(store, run_ids, report or store.artifacts_dir(run_ids[-1]) / "report.html")
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM/SIGHUP, or a lease that could not be renewed (Interrupted says which)
             what = exc.describe() if isinstance(exc, Interrupted) else "interrupted"
-            again = f"edgebench run --resume {begun[-1]}{' --store ...' if store_url else ''}" if begun else "edgebench run --resume latest"
-            raise Stopped(f"{what}; finished cases are stored ({again})") from None
+            if not begun:  # stopped while building or staging, before the run was recorded
+                raise Stopped(f"{what} before the run was recorded; nothing to resume") from None
+            raise Stopped(f"{what}; finished cases are stored (edgebench run --resume {begun[-1]}{' --store ...' if store_url else ''})") from None
         except (SQLAlchemyError, OSError) as exc:  # the store or the disk failed outside a run's steps (which say more)
             raise store.gone(exc) from None
     if any(o.failed for o in outcomes):
@@ -143,7 +144,7 @@ def _show_plan(prepared: Prepared, estimate: float | None, fmt: str) -> None:
     rows = []
     for i, case in enumerate(prepared.plan.cases, 1):
         how = prepared.plan.cores.get(case.key)
-        threads = f"{how['n_threads']} on cores {','.join(map(str, how['cpus']))} ({how['why']})" if how else str(case.setting("threads", "runtime default"))
+        threads = f"{how.n_threads} on cores {','.join(map(str, how.cpus))} ({how.why})" if how else str(case.setting("threads", "runtime default"))
         rows.append((str(i), case.engine, case.label, str(case.context), str(case.inprocess_reps), threads))
     title = f"plan: suite {prepared.suite.name} on {prepared.options.device}, model {prepared.model.filename}"
     grid = views.Grid(title, ("#", "engine", "case", "context", "in-process reps", "threads"), tuple(rows),

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the store is only passed through here; importing it would load SQLAlchemy for every table
-    from harness.store.db import Store
+    from harness.store.db import RunRecord, Store
 
 FORMATS = ("table", "plain", "csv", "markdown", "json")
 # Columns never taken narrower than this, unless their longest word is shorter.
@@ -249,10 +249,10 @@ def cell_text(cell: Any) -> str:
     return _fmt(cell.mean) + ("" if cell.half_width is None else f" ± {_fmt(cell.half_width)}")
 
 
-def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) -> tuple[str, ...]:
+def summary_caption(run: RunRecord, wide: Any, stops: dict[str, Any] | None = None) -> tuple[str, ...]:
     from harness.analysis.tables import HEADLINE
 
-    processes = f"{row['repetitions']} processes per case"
+    processes = f"{run.repetitions} processes per case"
     if stops:  # a precision target gave the cases as many processes as each needed
         counts = sorted(stop.processes for stop in stops.values())
         first = next(iter(stops.values()))
@@ -266,20 +266,19 @@ def summary_caption(row: Any, wide: Any, stops: dict[str, Any] | None = None) ->
     return tuple(lines)
 
 
-def summary_grid(row: Any, summary: Any, stops: dict[str, Any] | None = None) -> Grid:
+def summary_grid(run: RunRecord, summary: Any, stops: dict[str, Any] | None = None) -> Grid:
     """One row per case, one column per headline metric the run measured; with a precision
     target (`stops`, by case label), a last column says where each case stopped and why."""
     from harness.analysis.tables import HEADLINE, wide_table
 
-    facts = json.loads(row["facts_json"])
     wide = wide_table(summary)
-    title = f"run {row['id']} · {facts.get('name')} ({facts.get('cpu_model')}) · suite {row['suite_name']} · {row['status']}"
+    title = f"run {run.id} · {run.facts.get('name')} ({run.facts.get('cpu_model')}) · suite {run.suite_name} · {run.status}"
     stopped = (lambda label: (stops[label].describe() if label in stops else "—",)) if stops else (lambda label: ())
     rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended, (run_id, label) in wide.differs)
                            for m in wide.columns), *stopped(label))
                  for run_id, label, cells in wide.rows)
     header = ("case", *(HEADLINE[m] for m in wide.columns)) + (("stopped",) if stops else ())
-    return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(row, wide, stops))
+    return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(run, wide, stops))
 
 
 def stops_by_label(store: Store, run_id: str) -> dict[str, Any]:
@@ -377,17 +376,17 @@ def show_run(console: Console, store: Store, run_id: str, fmt: str = "table") ->
     failures and note."""
     from harness.analysis.tables import failures_frame, summary_frame, tidy_frame
 
-    row = store.run(run_id)
-    show(console, summary_grid(row, summary_frame(tidy_frame(store, [row["id"]])), stops_by_label(store, row["id"])), fmt)
-    show_quality(console, store, row["id"], fmt)
-    show_lines(console, contended_lines(store, row["id"]), fmt, "yellow")
-    show_lines(console, device_lines(store, row["id"]), fmt, "yellow")
-    show_roofline(console, store, [row["id"]], fmt)
-    show_lines(console, condition_lines(store, row["id"]), fmt)
-    failures = failures_frame(store, row["id"])
+    run = store.run(run_id)
+    show(console, summary_grid(run, summary_frame(tidy_frame(store, [run.id])), stops_by_label(store, run.id)), fmt)
+    show_quality(console, store, run.id, fmt)
+    show_lines(console, contended_lines(store, run.id), fmt, "yellow")
+    show_lines(console, device_lines(store, run.id), fmt, "yellow")
+    show_roofline(console, store, [run.id], fmt)
+    show_lines(console, condition_lines(store, run.id), fmt)
+    failures = failures_frame(store, run.id)
     show_lines(console, [f"{f['status']} {f['case']} round {f['rep'] + 1}: {f['error']}" for _, f in failures.iterrows()], fmt, "red")
-    if row["note"]:
-        show_lines(console, [row["note"]], fmt, "yellow")
+    if run.note:
+        show_lines(console, [run.note], fmt, "yellow")
 
 
 def show_quality(console: Console, store: Store, run_id: str, fmt: str = "table", side: str = "") -> None:

@@ -193,5 +193,5 @@ def workers_alive(store: Store) -> dict[str, bool]:
 
 def lab_run_ids(jobs: list[Job], store: Store) -> list[str]:
     """The runs the lab's jobs created (a job cancelled before it ran has none)."""
-    known = {r["id"] for r in store.runs()}
+    known = {r.id for r in store.runs()}
     return [j.run_id for j in jobs if j.run_id in known]

@@ -9,20 +9,11 @@ cores.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
-from harness.records import Case
+from harness.records import Case, CoreChoice
 from harness.telemetry.clusters import Cluster
-
-@dataclass(frozen=True)
-class CoreChoice:
-    """What a `threads` setting turned into on one device, recorded with the run."""
-
-    threads: int
-    cpus: tuple[int, ...]
-    mask: str  # llama-bench -C form, e.g. "0xf0"
-    why: str
 
 
 def _mask(cpus: Sequence[int]) -> str:
@@ -37,10 +28,10 @@ def choose(clusters: Sequence[Cluster], threads: Literal["big", "all"]) -> CoreC
         why = f"the fastest of {len(clusters)} cluster(s)" if len(clusters) > 1 else "all cores (one cluster)"
     else:
         cpus, why = tuple(cpu for cluster in clusters for cpu in cluster.cpus), "all cores"
-    return CoreChoice(len(cpus), tuple(cpus), _mask(cpus), why)
+    return CoreChoice(threads, len(cpus), tuple(cpus), _mask(cpus), why)
 
 
-def resolve_threads(case: Case, clusters: Sequence[Cluster], *, takes_mask: bool = True) -> tuple[Case, dict[str, Any] | None]:
+def resolve_threads(case: Case, clusters: Sequence[Cluster], *, takes_mask: bool = True) -> tuple[Case, CoreChoice | None]:
     """The case as it runs on this device: `threads = "big" | "all"` become a thread count and,
     for an engine that takes one (`takes_mask`), a CPU mask (unless the suite set `cpu_mask`
     itself). An unset `threads` means "big" where the cores differ (the performance cluster,
@@ -54,15 +45,13 @@ def resolve_threads(case: Case, clusters: Sequence[Cluster], *, takes_mask: bool
     if wanted not in ("big", "all") or not clusters:
         return case, None
     choice = choose(clusters, wanted)
-    settings["threads"] = choice.threads
+    settings["threads"] = choice.n_threads
     why = choice.why
     if takes_mask:
-        settings.setdefault("cpu_mask", choice.mask)
+        settings.setdefault("cpu_mask", choice.cpu_mask)
     else:
         why += f"; {case.engine} takes a thread count, not a mask: the scheduler places the threads"
-    chosen = {"threads": wanted, "n_threads": choice.threads, "cpus": list(choice.cpus),
-              "cpu_mask": settings.get("cpu_mask"), "why": why}
-    return replace(case, settings=tuple(sorted(settings.items()))), chosen
+    return replace(case, settings=tuple(sorted(settings.items()))), replace(choice, cpu_mask=settings.get("cpu_mask"), why=why)
 
 
 def benchmark_cpus(case: Case, clusters: Sequence[Cluster]) -> list[int] | None:

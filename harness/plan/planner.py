@@ -16,7 +16,7 @@ from harness.engines import get_engine
 from harness.errors import ConfigError
 from harness.plan.cores import resolve_threads
 from harness.plan.suites import Suite
-from harness.records import Case
+from harness.records import Case, CoreChoice
 from harness.telemetry.clusters import Cluster
 
 
@@ -32,7 +32,7 @@ class Plan:
     repetitions: int = 1
     timeout_s: float = 900.0
     policy: "RunPolicy" = field(default_factory=lambda: RunPolicy())
-    cores: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    cores: Mapping[str, CoreChoice] = field(default_factory=dict)
 
     def describe_processes(self) -> str:
         """What --dry-run says the plan starts, e.g. "25 processes (3 rounds of 8 cases, and 1 case run once)"."""
@@ -97,7 +97,7 @@ def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters
     model's context is an error, since its figure would be of another case.
     """
     cases: list[Case] = []
-    cores: dict[str, dict[str, Any]] = {}
+    cores: dict[str, CoreChoice] = {}
     skipped: list[tuple[str, str]] = []
     for spec in suite.tests:
         engine = get_engine(_ENGINE_OF_KIND[spec.kind])

@@ -3,7 +3,6 @@ device, a model file or a suite is escaped; only our own markup is not)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -67,19 +66,19 @@ FACT_DEFAULTS = {k: "unknown" for k in ("name", "cpu_model", "cores", "ram_mb", 
 
 
 def _run_card(store: Store, run_id: str) -> dict[str, Any]:
-    row = store.run(run_id)
+    run = store.run(run_id)
     return {
-        "id": row["id"],
-        "status": row["status"],
-        "note": row["note"],
-        "created_at": row["created_at"],
-        "suite": row["suite_name"],
-        "repetitions": row["repetitions"],
-        "facts": {**FACT_DEFAULTS, **json.loads(row["facts_json"])},
-        "model": store.model_info(row["model_sha256"]),
-        "runtime": store.runtime_manifest(row["runtime_key"]),
-        "failures": failures_frame(store, row["id"]).to_dict("records"),
-        "backends": _backends(store, row["id"]),
+        "id": run.id,
+        "status": run.status,
+        "note": run.note,
+        "created_at": run.created_at,
+        "suite": run.suite_name,
+        "repetitions": run.repetitions,
+        "facts": {**FACT_DEFAULTS, **run.facts},
+        "model": store.model_info(run.model_sha256),
+        "runtime": store.runtime_manifest(run.runtime_key),
+        "failures": failures_frame(store, run.id).to_dict("records"),
+        "backends": _backends(store, run.id),
     }
 
 

@@ -11,16 +11,13 @@ A precision target is the runner's (rounds added per case); nothing here counts 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
-
-from sqlalchemy import RowMapping
 
 from harness.errors import EdgebenchError, StoreError
 from harness.store.leases import held, manual_holder
 from harness.plan.suites import Suite
-from harness.store.db import Store, new_run_id
+from harness.store.db import RunRecord, Store, new_run_id
 from harness.run.runner import StepResult
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 from harness.run.sweep import sweep_options
@@ -93,36 +90,34 @@ def _start(store: Store, request: RunRequest, run_id: str, callbacks: Callbacks,
     prepared = prepare(request.options, request.suite, callbacks.status)
     for label, reason in prepared.plan.skipped:
         callbacks.note(f"skipped {label}: {reason}")
-    callbacks.begun(run_id)
     with held(store, request.identity or prepared.driver.identity(), lease.holder(run_id), wait=lease.wait, on_wait=callbacks.note):
         lease.on_held(run_id)
         return Outcome(*start(store, prepared, callbacks, run_id=run_id))
 
 
-def _resume(store: Store, row: RowMapping, callbacks: Callbacks, lease: LeaseTerms) -> Outcome:
-    run_id = row["id"]
+def _resume(store: Store, run: RunRecord, callbacks: Callbacks, lease: LeaseTerms) -> Outcome:
+    run_id = run.id
     callbacks.begun(run_id)
-    identity = row["device_identity"] or f"name:{row['device']}"
-    with held(store, identity, lease.holder(run_id), wait=lease.wait, on_wait=callbacks.note):
+    with held(store, run.device_key, lease.holder(run_id), wait=lease.wait, on_wait=callbacks.note):
         lease.on_held(run_id)
         return Outcome(*resume(store, run_id, callbacks))
 
 
-def _stored(store: Store, run_id: str | None) -> RowMapping | None:
+def _stored(store: Store, run_id: str | None) -> RunRecord | None:
     """The stored run of exactly this id (not one it is a prefix of), or None."""
     if run_id is None:
         return None
     try:
-        row = store.run(run_id)
+        run = store.run(run_id)
     except StoreError:
         return None
-    return row if row["id"] == run_id else None
+    return run if run.id == run_id else None
 
 
-def _check_same(row: RowMapping, request: RunRequest) -> None:
+def _check_same(run: RunRecord, request: RunRequest) -> None:
     """A run is resumed under a caller's id only if it was made with the same options on the
     same device: a row naming another run (someone's manual run with its own build flags) is
     refused."""
-    if row["device_identity"] != request.identity or RunOptions.from_json(json.loads(row["command_json"])) != request.options:
-        raise EdgebenchError(f"run {row['id']} in the store was not made on device {request.identity} with these options "
+    if run.device_identity != request.identity or RunOptions.from_json(run.command) != request.options:
+        raise EdgebenchError(f"run {run.id} in the store was not made on device {request.identity} with these options "
                              "(another device or other options); not resumed")

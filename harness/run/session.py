@@ -130,13 +130,16 @@ def estimate_seconds(store: Store, prepared: Prepared) -> float | None:
 
 def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | None = None) -> tuple[str, list[StepResult]]:
     """Build/stage the runtime, compute the quality cases' references (their errors come before the
-    device runs anything), record the run (as `run_id` when given), and execute every case."""
+    device runs anything), measure memory bandwidth, record the run with its facts whole (as
+    `run_id` when given), and execute every case."""
     runtime = _runtime_if_needed(prepared, callbacks)
     references = references_for(prepared.quality, prepared.plan.cases, lambda: build_host(callbacks.build), callbacks.status)
     identity = prepared.driver.identity()
     facts = {**asdict(prepared.driver.facts()), "identity": identity}
     if prepared.quality:
         facts["quality"] = prepared.quality.facts(references)
+    targets = _stage(prepared, runtime, callbacks, references)
+    facts["bandwidth"] = _bandwidth(prepared, runtime, targets, facts, callbacks)
     run_id = store.create_run(
         device=prepared.options.device,
         device_identity=identity,
@@ -156,27 +159,31 @@ def start(store: Store, prepared: Prepared, callbacks: Callbacks, run_id: str | 
         version=__version__,
         run_id=run_id,
     )
-    return run_id, _execute(store, run_id, prepared, runtime, callbacks, references, facts)
+    callbacks.begun(run_id)  # from here an interruption leaves a run to resume
+    return run_id, _execute(store, run_id, prepared, runtime, targets, callbacks, facts)
 
 
 def resume(store: Store, run_id: str, callbacks: Callbacks) -> tuple[str, list[StepResult]]:
-    """Finish the processes of a stored run that have not succeeded yet, with the same setup."""
-    row = store.run(run_id)
-    options = RunOptions.from_json(json.loads(row["command_json"]))
-    suite = parse_suite(row["suite_text"], f"run {row['id']}")
+    """Finish the processes of a stored run that have not succeeded yet, with the same setup
+    (and the device facts it was recorded with: its bandwidth figure is not measured again)."""
+    run = store.run(run_id)
+    options = RunOptions.from_json(run.command)
+    suite = parse_suite(run.suite_text, f"run {run.id}")
     prepared = prepare(options, suite, callbacks.status)
     mixed = "resuming would mix two of them in one run's figures; start a new run"
-    if prepared.model.sha256 != row["model_sha256"]:
-        raise EdgebenchError(f"run {row['id']} used model sha256 {row['model_sha256'][:12]}, but {options.model} is now "
+    if prepared.model.sha256 != run.model_sha256:
+        raise EdgebenchError(f"run {run.id} used model sha256 {run.model_sha256[:12]}, but {options.model} is now "
                              f"{prepared.model.sha256[:12]}: {mixed} (or put the original file back)")
     runtime = _runtime_if_needed(prepared, callbacks)
-    if runtime and runtime.manifest.key != row["runtime_key"]:
-        raise EdgebenchError(f"run {row['id']} used runtime {str(row['runtime_key'])[:12]}, but this build is {runtime.manifest.key[:12]} "
+    if runtime and runtime.manifest.key != run.runtime_key:
+        raise EdgebenchError(f"run {run.id} used runtime {str(run.runtime_key)[:12]}, but this build is {runtime.manifest.key[:12]} "
                              f"(llama.cpp {runtime.manifest.llama_cpp_commit}): {mixed}")
-    stored = {c.key for c in store.cases(row["id"])}
+    stored = {c.key for c in store.cases(run.id)}
     references = references_for(prepared.quality, [c for c in prepared.plan.cases if c.key in stored], lambda: build_host(callbacks.build),
                                 callbacks.status)
-    return row["id"], _execute(store, row["id"], prepared, runtime, callbacks, references, json.loads(row["facts_json"]))
+    with resumable(store, run.id):
+        targets = _stage(prepared, runtime, callbacks, references)
+    return run.id, _execute(store, run.id, prepared, runtime, targets, callbacks, run.facts)
 
 
 def build_host(on_progress: Callable[[BuildProgress], None] | None = None) -> Runtime:
@@ -184,15 +191,13 @@ def build_host(on_progress: Callable[[BuildProgress], None] | None = None) -> Ru
     return build_runtime("host", on_progress=on_progress)[0]
 
 
-def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks,
-             references: dict[str, Reference], facts: dict[str, Any]) -> list[StepResult]:
+def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, targets: RunTargets, callbacks: Callbacks,
+             facts: dict[str, Any]) -> list[StepResult]:
     """Write the run's own files (again on resume: a first try the disk cut short left some
-    out), stage, measure bandwidth, run the pending processes; stopped anywhere, resumable."""
+    out) and run the pending processes; stopped anywhere, resumable."""
     with resumable(store, run_id):
         _write_run_artifacts(store, run_id, prepared, runtime, facts)
-        targets = _stage(prepared, runtime, callbacks, references)
-        _measure_bandwidth(store, run_id, prepared, runtime, targets, callbacks)
-        steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id)["repetitions"])
+        steps = pending_steps(store, run_id, store.cases(run_id), store.run(run_id).repetitions)
     callbacks.status(f"run {run_id}: {len(steps)} process(es) to run")
     return execute(
         store, run_id, prepared.driver, steps, targets, timeout_s=prepared.plan.timeout_s,
@@ -200,28 +205,23 @@ def _execute(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | N
     )
 
 
-def _measure_bandwidth(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, targets: RunTargets,
-                       callbacks: Callbacks) -> None:
-    """Memory bandwidth at the run's thread counts, once per run before its cases, kept in the
-    run's device facts (a resumed run keeps the figure it has); a failure is kept as its reason."""
-    facts = json.loads(store.run(run_id)["facts_json"])
-    if "bandwidth" in facts and not prepared.options.remeasure_bandwidth:
-        return
+def _bandwidth(prepared: Prepared, runtime: Runtime | None, targets: RunTargets, facts: dict[str, Any],
+               callbacks: Callbacks) -> dict[str, Any]:
+    """Memory bandwidth at the run's thread counts, once per run before its cases and before the
+    run is recorded, so its device facts are written once; a failure is kept as its reason."""
     binary_sha = runtime.manifest.files.get(f"bin/{BANDWIDTH_NAME}") if runtime else None
     if runtime is None or binary_sha is None or targets.runtime_dir is None:
-        facts["bandwidth"] = {"error": f"the runtime has no {BANDWIDTH_NAME} (no llama-bench case, or built on the device)"}
-    else:
-        callbacks.status(f"measuring memory bandwidth on {prepared.driver.name}")
-        requests = requests_for(store.cases(run_id), store.case_cores(run_id))
-        facts["bandwidth"] = device_bandwidth(prepared.driver, facts, targets.runtime_dir, binary_sha, requests,
-                                              refresh=prepared.options.remeasure_bandwidth)
-        cached = " (cached)" if facts["bandwidth"]["cached"] else ""
-        for result in facts["bandwidth"]["results"]:
-            callbacks.status(f"memory bandwidth: {Bandwidth.from_json(result).describe()}{cached}")
-        for error in facts["bandwidth"]["errors"]:
-            callbacks.status(f"memory bandwidth not measured: {error}")
-    store.set_facts(run_id, facts)
-    store.write_file(run_id, "facts.json", json.dumps(facts, indent=2, default=str))
+        return {"error": f"the runtime has no {BANDWIDTH_NAME} (no llama-bench case, or built on the device)"}
+    callbacks.status(f"measuring memory bandwidth on {prepared.driver.name}")
+    requests = requests_for(prepared.plan.cases, prepared.plan.cores)
+    bandwidth = device_bandwidth(prepared.driver, facts, targets.runtime_dir, binary_sha, requests,
+                                 refresh=prepared.options.remeasure_bandwidth)
+    cached = " (cached)" if bandwidth["cached"] else ""
+    for result in bandwidth["results"]:
+        callbacks.status(f"memory bandwidth: {Bandwidth.from_json(result).describe()}{cached}")
+    for error in bandwidth["errors"]:
+        callbacks.status(f"memory bandwidth not measured: {error}")
+    return bandwidth
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from harness.errors import StoreError, StoreGone
 from harness.paths import private_file, write_atomic
-from harness.records import Case, Metric, Stop, now_iso
+from harness.records import Case, CoreChoice, Metric, Stop, now_iso
 from harness.store import artifacts, schema
 from harness.store.location import masked, store_url
 from harness.store.migrations import migrate
@@ -42,7 +42,7 @@ from harness.store.schema import (
 )
 from harness.store.sql import upsert
 
-__all__ = ["SCHEMA_VERSION", "Execution", "Store", "cause", "device_key", "new_run_id", "server_now"]
+__all__ = ["SCHEMA_VERSION", "Execution", "RunRecord", "Store", "cause", "new_run_id", "server_now"]
 
 # Seconds a connection attempt to a database server may take: past it, a store behind a dead
 # network fails with a message instead of hanging for the kernel's minutes of SYN retries.
@@ -74,10 +74,38 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def device_key(run: RowMapping) -> str:
-    """What makes two runs the same device: its identity; the inventory name only for runs
-    stored before identities were (those cannot be told apart any better)."""
-    return run["device_identity"] or f"name:{run['device']}"
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run, a field per column of `runs`: its device facts and the options it was
+    run with are parsed here, once, so no caller reads the JSON columns itself."""
+
+    id: str
+    created_at: str
+    finished_at: str | None
+    status: str  # running | finished | failed | interrupted
+    device: str  # the inventory name
+    suite_name: str
+    suite_text: str
+    repetitions: int
+    timeout_s: float
+    model_sha256: str
+    runtime_key: str | None
+    facts: dict[str, Any]  # the driver's DeviceFacts, its identity, quality sources, bandwidth
+    command: dict[str, Any]  # run.session.RunOptions.to_json(): the store comes before run/, so it stays a dict here
+    edgebench_version: str
+    note: str | None
+    device_identity: str | None  # drivers/identity.py; None for runs stored before it was
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> "RunRecord":
+        columns = {k: v for k, v in row.items() if k not in ("facts_json", "command_json")}
+        return cls(**columns, facts=json.loads(row["facts_json"]), command=json.loads(row["command_json"]))
+
+    @property
+    def device_key(self) -> str:
+        """What makes two runs the same device: its identity; the inventory name only for runs
+        stored before identities were (those cannot be told apart any better)."""
+        return self.device_identity or f"name:{self.device}"
 
 
 @dataclass(frozen=True)
@@ -225,11 +253,11 @@ class Store:
         runtime_key: str | None,
         runtime_manifest: dict[str, Any] | None,
         facts: dict[str, Any],
-        command: list[str],
+        command: dict[str, Any],
         version: str,
         device_identity: str | None = None,
         run_id: str | None = None,
-        cores: Mapping[str, dict[str, Any]] | None = None,
+        cores: Mapping[str, CoreChoice] | None = None,
     ) -> str:
         """Record a new run and its cases (with how each one's threads were chosen, `cores`);
         `run_id` (from `new_run_id`) when the caller chose it beforehand, as a lab job does so
@@ -247,7 +275,7 @@ class Store:
             ))
             conn.execute(cases_t.insert(), [
                 {"run_id": run_id, "case_key": c.key, "position": i, "case_json": json.dumps(c.to_json()),
-                 "cores_json": json.dumps(cores[c.key]) if cores and c.key in cores else None}
+                 "cores_json": json.dumps(cores[c.key].to_json()) if cores and c.key in cores else None}
                 for i, c in enumerate(cases)
             ])
         self.artifacts_dir(run_id)
@@ -317,44 +345,45 @@ class Store:
             conn.execute(update(cases_t).where(cases_t.c.run_id == run_id, cases_t.c.case_key == stop.case_key)
                          .values(stop_json=json.dumps(stop.to_json())))
 
-    def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
-        """Add to a run's device facts what is measured after the run is created (bandwidth)."""
-        self._update_run(run_id, facts_json=json.dumps(facts))
-
     def mark_running(self, run_id: str) -> None:
         self._update_run(run_id, status="running", finished_at=None)
 
     # --- reading -------------------------------------------------------------------------
 
-    def run(self, run_id: str) -> RowMapping:
-        rows = self._read(select(runs_t).where(runs_t.c.id == run_id))
+    def _runs(self, statement: Executable) -> list[RunRecord]:
+        return [RunRecord.from_row(r) for r in self._read(statement)]
+
+    def run(self, run_id: str) -> RunRecord:
+        """The run of this id, or the one run whose id starts with it, or (`latest`) the newest."""
+        rows = self._runs(select(runs_t).where(runs_t.c.id == run_id))
         return rows[0] if rows else self._by_prefix(run_id)
 
-    def _by_prefix(self, prefix: str) -> RowMapping:
-        rows = self._read(select(runs_t).where(runs_t.c.id.startswith(prefix, autoescape=True)).order_by(runs_t.c.id))
+    def _by_prefix(self, prefix: str) -> RunRecord:
+        rows = self._runs(select(runs_t).where(runs_t.c.id.startswith(prefix, autoescape=True)).order_by(runs_t.c.id))
         if len(rows) == 1:
             return rows[0]
         if prefix == "latest":
-            latest = self._read(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()).limit(1))
+            latest = self._runs(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()).limit(1))
             if latest:
                 return latest[0]
-        known = ", ".join(r["id"] for r in self.runs()[:5]) or "none yet"
+        known = ", ".join(r.id for r in self.runs()[:5]) or "none yet"
         what = "matches several runs" if rows else "is not in the store"
         raise StoreError(f"run {prefix!r} {what} ({self.where}); recent runs: {known}")
 
-    def runs(self) -> list[RowMapping]:
-        return self._read(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()))
+    def runs(self) -> list[RunRecord]:
+        """Every run, newest first."""
+        return self._runs(select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()))
 
-    def history(self, run_id: str, limit: int | None = None) -> list[RowMapping]:
+    def history(self, run_id: str, limit: int | None = None) -> list[RunRecord]:
         """Runs of the same device (by identity), suite and model as this one, created up to it
         (itself included), newest first: one indexed query, not a scan of every run."""
         this = self.run(run_id)
         r = runs_t.c
-        same_device = (r.device_identity == this["device_identity"] if this["device_identity"]
-                       else (r.device_identity.is_(None) & (r.device == this["device"])))
-        return self._read(
-            select(runs_t).where(same_device, r.suite_name == this["suite_name"], r.model_sha256 == this["model_sha256"],
-                                 r.created_at <= this["created_at"])
+        same_device = (r.device_identity == this.device_identity if this.device_identity
+                       else (r.device_identity.is_(None) & (r.device == this.device)))
+        return self._runs(
+            select(runs_t).where(same_device, r.suite_name == this.suite_name, r.model_sha256 == this.model_sha256,
+                                 r.created_at <= this.created_at)
             .order_by(r.created_at.desc(), r.id.desc()).limit(limit)
         )
 
@@ -362,11 +391,11 @@ class Store:
         rows = self._read(select(cases_t.c.case_json).where(cases_t.c.run_id == run_id).order_by(cases_t.c.position))
         return [Case.from_json(json.loads(r["case_json"])) for r in rows]
 
-    def case_cores(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def case_cores(self, run_id: str) -> dict[str, CoreChoice]:
         """Per case key: how its threads were chosen for the device (cases without a choice are absent)."""
         c = cases_t.c
         rows = self._read(select(c.case_key, c.cores_json).where(c.run_id == run_id, c.cores_json.is_not(None)))
-        return {r["case_key"]: json.loads(r["cores_json"]) for r in rows}
+        return {r["case_key"]: CoreChoice.from_json(json.loads(r["cores_json"])) for r in rows}
 
     def stops(self, run_id: str) -> dict[str, Stop]:
         """Per case key: why a precision target stopped its rounds (absent: no target)."""

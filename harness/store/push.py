@@ -16,7 +16,8 @@ from harness.store.db import Store
 from harness.store.schema import artifacts, blobs, cases, executions, measurements, models, runs, runtimes
 from harness.store.sql import insert_missing
 
-# The run columns a later finish or resume changes.
+# The run columns a later finish or resume changes (facts: only in stores written before a run's
+# facts were written once, when its bandwidth figure was added after the run was created).
 _MUTABLE = ("finished_at", "status", "repetitions", "facts_json", "note")
 
 

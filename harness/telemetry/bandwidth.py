@@ -22,7 +22,7 @@ from typing import Any
 from harness.drivers.base import Driver
 from harness.errors import EdgebenchError
 from harness.paths import state_dir, write_atomic
-from harness.records import Case, now_iso
+from harness.records import Case, CoreChoice, now_iso
 from harness.runtimes.native import BANDWIDTH_NAME
 from harness.stats import summarize
 
@@ -110,7 +110,7 @@ class Request:
     cpus: tuple[int, ...] = ()
 
 
-def requests_for(cases: Iterable[Case], cores: Mapping[str, Mapping[str, Any]]) -> list[Request]:
+def requests_for(cases: Iterable[Case], cores: Mapping[str, CoreChoice]) -> list[Request]:
     """The thread counts (and cores) the run's llama-bench cases use, each once: the plan's
     choice for the device (`cores`, by case key) where it made one, else the case's own count."""
     found: list[Request] = []
@@ -119,7 +119,7 @@ def requests_for(cases: Iterable[Case], cores: Mapping[str, Mapping[str, Any]]) 
             continue
         threads = case.setting("threads")
         if chosen := cores.get(case.key):
-            request = Request(chosen["n_threads"], tuple(chosen["cpus"]))
+            request = Request(chosen.n_threads, chosen.cpus)
         else:
             request = Request(threads if isinstance(threads, int) and not isinstance(threads, bool) else None)
         if request not in found:
