@@ -22,6 +22,7 @@ from harness.records import Case
 from harness.run.runner import RunTargets, execute, pending_steps
 from harness.store.db import SCHEMA_VERSION, Store
 from harness.store.schema import schema_version
+from harness.telemetry.state import DeviceState
 
 from .conftest import runtime_folder
 
@@ -199,7 +200,7 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
     from harness.plan.planner import RunPolicy
 
     readings = iter([50.0, 61.0, 57.0, 52.0] + [51.0] * 50)  # idle at start, then hot after each case
-    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
+    monkeypatch.setattr(runner, "capture_state", lambda driver: DeviceState(temps_c={"cpu": next(readings)}))
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01,
@@ -213,7 +214,7 @@ def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monk
     import harness.run.runner as runner
     from harness.plan.planner import RunPolicy
 
-    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
+    monkeypatch.setattr(runner, "capture_state", lambda driver: DeviceState())
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", quiet_max_s=0))

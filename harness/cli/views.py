@@ -348,7 +348,7 @@ def condition_lines(store: Store, run_id: str) -> list[str]:
     """Beside the figures: the power scope and the device state before each case's first
     process. What every case saw is one line; then per case only what differed (cases that
     differed alike share a line), so nine cases read as a few short lines, not nine long ones."""
-    from harness.telemetry.state import summary_parts
+    from harness.telemetry.state import DeviceState, summary_parts
 
     labels = {case.key: case.label for case in store.cases(run_id)}
     seen: dict[str, dict[str, str]] = {}
@@ -357,7 +357,7 @@ def condition_lines(store: Store, run_id: str) -> list[str]:
         if label in seen or "state" not in execution.raw:
             continue
         scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
-        seen[label] = {"scope": f"power scope {scope}", **summary_parts(execution.raw["state"])}
+        seen[label] = {"scope": f"power scope {scope}", **summary_parts(DeviceState.from_json(execution.raw["state"]))}
     if len(seen) == 1:
         ((label, parts),) = seen.items()
         return [f"before {label}: {', '.join(parts.values())}"]
