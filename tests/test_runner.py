@@ -92,9 +92,9 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime, 
     values = [m["value"] for m in store.measurements([run_id]) if m["metric"] in ("prefill_tps", "decode_tps")]
     assert values == [101.0, 103.0, 102.0, 104.0]  # grouped by case, then rep
     execution = store.executions(run_id)[0]
-    assert execution.effective == {"n_threads": 2, "backends": "CPU"}  # what analysis reads, not the records
-    assert execution.raw["records"][0]["progress"] is True  # the engine asked for its marks; raw output kept
-    assert execution.raw["windows"] == []  # no probe in this runtime: nothing stamped them
+    assert execution.raw.effective == {"n_threads": 2, "backends": "CPU"}  # what analysis reads, not the records
+    assert execution.raw.records[0]["progress"] is True  # the engine asked for its marks; raw output kept
+    assert execution.raw.windows == ()  # no probe in this runtime: nothing stamped them
 
 
 @pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"),
@@ -205,7 +205,7 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01,
                                                   quiet_max_s=0))
-    first, second = (e.raw["cooldown"] for e in store.executions(run_id))
+    first, second = (e.raw.cooldown for e in store.executions(run_id))
     assert first["start_c"] == 61.0 and first["end_c"] == 52.0 and first["reached"] and first["target_c"] == 53.0
     assert second["reached"]
 
@@ -218,7 +218,7 @@ def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monk
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", quiet_max_s=0))
-    assert {e.raw["cooldown"]["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}
+    assert {e.raw.cooldown["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}
 
 
 # --- precision target ---------------------------------------------------------------------

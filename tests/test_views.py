@@ -20,7 +20,7 @@ from harness.drivers.local import LocalDriver
 from harness.plan.planner import Case
 from harness.analysis.tables import summary_frame, tidy_frame
 from harness.records import Metric
-from harness.store.db import Store, now_iso
+from harness.store.db import ExecutionRaw, Store, now_iso
 from harness.telemetry.state import DeviceState, capture_state, summary_parts
 
 from .conftest import REPO
@@ -49,7 +49,7 @@ def wide_run(tmp_path_factory):
     for rep in range(3):
         for i, case in enumerate(CASES):
             metrics = [Metric(name, value * (1 + 0.03 * rep + 0.01 * i), unit) for name, (value, unit) in METRICS.items()]
-            raw = {"records": [], "state": (other if i == 3 else state).to_json(), "telemetry": {"power_scope": "cpu package (RAPL)"}}
+            raw = ExecutionRaw(state=other if i == 3 else state, telemetry={"power_scope": "cpu package (RAPL)"})
             store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None,
                                    build=None, raw=raw, metrics=metrics)
     store.finish_run(run_id, "finished")
@@ -128,8 +128,8 @@ def test_the_state_before_the_cases_is_what_they_shared_then_what_differed(wide_
     """Nine near-identical long lines were printed under a real run's table: now what every
     case saw is said once, and per case only what differed (cases that differed alike share a line)."""
     store, run_id = wide_run
-    states = {e.case_key: e.raw["state"] for e in store.executions(run_id)}
-    free = {case.label: summary_parts(DeviceState.from_json(states[case.key]))["free"] for case in CASES}
+    states = {e.case_key: e.raw.state for e in store.executions(run_id)}
+    free = {case.label: summary_parts(states[case.key])["free"] for case in CASES}
     shared, *differed = views.condition_lines(store, run_id)
     assert shared.startswith("before every case: power scope cpu package (RAPL), cpu ") and "load " in shared
     assert "MB free" not in shared
@@ -142,7 +142,7 @@ def test_one_case_has_one_whole_line(tmp_path):
     run_id = store.create_run(device="local", suite_name="one", suite_text="", repetitions=1, timeout_s=60, cases=CASES[:1],
                               model_sha256="cd" * 32, model_info={}, runtime_key=None, runtime_manifest=None, facts={"name": "local"},
                               command={}, version="t")
-    raw = {"state": {"load_avg": [0.5], "mem_available_mb": 2048}, "telemetry": {}}
+    raw = ExecutionRaw(state=DeviceState(load_avg=(0.5,), mem_available_mb=2048))
     store.record_execution(run_id, CASES[0], 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None, raw=raw,
                            metrics=[])
     assert views.condition_lines(store, run_id) == [

@@ -299,8 +299,8 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
 def device_lines(store: Store, run_id: str) -> list[str]:
     """The GPU devices the run's processes reported, once each, with the engine's note where one is
     not a GPU (lavapipe runs Vulkan on the CPU): a figure from it must not pass for a GPU figure."""
-    seen = {(str(e.effective.get("backends", "")), str(e.effective.get("gpu_info") or "no GPU device"), e.effective.get("device_note"))
-            for e in store.executions(run_id) if e.effective.get("gpu_info") or e.effective.get("device_note")}
+    seen = {(str(e.raw.effective.get("backends", "")), str(e.raw.effective.get("gpu_info") or "no GPU device"), e.raw.effective.get("device_note"))
+            for e in store.executions(run_id) if e.raw.effective.get("gpu_info") or e.raw.effective.get("device_note")}
     return [f"device: {info} ({backends})" + (f": {note}" if note else "") for backends, info, note in sorted(seen, key=str)]
 
 
@@ -348,16 +348,17 @@ def condition_lines(store: Store, run_id: str) -> list[str]:
     """Beside the figures: the power scope and the device state before each case's first
     process. What every case saw is one line; then per case only what differed (cases that
     differed alike share a line), so nine cases read as a few short lines, not nine long ones."""
-    from harness.telemetry.state import DeviceState, summary_parts
+    from harness.telemetry.state import summary_parts
 
     labels = {case.key: case.label for case in store.cases(run_id)}
     seen: dict[str, dict[str, str]] = {}
     for execution in store.executions(run_id):
         label = labels.get(execution.case_key, execution.case_key)
-        if label in seen or "state" not in execution.raw:
+        state = execution.raw.state
+        if label in seen or state is None:
             continue
-        scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
-        seen[label] = {"scope": f"power scope {scope}", **summary_parts(DeviceState.from_json(execution.raw["state"]))}
+        scope = execution.raw.telemetry.get("power_scope") or "none (no power sensor)"
+        seen[label] = {"scope": f"power scope {scope}", **summary_parts(state)}
     if len(seen) == 1:
         ((label, parts),) = seen.items()
         return [f"before {label}: {', '.join(parts.values())}"]
