@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -69,6 +69,8 @@ class CpuPolicy:
 
 @dataclass(frozen=True)
 class Battery:
+    """The battery, if any: a charging one heats the device, a low one may make it throttle."""
+
     name: str
     level_pct: float | None
     status: str | None
@@ -86,6 +88,8 @@ class Zram:
 
 @dataclass(frozen=True)
 class Process:
+    """One of the busiest other processes: the background job a slower figure may owe to."""
+
     pid: int
     cpu_pct: float
     rss_mb: float
@@ -115,25 +119,25 @@ class DeviceState:
 
     @classmethod
     def unread(cls, reason: str) -> "DeviceState":
+        """A state that could not be read, with why (stored as `{"error": ...}`)."""
         return cls(error=reason)
 
     @property
     def hottest(self) -> float | None:
+        """The hottest sensor's °C: what the `burst` cooldown waits on."""
         return max(self.temps_c.values()) if self.temps_c else None
 
     @property
     def capped(self) -> bool:
+        """A cluster held below its hardware maximum: a figure from it is not the device's best."""
         return any(c.capped for c in self.clusters)
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"error": self.error}
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "error"}
-        for name in ("clusters", "zram", "busiest"):
-            out[name] = None if out[name] is None else [asdict(item) for item in out[name]]
-        out["battery"] = asdict(self.battery) if self.battery else None
-        out["load_avg"] = None if self.load_avg is None else list(self.load_avg)
-        return {**out, "temps_c": dict(self.temps_c), "unreadable": dict(self.unreadable)}
+        out = asdict(self)  # tuples stay tuples: JSON writes them as the lists the dict held
+        del out["error"]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "DeviceState":
