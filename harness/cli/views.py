@@ -299,8 +299,9 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
 def device_lines(store: Store, run_id: str) -> list[str]:
     """The GPU devices the run's processes reported, once each, with the engine's note where one is
     not a GPU (lavapipe runs Vulkan on the CPU): a figure from it must not pass for a GPU figure."""
-    seen = {(str(e.raw.effective.get("backends", "")), str(e.raw.effective.get("gpu_info") or "no GPU device"), e.raw.effective.get("device_note"))
-            for e in store.executions(run_id) if e.raw.effective.get("gpu_info") or e.raw.effective.get("device_note")}
+    reported = (e.raw.effective for e in store.executions(run_id))
+    seen = {(str(fx.get("backends", "")), str(fx.get("gpu_info") or "no GPU device"), fx.get("device_note"))
+            for fx in reported if fx.get("gpu_info") or fx.get("device_note")}
     return [f"device: {info} ({backends})" + (f": {note}" if note else "") for backends, info, note in sorted(seen, key=str)]
 
 
