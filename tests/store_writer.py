@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from harness.records import Case, Metric
-from harness.store.db import Store
+from harness.store.db import ExecutionRaw, Store
 
 CASES = [Case("llamabench", "decode", 0, 4, depth) for depth in range(10)]
 METRICS = ("decode_tps", "peak_rss_mb", "avg_power_w")
@@ -34,7 +34,7 @@ def main(root: str, url: str, count: int, resume: str | None) -> None:
                 continue
             store.record_execution(
                 run_id, case, rep, status="ok", exit_code=0, wall_s=0.01, started_at="2026-01-01T00:00:00+00:00",
-                error=None, build="b", raw={"stdout": "x" * 2000},
+                error=None, build="b", raw=ExecutionRaw(records=({"stdout": "x" * 2000},)),
                 metrics=[Metric(name, float(rep), "u", samples=tuple(range(50))) for name in METRICS],
             )
             print(f"done {case.key} {rep}", flush=True)

@@ -26,7 +26,7 @@ from harness.analysis.claims import (
 )
 from harness.records import Case, Metric, now_iso
 from harness.runtimes.models import inspect_model
-from harness.store.db import Store
+from harness.store.db import ExecutionRaw, Store
 
 from .conftest import REPO
 
@@ -120,7 +120,7 @@ def store_with_default_run(tmp_path, default_model):
                               facts={"name": "local", "cpu_model": "AMD EPYC", "cores": 2, "extra": {}}, command={}, version="t")
     for case, tps in zip(cases, (80.0, 33.0)):
         store.record_execution(run_id, case, 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None,
-                               raw={"records": []}, metrics=[Metric("decode_tps", tps, "tok/s")])
+                               raw=ExecutionRaw(), metrics=[Metric("decode_tps", tps, "tok/s")])
     store.finish_run(run_id, "finished")
     return store, run_id
 

@@ -227,10 +227,11 @@ def test_the_runner_stores_contention_load_and_the_busiest_with_every_process(tm
         key = (execution.case_key, execution.rep)
         assert hogged_figures[(*key, "foreign_cpu_pct")] > 3 * contention.DEFAULT_THRESHOLD_PCT
         assert hogged_figures[(*key, "contended")] == 1.0 and hogged_figures[(*key, "load_avg_1m")] is not None
-        busiest = execution.raw["contention"]["busiest"]
+        busiest = execution.raw.contention["busiest"]
         assert 0 < len(busiest) <= 3 and {"pid", "name", "cpu_pct"} <= set(busiest[0])
         assert set(hogs) & {row["pid"] for row in busiest} or len(busiest) == 3  # a hog, unless three others used more
-        quiet = execution.raw["cooldown"]["quiet"]
+        assert execution.raw.cooldown is not None
+        quiet = execution.raw.cooldown["quiet"]
         assert quiet["samples"] == 1 and not quiet["reached"] and quiet["foreign_cpu_pct"] > contention.DEFAULT_THRESHOLD_PCT
     assert {v for (_, _, metric), v in figures(never).items() if metric == "contended"} == {0.0}
 

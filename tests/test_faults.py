@@ -150,7 +150,7 @@ def _assert_complete_and_once(store: Store, run_id: str) -> None:
     assert rep_files == {f"{e.case_key}/rep{e.rep}.{kind}" for e in executions for kind in ("stdout", "stderr", "argv.json", "telemetry.csv")}
     for e in executions:  # the stored output is the very process the row describes, whole
         line = json.loads(stored[f"{e.case_key}/rep{e.rep}.stdout"])
-        assert line["start"] == e.raw["records"][0]["start"]
+        assert line["start"] == e.raw.records[0]["start"]
     assert {"facts.json", "model.json", "suite.toml", "runtime.json"} <= set(stored)
 
 

@@ -197,9 +197,9 @@ def test_a_real_latency_case_on_two_core_clusters_runs_as_it_was_stored(tmp_path
     run_id = store.run("latest").id
     (case,), (execution,) = store.cases(run_id), store.executions(run_id)
     assert dict(case.settings) == {"threads": 4} and execution.status == "ok"
-    argv = execution.raw["argv"]
+    argv = execution.raw.argv
     assert argv[argv.index("--threads") + 1] == "4" and "--cpu-mask" not in argv
-    assert execution.raw["records"][0]["settings"]["n_threads"] == 4  # what llama-cpp-python ran with
+    assert execution.raw.records[0]["settings"]["n_threads"] == 4  # what llama-cpp-python ran with
     assert store.case_cores(run_id)[case.key].cpus == (4, 5, 6, 7)
 
 

@@ -333,9 +333,9 @@ def test_a_host_run_stores_the_probe_series_state_and_scope(tmp_path: Path, host
     assert "proc/RssFile" in (case_dir / "rep0.telemetry.csv").read_text()
     store = Store(results)
     (execution,) = store.executions(store.runs()[0].id)
-    assert execution.raw["telemetry"]["sampler"] == "edgebench-probe"
-    assert len(execution.raw["windows"]) == 2 and execution.effective["backends"] == "CPU"  # from the engine
-    assert "load_avg" in execution.raw["state"]
+    assert execution.raw.telemetry["sampler"] == "edgebench-probe"
+    assert len(execution.raw.windows) == 2 and execution.raw.effective["backends"] == "CPU"  # from the engine
+    assert execution.raw.state is not None and execution.raw.state.load_avg is not None
     summary = json.loads(edgebench("results", "show", "--json", "--results", str(results), cwd=tmp_path).stdout)
     metrics = {r["metric"]: r for r in summary["summary"]}
     assert metrics["peak_rss_mb"]["n"] == 1 and metrics["probe_cpu_s"]["n"] == 1

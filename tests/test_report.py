@@ -18,7 +18,7 @@ from harness.analysis.tables import summary_frame, tidy_frame, wide_table
 from harness.records import Case, Metric
 from harness.report.html import render_report
 from harness.runtimes.models import ModelInfo
-from harness.store.db import Store
+from harness.store.db import ExecutionRaw, Store
 
 from .test_claims import store_with_default_run  # noqa: F401 (a fixture)
 
@@ -55,7 +55,7 @@ def _run(store: Store, speed: float, seed: int) -> str:
             rows = [f"{t0 + i * 0.1:.3f},battery,{3 + 0.1 * i},W" for i in range(10)]
             (folder / f"rep{rep}.telemetry.csv").write_text("t_monotonic_s,source,value,unit\n" + "\n".join(rows) + "\n")
             store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t",
-                                   error=None, build=None, raw={}, metrics=metrics)
+                                   error=None, build=None, raw=ExecutionRaw(), metrics=metrics)
     store.finish_run(run_id, "finished")
     return run_id
 

@@ -121,7 +121,7 @@ def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path
     from harness.records import Metric
     from harness.runtimes.traffic import ModelTraffic
     from harness.analysis.roofline import roofline_frame
-    from harness.store.db import Store
+    from harness.store.db import ExecutionRaw, Store
     from harness.runtimes.models import ModelInfo
 
     model = ModelInfo(path="/m/m.gguf", filename="m.gguf", sha256="cd" * 32, file_size=1, architecture="llama", name="m",
@@ -138,8 +138,8 @@ def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path
     effective = {"backends": "CUDA", "gpu_info": "Orin", "n_gpu_layers": 99, "type_k": "q8_0", "n_threads": 6}
     for rep, tps in enumerate((40.0, 44.0)):
         store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at="t", error=None, build=None,
-                               raw={"records": [{"avg_ts": 1.0, "backends": "CPU", "type_k": "f16", "n_threads": 1}]},
-                               metrics=[Metric("decode_tps", tps, "tok/s")], effective=effective)
+                               raw=ExecutionRaw(records=({"avg_ts": 1.0, "backends": "CPU", "type_k": "f16", "n_threads": 1},), effective=effective),
+                               metrics=[Metric("decode_tps", tps, "tok/s")])
     store.finish_run(run_id, "finished")
     (row,) = roofline_frame(store, [run_id]).to_dict("records")
     assert row["decode_tps"] == 42.0 and row["type_k"] == "q8_0" and row["n_threads"] == 6

@@ -22,6 +22,7 @@ from harness.records import Case
 from harness.run.runner import RunTargets, execute, pending_steps
 from harness.store.db import SCHEMA_VERSION, Store
 from harness.store.schema import schema_version
+from harness.telemetry.state import DeviceState
 
 from .conftest import runtime_folder
 
@@ -91,9 +92,9 @@ def test_rounds_interleave_cases_and_every_process_is_stored(tmp_path, runtime, 
     values = [m["value"] for m in store.measurements([run_id]) if m["metric"] in ("prefill_tps", "decode_tps")]
     assert values == [101.0, 103.0, 102.0, 104.0]  # grouped by case, then rep
     execution = store.executions(run_id)[0]
-    assert execution.effective == {"n_threads": 2, "backends": "CPU"}  # what analysis reads, not the records
-    assert execution.raw["records"][0]["progress"] is True  # the engine asked for its marks; raw output kept
-    assert execution.raw["windows"] == []  # no probe in this runtime: nothing stamped them
+    assert execution.raw.effective == {"n_threads": 2, "backends": "CPU"}  # what analysis reads, not the records
+    assert execution.raw.records[0]["progress"] is True  # the engine asked for its marks; raw output kept
+    assert execution.raw.windows == ()  # no probe in this runtime: nothing stamped them
 
 
 @pytest.mark.parametrize("mode, status, text", [("crash", "failed", "injected failure"), ("kill", "oom", "SIGKILL"),
@@ -199,12 +200,12 @@ def test_burst_mode_waits_for_the_device_to_cool_and_records_it(tmp_path, runtim
     from harness.plan.planner import RunPolicy
 
     readings = iter([50.0, 61.0, 57.0, 52.0] + [51.0] * 50)  # idle at start, then hot after each case
-    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {"cpu": next(readings)}})
+    monkeypatch.setattr(runner, "capture_state", lambda driver: DeviceState(temps_c={"cpu": next(readings)}))
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", cooldown_tolerance_c=3.0, cooldown_max_s=30, cooldown_poll_s=0.01,
                                                   quiet_max_s=0))
-    first, second = (e.raw["cooldown"] for e in store.executions(run_id))
+    first, second = (e.raw.cooldown for e in store.executions(run_id))
     assert first["start_c"] == 61.0 and first["end_c"] == 52.0 and first["reached"] and first["target_c"] == 53.0
     assert second["reached"]
 
@@ -213,11 +214,11 @@ def test_burst_mode_without_a_temperature_sensor_says_so(tmp_path, runtime, monk
     import harness.run.runner as runner
     from harness.plan.planner import RunPolicy
 
-    monkeypatch.setattr(runner, "capture_state", lambda driver: {"temps_c": {}})
+    monkeypatch.setattr(runner, "capture_state", lambda driver: DeviceState())
     store = Store(tmp_path / "results")
     run_id = _new_run(store, repetitions=1)
     _run(store, run_id, runtime, policy=RunPolicy(mode="burst", quiet_max_s=0))
-    assert {e.raw["cooldown"]["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}
+    assert {e.raw.cooldown["reason"] for e in store.executions(run_id)} == {"no CPU temperature to wait on"}
 
 
 # --- precision target ---------------------------------------------------------------------

@@ -333,7 +333,7 @@ def test_edgebench_run_over_ssh_end_to_end(sshd, tmp_path, host_runtime, default
     # 16 tokens take a few ms: far under 10 tegrastats periods, so no figure, saying why (never a whole-process mean)
     assert power and all(m["value"] is None and "shorter than 10 periods" in m["missing_reason"] for m in power)
     execution = store.executions(shown["run"]["id"])[0]
-    assert execution.raw["telemetry"]["board_tool"]["tool"] == "tegrastats" and len(execution.raw["windows"]) == 2
+    assert execution.raw.telemetry["board_tool"]["tool"] == "tegrastats" and len(execution.raw.windows) == 2
     run_dir = results / "runs" / shown["run"]["id"]
     facts = json.loads((run_dir / "facts.json").read_text())
     assert facts["driver"] == "ssh" and facts["extra"]["power_mode"]["name"] == "MAXN"

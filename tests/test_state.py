@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness.drivers.local import LocalDriver
 from harness.plan import cores
 from harness.telemetry.clusters import Cluster, parse_online, probe_cpu, read_clusters
-from harness.telemetry.state import capture_state, format_state, parse_ps, wait_for_cool
+from harness.telemetry.state import Battery, DeviceState, Process, Zram, capture_state, format_state, parse_ps, summary_parts, wait_for_cool
 
 PS_PROCPS = """    PID %CPU   RSS COMMAND
       1  0.0 12000 systemd
@@ -54,29 +55,46 @@ def _phone(root: Path) -> None:
 def test_state_of_a_fake_phone(tmp_path: Path) -> None:
     _phone(tmp_path)
     state = capture_state(LocalDriver(), root=str(tmp_path))
-    little, big = sorted(state["clusters"], key=lambda c: c["policy"])
-    assert little["cpus"] == "0 1 2 3" and little["capped"] and little["max_mhz"] == 1200.0
-    assert big["governor"] == "schedutil" and not big["capped"] and big["hw_max_mhz"] == 2841.6
-    assert state["temps_c"] == {"thermal_zone0:cpu-0-0-usr": 38.5}
-    assert state["battery"] == {"name": "battery", "level_pct": 81.0, "status": "Discharging"}
-    assert state["load_avg"] == [1.5, 0.75, 0.3]
-    assert state["mem_available_mb"] == 3840.0 and state["swap_used_mb"] == 1024.0
-    assert state["zram"] == [{"device": "zram0", "disksize_mb": 4096.0, "orig_data_mb": 1024.0, "compr_data_mb": 256.0}]
-    assert isinstance(state["busiest"], list)  # this host's real ps
+    little, big = sorted(state.clusters, key=lambda c: c.policy)
+    assert little.cpus == "0 1 2 3" and little.capped and little.max_mhz == 1200.0
+    assert big.governor == "schedutil" and not big.capped and big.hw_max_mhz == 2841.6
+    assert state.temps_c == {"thermal_zone0:cpu-0-0-usr": 38.5}
+    assert state.battery == Battery("battery", 81.0, "Discharging")
+    assert state.load_avg == (1.5, 0.75, 0.3)
+    assert state.mem_available_mb == 3840.0 and state.swap_used_mb == 1024.0
+    assert state.zram == (Zram("zram0", 4096.0, 1024.0, 256.0),)
+    assert isinstance(state.busiest, tuple)  # this host's real ps
     text = "\n".join(format_state(state))
     assert "capped below hw max" in text and "battery: 81.0% Discharging" in text
 
 
+def test_state_json_keeps_the_stored_keys_and_reads_back(tmp_path: Path) -> None:
+    """Stored with every execution: the keys (and their order) the dict it replaced wrote, and
+    the `{"error": ...}` form of a state that could not be read still reads."""
+    _phone(tmp_path)
+    state = capture_state(LocalDriver(), root=str(tmp_path))
+    stored = json.loads(json.dumps(state.to_json()))
+    assert list(stored) == ["clusters", "temps_c", "battery", "load_avg", "mem_total_mb", "mem_available_mb", "swap_total_mb",
+                            "swap_used_mb", "zram", "busiest", "unreadable", "captured_monotonic_s"]
+    assert list(stored["clusters"][0]) == ["policy", "cpus", "governor", "min_mhz", "max_mhz", "cur_mhz", "hw_max_mhz", "capped"]
+    assert stored["battery"] == {"name": "battery", "level_pct": 81.0, "status": "Discharging"}
+    assert stored["zram"] == [{"device": "zram0", "disksize_mb": 4096.0, "orig_data_mb": 1024.0, "compr_data_mb": 256.0}]
+    assert stored["load_avg"] == [1.5, 0.75, 0.3] and isinstance(stored["busiest"], list)
+    assert DeviceState.from_json(stored) == state
+    unread = DeviceState.from_json({"error": "device state could not be read: gone"})
+    assert unread.to_json() == {"error": "device state could not be read: gone"} and summary_parts(unread) == {"error": unread.error}
+
+
 def test_state_of_a_bare_tree_says_what_is_missing(tmp_path: Path) -> None:
     state = capture_state(LocalDriver(), root=str(tmp_path))
-    assert state["clusters"] == [] and state["temps_c"] == {} and state["battery"] is None
+    assert state.clusters == () and state.temps_c == {} and state.battery is None
     assert "no cpufreq policy" in "\n".join(format_state(state))
 
 
 def test_ps_busiest_first_without_ps_itself() -> None:
     rows = parse_ps(PS_PROCPS)
-    assert [r["name"] for r in rows] == ["llama-bench", "sshd", "systemd"]
-    assert rows[0] == {"pid": 4242, "cpu_pct": 97.5, "rss_mb": 800000 / 1024, "name": "llama-bench"}
+    assert [r.name for r in rows] == ["llama-bench", "sshd", "systemd"]
+    assert rows[0] == Process(4242, 97.5, 800000 / 1024, "llama-bench")
 
 
 def test_cooldown_waits_until_near_idle_and_is_bounded() -> None:

@@ -8,6 +8,7 @@ schema-1 code), and credentials that never appear in what the tool prints.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from harness.errors import EdgebenchError, StoreError
 from harness.plan.planner import Plan
 from harness.records import Case, Metric
 from harness.run.session import estimate_seconds
-from harness.store.db import RunRecord, Store
+from harness.store.db import ExecutionRaw, RunRecord, Store
 from harness.store.location import store_url as resolve_url
 from harness.store.schema import SCHEMA_VERSION, runs, schema_version
 
@@ -44,7 +45,7 @@ def new_run(store: Store, device: str = "local", facts: dict | None = None) -> s
 def record(store: Store, run_id: str, case: Case, rep: int, value: float, status: str = "ok") -> int:
     return store.record_execution(
         run_id, case, rep, status=status, exit_code=0, wall_s=1.0 + rep, started_at="2026-01-01T00:00:00+00:00",
-        error=None, build="b", raw={"rep": rep},
+        error=None, build="b", raw=ExecutionRaw(argv=(f"rep{rep}",)),
         metrics=[Metric("decode_tps", value, "tok/s", samples=(value, value)), Metric.missing("avg_power_w", "W", "no sensor")],
     )
 
@@ -67,7 +68,7 @@ def test_a_run_round_trips(store):
     assert store.run(run_id[:10]).id == run_id and store.run("latest").id == run_id
     assert [c.key for c in store.cases(run_id)] == [c.key for c in CASES]
     assert [(e.case_key, e.rep, e.raw) for e in store.executions(run_id)] == [
-        (c.key, rep, {"rep": rep}) for rep in range(2) for c in CASES
+        (c.key, rep, ExecutionRaw(argv=(f"rep{rep}",))) for rep in range(2) for c in CASES
     ]
     rows = list(store.measurements([run_id]))
     assert len(rows) == 8
@@ -90,7 +91,7 @@ def test_the_dry_run_estimate_counts_a_quality_case_once(store):
     run_id = new_run(store)
     record(store, run_id, CASES[0], 0, 100.0)  # 1.0 s
     store.record_execution(run_id, quality, 0, status="ok", exit_code=0, wall_s=40.0, started_at="2026-01-01T00:00:00+00:00",
-                           error=None, build="b", raw={}, metrics=[])
+                           error=None, build="b", raw=ExecutionRaw(), metrics=[])
     prepared = SimpleNamespace(options=SimpleNamespace(device="local"), plan=Plan((CASES[0], quality), repetitions=3))
     assert estimate_seconds(store, prepared) == 3 * 1.0 + 40.0  # three rounds of the speed case, the quality case once
     assert prepared.plan.describe_processes() == "4 processes (3 rounds of 1 case, and 1 case run once)"
@@ -604,3 +605,19 @@ def test_lab_wait_for_an_unknown_lab_is_bad_input(tmp_path):
     done = subprocess.run([sys.executable, "-m", "harness", "lab", "wait", "lab-nope", "--results", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 2 and "no lab 'lab-nope'" in done.stderr
+
+
+def test_an_execution_raw_reads_and_writes_the_stored_json_unchanged():
+    """Raws stored before the record existed (the runner's dict, an unread state as `{"error": ...}`)
+    read back and write the same bytes, keys in the same order."""
+    stored = [
+        {"argv": ["llama-bench", "-p", "0"], "records": [{"avg_ts": 1.5}], "state": {"error": "device state could not be read: gone"},
+         "cooldown": None, "telemetry": {"power_scope": "cpu package (RAPL)"}, "contention": {"busiest": []},
+         "windows": [[1.0, 0.5], [2.0, 0.5]], "effective": {"n_threads": 2}},
+        {"argv": [], "records": [], "state": None, "cooldown": {"waited_s": 0.0, "quiet": {"samples": 1}}, "telemetry": {},
+         "contention": {}, "windows": [], "effective": {}},
+    ]
+    for raw in stored:
+        text = json.dumps(raw)
+        assert json.dumps(ExecutionRaw.from_json(json.loads(text)).to_json()) == text
+    assert ExecutionRaw.from_json(stored[0]).state.error == "device state could not be read: gone"

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -19,8 +20,8 @@ from harness.drivers.local import LocalDriver
 from harness.plan.planner import Case
 from harness.analysis.tables import summary_frame, tidy_frame
 from harness.records import Metric
-from harness.store.db import Store, now_iso
-from harness.telemetry.state import capture_state, summary_parts
+from harness.store.db import ExecutionRaw, Store, now_iso
+from harness.telemetry.state import DeviceState, capture_state, summary_parts
 
 from .conftest import REPO
 
@@ -40,7 +41,7 @@ def wide_run(tmp_path_factory):
     every cell has a ± interval."""
     store = Store(tmp_path_factory.mktemp("views") / "results")
     state = capture_state(LocalDriver())
-    other = {**state, "mem_available_mb": (state.get("mem_available_mb") or 0) + 1234}
+    other = replace(state, mem_available_mb=(state.mem_available_mb or 0) + 1234)
     run_id = store.create_run(device="local", suite_name="wide", suite_text="", repetitions=3, timeout_s=60, cases=CASES,
                               model_sha256="cd" * 32, model_info={"filename": "big.gguf"}, runtime_key=None, runtime_manifest=None,
                               facts={"name": "local", "cpu_model": "a CPU with a long marketing name", "cores": 2, "extra": {}},
@@ -48,7 +49,7 @@ def wide_run(tmp_path_factory):
     for rep in range(3):
         for i, case in enumerate(CASES):
             metrics = [Metric(name, value * (1 + 0.03 * rep + 0.01 * i), unit) for name, (value, unit) in METRICS.items()]
-            raw = {"records": [], "state": other if i == 3 else state, "telemetry": {"power_scope": "cpu package (RAPL)"}}
+            raw = ExecutionRaw(state=other if i == 3 else state, telemetry={"power_scope": "cpu package (RAPL)"})
             store.record_execution(run_id, case, rep, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None,
                                    build=None, raw=raw, metrics=metrics)
     store.finish_run(run_id, "finished")
@@ -127,7 +128,7 @@ def test_the_state_before_the_cases_is_what_they_shared_then_what_differed(wide_
     """Nine near-identical long lines were printed under a real run's table: now what every
     case saw is said once, and per case only what differed (cases that differed alike share a line)."""
     store, run_id = wide_run
-    states = {e.case_key: e.raw["state"] for e in store.executions(run_id)}
+    states = {e.case_key: e.raw.state for e in store.executions(run_id)}
     free = {case.label: summary_parts(states[case.key])["free"] for case in CASES}
     shared, *differed = views.condition_lines(store, run_id)
     assert shared.startswith("before every case: power scope cpu package (RAPL), cpu ") and "load " in shared
@@ -141,7 +142,7 @@ def test_one_case_has_one_whole_line(tmp_path):
     run_id = store.create_run(device="local", suite_name="one", suite_text="", repetitions=1, timeout_s=60, cases=CASES[:1],
                               model_sha256="cd" * 32, model_info={}, runtime_key=None, runtime_manifest=None, facts={"name": "local"},
                               command={}, version="t")
-    raw = {"state": {"load_avg": [0.5], "mem_available_mb": 2048}, "telemetry": {}}
+    raw = ExecutionRaw(state=DeviceState(load_avg=(0.5,), mem_available_mb=2048))
     store.record_execution(run_id, CASES[0], 0, status="ok", exit_code=0, wall_s=1.0, started_at=now_iso(), error=None, build=None, raw=raw,
                            metrics=[])
     assert views.condition_lines(store, run_id) == [

@@ -87,7 +87,7 @@ def roofline_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
                 executions.setdefault(e.case_key, []).append(e)
         for key, done in executions.items():
             measured = [tps[(key, e.rep)] for e in done if (key, e.rep) in tps]
-            rows.append(_row(run.id, run.device, model.get("filename", "?"), cases[key], done[0].effective, measured,
+            rows.append(_row(run.id, run.device, model.get("filename", "?"), cases[key], done[0].raw.effective, measured,
                              run.facts.get("bandwidth"), traffic))
     return pd.DataFrame(rows, columns=_COLUMNS)
 

@@ -178,7 +178,7 @@ def contended_processes(store: Store, run_id: str) -> list[dict[str, Any]]:
     values = {(m["case_key"], m["rep"], m["metric"]): m["value"] for m in store.measurements([run_id]) if m["metric"] in wanted}
     return [
         {"case": labels.get(e.case_key, e.case_key), "rep": e.rep, "foreign_cpu_pct": values.get((e.case_key, e.rep, "foreign_cpu_pct")),
-         "load_avg_1m": values.get((e.case_key, e.rep, "load_avg_1m")), "busiest": e.raw.get("contention", {}).get("busiest", [])}
+         "load_avg_1m": values.get((e.case_key, e.rep, "load_avg_1m")), "busiest": e.raw.contention.get("busiest", [])}
         for e in store.executions(run_id)
         if e.status == "ok" and values.get((e.case_key, e.rep, "contended")) == 1.0
     ]

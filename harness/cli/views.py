@@ -299,8 +299,9 @@ def _marked(cell: Any, contended: bool, differs: bool = False) -> str:
 def device_lines(store: Store, run_id: str) -> list[str]:
     """The GPU devices the run's processes reported, once each, with the engine's note where one is
     not a GPU (lavapipe runs Vulkan on the CPU): a figure from it must not pass for a GPU figure."""
-    seen = {(str(e.effective.get("backends", "")), str(e.effective.get("gpu_info") or "no GPU device"), e.effective.get("device_note"))
-            for e in store.executions(run_id) if e.effective.get("gpu_info") or e.effective.get("device_note")}
+    reported = (e.raw.effective for e in store.executions(run_id))
+    seen = {(str(fx.get("backends", "")), str(fx.get("gpu_info") or "no GPU device"), fx.get("device_note"))
+            for fx in reported if fx.get("gpu_info") or fx.get("device_note")}
     return [f"device: {info} ({backends})" + (f": {note}" if note else "") for backends, info, note in sorted(seen, key=str)]
 
 
@@ -354,10 +355,11 @@ def condition_lines(store: Store, run_id: str) -> list[str]:
     seen: dict[str, dict[str, str]] = {}
     for execution in store.executions(run_id):
         label = labels.get(execution.case_key, execution.case_key)
-        if label in seen or "state" not in execution.raw:
+        state = execution.raw.state
+        if label in seen or state is None:
             continue
-        scope = execution.raw.get("telemetry", {}).get("power_scope") or "none (no power sensor)"
-        seen[label] = {"scope": f"power scope {scope}", **summary_parts(execution.raw["state"])}
+        scope = execution.raw.telemetry.get("power_scope") or "none (no power sensor)"
+        seen[label] = {"scope": f"power scope {scope}", **summary_parts(state)}
     if len(seen) == 1:
         ((label, parts),) = seen.items()
         return [f"before {label}: {', '.join(parts.values())}"]

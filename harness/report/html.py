@@ -86,7 +86,7 @@ def _backends(store: Store, run_id: str) -> list[str]:
     """Which backend ran the model, as the engine reported it (CPU, CUDA + the GPU's name ...)."""
     seen = {
         f"{s['backends']}" + (f" ({s['gpu_info']})" if s.get("gpu_info") else "") + f", GPU layers {s.get('n_gpu_layers', '?')}"
-        for s in (e.effective for e in store.executions(run_id)) if "backends" in s
+        for s in (e.raw.effective for e in store.executions(run_id)) if "backends" in s
     }
     return sorted(seen)
 

@@ -43,14 +43,13 @@ def check_device(spec: DeviceSpec) -> DeviceReport:
     except EdgebenchError as exc:
         report.problems.append(f"state could not be read: {exc}")
         return report
-    temps = state.get("temps_c") or {}
-    report.max_temp_c = max(temps.values()) if temps else None
+    report.max_temp_c = state.hottest
     report.details = format_state(state) + [f"sensors: {', '.join(s.name for s in sensors.sources) or 'none'}"]
     report.problems += [f"{family}: {reason}" for family, reason in sensors.unreadable.items()]
     hints = getattr(driver, "permission_hints", None)  # drivers that can say which group a metric needs
     if hints:
         report.problems += [f"{metric}: {need}" for metric, need in hints().items()]
-    if any(c.get("capped") for c in state.get("clusters") or []):
+    if state.capped:
         report.problems.append("a CPU cluster's scaling_max_freq is capped below its hardware maximum")
     return report
 

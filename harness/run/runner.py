@@ -31,12 +31,12 @@ from harness.plan.planner import RunPolicy
 from harness.records import Case, Metric, now_iso
 from harness.run.precision import further_rounds
 from harness.run.watch import Watch, quiet_sample
-from harness.store.db import Store
+from harness.store.db import ExecutionRaw, Store
 from harness.telemetry.base import Telemetry
 from harness.telemetry.clusters import Cluster, read_clusters
 from harness.telemetry.contention import wait_for_quiet
 from harness.telemetry.factory import telemetry_for
-from harness.telemetry.state import capture_state, wait_for_cool
+from harness.telemetry.state import DeviceState, capture_state, wait_for_cool
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,9 @@ class _Pacer:
 
     def _hottest(self) -> float | None:
         try:
-            temps = capture_state(self.driver).get("temps_c") or {}
+            return capture_state(self.driver).hottest
         except DriverError:
             return None
-        return max(temps.values()) if temps else None
 
     def before_case(self) -> dict[str, Any] | None:
         if self.policy.mode != "burst":
@@ -205,25 +204,24 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     no_window = parsed.no_window if parsed else f"no measured window: the process ended {status} (see its error)"
     metrics = (parsed.metrics if parsed else []) + telemetry.metrics(completed, windows, tokens, no_window)
     metrics += watch.metrics(metrics, contention_threshold_pct)
-    raw = {"argv": list(argv), "records": parsed.raw if parsed else [], "state": state, "cooldown": cooldown,
-           # what the figures rest on (power scope, sources) where the sampler says so
-           "telemetry": telemetry.details(), "contention": watch.details(), "windows": [list(w) for w in windows]}
+    raw = ExecutionRaw(argv=tuple(argv), records=tuple(parsed.raw) if parsed else (), state=state, cooldown=cooldown,
+                       telemetry=telemetry.details(), contention=watch.details(), windows=tuple(windows),
+                       effective=dict(parsed.effective) if parsed else {})
     store.record_execution(
         run_id, case, step.rep, status=status, exit_code=completed.exit_code, wall_s=completed.wall_s,
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,
-        effective=parsed.effective if parsed else {},
     )
     return StepResult(step, status, tuple(metrics), error, completed.wall_s)
 
 
-def _device_state(driver: Driver) -> tuple[dict[str, Any], list[Cluster]]:
+def _device_state(driver: Driver) -> tuple[DeviceState, list[Cluster]]:
     """The device's state right before the case (governors, caps, heat, load, memory), and its
     core clusters (which cores the case's settings name, so the probe keeps off them); a
     device whose files cannot be read gets the reason and no clusters."""
     try:
         return capture_state(driver), read_clusters(driver, cores=1)
     except DriverError as exc:
-        return {"error": f"device state could not be read: {exc}"}, []
+        return DeviceState.unread(f"device state could not be read: {exc}"), []
 
 
 def _outcome(

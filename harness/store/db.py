@@ -17,7 +17,7 @@ import errno
 import json
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from harness.errors import StoreError, StoreGone
 from harness.paths import private_file, write_atomic
-from harness.records import Case, CoreChoice, Metric, Stop, now_iso
+from harness.records import Case, CoreChoice, Metric, Stop, Window, now_iso
 from harness.store import artifacts, schema
 from harness.store.location import masked, store_url
 from harness.store.migrations import migrate
@@ -41,8 +41,9 @@ from harness.store.schema import (
     runtimes,
 )
 from harness.store.sql import upsert
+from harness.telemetry.state import DeviceState
 
-__all__ = ["SCHEMA_VERSION", "Execution", "RunRecord", "Store", "cause", "new_run_id", "server_now"]
+__all__ = ["SCHEMA_VERSION", "Execution", "ExecutionRaw", "RunRecord", "Store", "cause", "new_run_id", "server_now"]
 
 # Seconds a connection attempt to a database server may take: past it, a store behind a dead
 # network fails with a message instead of hanging for the kernel's minutes of SYN retries.
@@ -109,6 +110,39 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class ExecutionRaw:
+    """What one process leaves beside its metrics, kept whole in the execution's `raw_json`, so a
+    figure can be traced to what it rests on. Fields are in the stored keys' order, so `to_json`
+    writes what the runner's dict wrote; a key an older row lacks reads as empty (None: unknown)."""
+
+    argv: tuple[str, ...] = ()
+    records: tuple[dict[str, Any], ...] = ()  # the engine's parsed records (e.g. llama-bench JSONL rows)
+    state: DeviceState | None = None  # before the process
+    cooldown: dict[str, Any] | None = None  # burst mode's wait before the process (Cooldown and its quiet wait)
+    telemetry: dict[str, Any] = field(default_factory=dict)  # the sampler's details: power scope, sources
+    contention: dict[str, Any] = field(default_factory=dict)  # others' CPU during the windows, the busiest
+    windows: tuple[Window, ...] = ()  # the measured repetitions on the device clock
+    effective: dict[str, Any] = field(default_factory=dict)  # the settings the engine reported it ran with
+
+    def to_json(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "records": list(self.records),
+                "state": self.state.to_json() if self.state is not None else None, "cooldown": self.cooldown,
+                "telemetry": self.telemetry, "contention": self.contention, "windows": [list(w) for w in self.windows],
+                "effective": self.effective}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ExecutionRaw":
+        state = data.get("state")
+        return cls(
+            argv=tuple(data.get("argv") or ()), records=tuple(data.get("records") or ()),
+            state=DeviceState.from_json(state) if state is not None else None, cooldown=data.get("cooldown"),
+            telemetry=data.get("telemetry") or {}, contention=data.get("contention") or {},
+            windows=tuple((start, duration) for start, duration in data.get("windows") or ()),
+            effective=data.get("effective") or {},
+        )
+
+
+@dataclass(frozen=True)
 class Execution:
     """One process run of one case, as stored."""
 
@@ -120,13 +154,7 @@ class Execution:
     wall_s: float | None
     error: str | None
     build: str | None
-    raw: dict[str, Any]
-
-    @property
-    def effective(self) -> dict[str, Any]:
-        """The settings the engine reported it ran with (n_threads, type_k, backends, ...):
-        what analysis reads instead of an engine's raw records."""
-        return self.raw.get("effective") or {}
+    raw: ExecutionRaw
 
 
 # Files in a run folder made from the store, not stored in it.
@@ -293,21 +321,17 @@ class Store:
         started_at: str,
         error: str | None,
         build: str | None,
-        raw: dict[str, Any],
+        raw: ExecutionRaw,
         metrics: list[Metric],
-        effective: dict[str, Any] | None = None,
     ) -> int:
         """Store one process run, its metrics and its files (`<case>/rep<N>.*` in the run's
-        folder) atomically, replacing an earlier try. `effective` (the engine's reported
-        settings) is kept in the raw JSON under its own key, so it needs no column of its own."""
-        if effective is not None:
-            raw = {**raw, "effective": dict(effective)}
+        folder) atomically, replacing an earlier try."""
         with self.transaction() as conn:
             conn.execute(delete(executions_t).where(
                 executions_t.c.run_id == run_id, executions_t.c.case_key == case.key, executions_t.c.rep == rep))
             inserted = conn.execute(executions_t.insert().values(
                 run_id=run_id, case_key=case.key, rep=rep, status=status, exit_code=exit_code, wall_s=wall_s,
-                started_at=started_at, error=error, build=build, raw_json=json.dumps(raw),
+                started_at=started_at, error=error, build=build, raw_json=json.dumps(raw.to_json()),
             ))
             execution_id = int(inserted.inserted_primary_key[0])
             if metrics:
@@ -408,7 +432,7 @@ class Store:
         return [
             Execution(
                 id=r["id"], case_key=r["case_key"], rep=r["rep"], status=r["status"], exit_code=r["exit_code"],
-                wall_s=r["wall_s"], error=r["error"], build=r["build"], raw=json.loads(r["raw_json"]),
+                wall_s=r["wall_s"], error=r["error"], build=r["build"], raw=ExecutionRaw.from_json(json.loads(r["raw_json"])),
             )
             for r in rows
         ]

@@ -12,8 +12,8 @@ CPU sensor is back within a tolerance of its idle value; the wait and its outcom
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -52,43 +52,155 @@ def _mhz(read: FileRead | None) -> float | None:
     return None if khz is None else khz / 1000
 
 
-def parse_state(files: dict[str, FileRead], ps_text: str | None, ps_error: str | None = None) -> dict[str, Any]:
-    """Files read by `STATE_GLOBS` and `ps` output -> a JSON-ready state (pure)."""
-    state: dict[str, Any] = {"clusters": _clusters(files), "temps_c": _temps(files), "battery": _battery(files)}
+@dataclass(frozen=True)
+class CpuPolicy:
+    """One cpufreq policy (a cluster of cores sharing a clock): its governor and limits in MHz;
+    `capped` when `scaling_max_freq` sits below the hardware maximum."""
+
+    policy: str
+    cpus: str | None
+    governor: str | None
+    min_mhz: float | None
+    max_mhz: float | None
+    cur_mhz: float | None
+    hw_max_mhz: float | None
+    capped: bool
+
+
+@dataclass(frozen=True)
+class Battery:
+    """The battery, if any: a charging one heats the device, a low one may make it throttle."""
+
+    name: str
+    level_pct: float | None
+    status: str | None
+
+
+@dataclass(frozen=True)
+class Zram:
+    """A compressed swap device: memory it takes from the benchmark when it fills."""
+
+    device: str
+    disksize_mb: float
+    orig_data_mb: float | None
+    compr_data_mb: float | None
+
+
+@dataclass(frozen=True)
+class Process:
+    """One of the busiest other processes: the background job a slower figure may owe to."""
+
+    pid: int
+    cpu_pct: float
+    rss_mb: float
+    name: str
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """The device's state before a case, as stored in each execution's raw JSON and printed by
+    `devices check`. Fields are in the stored keys' order, so `to_json` writes what the dict
+    it replaced wrote; a state that could not be read is only its `error` (stored as
+    `{"error": ...}`), so a missing figure says why instead of looking like an idle device."""
+
+    clusters: tuple[CpuPolicy, ...] = ()
+    temps_c: dict[str, float] = field(default_factory=dict)  # "thermal_zone0:cpu-0-0-usr" -> °C
+    battery: Battery | None = None
+    load_avg: tuple[float, ...] | None = None
+    mem_total_mb: float | None = None
+    mem_available_mb: float | None = None
+    swap_total_mb: float | None = None
+    swap_used_mb: float | None = None
+    zram: tuple[Zram, ...] = ()
+    busiest: tuple[Process, ...] | None = None  # None: ps could not run
+    unreadable: dict[str, str] = field(default_factory=dict)  # path (or "ps") -> why
+    captured_monotonic_s: float | None = None  # on the host only: the device's clock is not ours
+    error: str | None = None
+
+    @classmethod
+    def unread(cls, reason: str) -> "DeviceState":
+        """A state that could not be read, with why (stored as `{"error": ...}`)."""
+        return cls(error=reason)
+
+    @property
+    def hottest(self) -> float | None:
+        """The hottest sensor's °C: what the `burst` cooldown waits on."""
+        return max(self.temps_c.values()) if self.temps_c else None
+
+    @property
+    def capped(self) -> bool:
+        """A cluster held below its hardware maximum: a figure from it is not the device's best."""
+        return any(c.capped for c in self.clusters)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        out = asdict(self)  # tuples stay tuples: JSON writes them as the lists the dict held
+        del out["error"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DeviceState":
+        """Any stored state, the `{"error": ...}` form included; a key an older state lacks
+        reads as unknown."""
+        if "error" in data:
+            return cls.unread(data["error"])
+        busiest, load, battery = data.get("busiest"), data.get("load_avg"), data.get("battery")
+        return cls(
+            clusters=tuple(CpuPolicy(**c) for c in data.get("clusters") or ()),
+            temps_c=dict(data.get("temps_c") or {}),
+            battery=Battery(**battery) if battery else None,
+            load_avg=None if load is None else tuple(load),
+            mem_total_mb=data.get("mem_total_mb"), mem_available_mb=data.get("mem_available_mb"),
+            swap_total_mb=data.get("swap_total_mb"), swap_used_mb=data.get("swap_used_mb"),
+            zram=tuple(Zram(**z) for z in data.get("zram") or ()),
+            busiest=None if busiest is None else tuple(Process(**p) for p in busiest),
+            unreadable=dict(data.get("unreadable") or {}),
+            captured_monotonic_s=data.get("captured_monotonic_s"),
+        )
+
+
+def parse_state(files: dict[str, FileRead], ps_text: str | None, ps_error: str | None = None,
+                captured_monotonic_s: float | None = None) -> DeviceState:
+    """Files read by `STATE_GLOBS` and `ps` output -> the state (pure)."""
     load = files.get("/proc/loadavg")
-    state["load_avg"] = [float(x) for x in load.value.split()[:3]] if load and load.value else None
-    state.update(_memory(files))
-    state["busiest"] = parse_ps(ps_text) if ps_text is not None else None
-    state["unreadable"] = {p: r.error for p, r in files.items() if r.error}
+    unreadable = {p: r.error for p, r in files.items() if r.error}
     if ps_error:
-        state["unreadable"]["ps"] = ps_error
-    return state
+        unreadable["ps"] = ps_error
+    return DeviceState(
+        clusters=_clusters(files), temps_c=_temps(files), battery=_battery(files),
+        load_avg=tuple(float(x) for x in load.value.split()[:3]) if load and load.value else None,
+        **_memory(files),
+        busiest=parse_ps(ps_text) if ps_text is not None else None,
+        unreadable=unreadable, captured_monotonic_s=captured_monotonic_s,
+    )
 
 
-def _clusters(files: dict[str, FileRead]) -> list[dict[str, Any]]:
-    out = []
+def _clusters(files: dict[str, FileRead]) -> tuple[CpuPolicy, ...]:
+    out: list[CpuPolicy] = []
     for path in files:
         if not path.endswith("/scaling_governor") and not path.endswith("/cpuinfo_max_freq"):
             continue
         policy = str(PurePosixPath(path).parent)
-        if any(c["policy"] == PurePosixPath(policy).name for c in out):
+        if any(c.policy == PurePosixPath(policy).name for c in out):
             continue
 
         def get(name: str, policy: str = policy) -> FileRead | None:
             return files.get(f"{policy}/{name}")
 
         hw_max, cap = _mhz(get("cpuinfo_max_freq")), _mhz(get("scaling_max_freq"))
-        out.append({
-            "policy": PurePosixPath(policy).name,
-            "cpus": (get("related_cpus").value if get("related_cpus") else None),
-            "governor": get("scaling_governor").value if get("scaling_governor") else None,
-            "min_mhz": _mhz(get("scaling_min_freq")),
-            "max_mhz": cap,
-            "cur_mhz": _mhz(get("scaling_cur_freq")),
-            "hw_max_mhz": hw_max,
-            "capped": cap is not None and hw_max is not None and cap < hw_max,
-        })
-    return out
+        related, governor = get("related_cpus"), get("scaling_governor")
+        out.append(CpuPolicy(
+            policy=PurePosixPath(policy).name,
+            cpus=related.value if related else None,
+            governor=governor.value if governor else None,
+            min_mhz=_mhz(get("scaling_min_freq")),
+            max_mhz=cap,
+            cur_mhz=_mhz(get("scaling_cur_freq")),
+            hw_max_mhz=hw_max,
+            capped=cap is not None and hw_max is not None and cap < hw_max,
+        ))
+    return tuple(out)
 
 
 def _temps(files: dict[str, FileRead]) -> dict[str, float]:
@@ -103,17 +215,18 @@ def _temps(files: dict[str, FileRead]) -> dict[str, float]:
     return temps
 
 
-def _battery(files: dict[str, FileRead]) -> dict[str, Any] | None:
+def _battery(files: dict[str, FileRead]) -> Battery | None:
     for path, read in files.items():
         if path.endswith("/type") and "power_supply" in path and read.value == "Battery":
             folder = str(PurePosixPath(path).parent)
             status = files.get(f"{folder}/status")
-            return {"name": PurePosixPath(folder).name, "level_pct": _num(files.get(f"{folder}/capacity")),
-                    "status": status.value if status else None}
+            return Battery(PurePosixPath(folder).name, _num(files.get(f"{folder}/capacity")),
+                           status.value if status else None)
     return None
 
 
 def _memory(files: dict[str, FileRead]) -> dict[str, Any]:
+    """DeviceState's memory fields, by name."""
     meminfo: dict[str, float] = {}
     read = files.get("/proc/meminfo")
     for line in read.lines if read else ():
@@ -125,20 +238,20 @@ def _memory(files: dict[str, FileRead]) -> dict[str, Any]:
         if path.startswith("/sys/block/zram") and path.endswith("/disksize") and _num(disk):
             dev = PurePosixPath(path).parent.name
             stat = files.get(f"/sys/block/{dev}/mm_stat")
-            fields = stat.value.split() if stat and stat.value else []
-            zram.append({"device": dev, "disksize_mb": (_num(disk) or 0) / 2**20,
-                         "orig_data_mb": float(fields[0]) / 2**20 if fields else None,
-                         "compr_data_mb": float(fields[1]) / 2**20 if len(fields) > 1 else None})
+            counts = stat.value.split() if stat and stat.value else []
+            zram.append(Zram(dev, (_num(disk) or 0) / 2**20,
+                             float(counts[0]) / 2**20 if counts else None,
+                             float(counts[1]) / 2**20 if len(counts) > 1 else None))
     return {
         "mem_total_mb": meminfo.get("MemTotal"),
         "mem_available_mb": meminfo.get("MemAvailable"),
         "swap_total_mb": meminfo.get("SwapTotal"),
         "swap_used_mb": (meminfo["SwapTotal"] - meminfo["SwapFree"]) if "SwapTotal" in meminfo and "SwapFree" in meminfo else None,
-        "zram": zram,
+        "zram": tuple(zram),
     }
 
 
-def parse_ps(text: str) -> list[dict[str, Any]]:
+def parse_ps(text: str) -> tuple[Process, ...]:
     """`ps -o pid,pcpu,rss,comm` -> the busiest processes (by %CPU, which ps averages over each
     process's lifetime: a long-running hog shows, a burst of the last second may not)."""
     rows = []
@@ -147,15 +260,14 @@ def parse_ps(text: str) -> list[dict[str, Any]]:
         if len(fields) < 4 or not fields[0].isdigit():
             continue
         try:
-            rows.append({"pid": int(fields[0]), "cpu_pct": float(fields[1]), "rss_mb": int(fields[2]) / 1024,
-                         "name": fields[3].strip()})
+            rows.append(Process(int(fields[0]), float(fields[1]), int(fields[2]) / 1024, fields[3].strip()))
         except ValueError:
             continue
-    rows = [r for r in rows if r["name"] not in ("ps", "sh")]
-    return sorted(rows, key=lambda r: -r["cpu_pct"])[:BUSIEST]
+    rows = [r for r in rows if r.name not in ("ps", "sh")]
+    return tuple(sorted(rows, key=lambda r: -r.cpu_pct)[:BUSIEST])
 
 
-def capture_state(driver: Driver, root: str = "", timeout: float = 60) -> dict[str, Any]:
+def capture_state(driver: Driver, root: str = "", timeout: float = 60) -> DeviceState:
     """The device's state now (see the module doc); what cannot be read is listed with why."""
     files = read_files(driver, STATE_GLOBS, root, timeout)
     try:
@@ -163,14 +275,7 @@ def capture_state(driver: Driver, root: str = "", timeout: float = 60) -> dict[s
         ps_text, ps_error = (done.stdout, None) if done.exit_code == 0 else (None, f"ps failed: {done.stderr_tail(2)}")
     except DriverError as exc:
         ps_text, ps_error = None, f"ps failed: {exc}"
-    state = parse_state(files, ps_text, ps_error)
-    state["captured_monotonic_s"] = time.monotonic() if driver.is_host else None
-    return state
-
-
-def hottest(state: dict[str, Any]) -> float | None:
-    temps = state.get("temps_c") or {}
-    return max(temps.values()) if temps else None
+    return parse_state(files, ps_text, ps_error, time.monotonic() if driver.is_host else None)
 
 
 @dataclass(frozen=True)
@@ -203,27 +308,25 @@ def wait_for_cool(read_temp: Callable[[], float | None], idle_c: float | None, *
     return Cooldown(waited, first, now_c, target, reached, reason)
 
 
-def format_state(state: dict[str, Any]) -> list[str]:
+def format_state(state: DeviceState) -> list[str]:
     """Human lines for `devices check` and `results show`."""
     lines = []
-    for c in state.get("clusters") or []:
-        cap = " [capped below hw max]" if c.get("capped") else ""
-        lines.append(f"cpu {c.get('cpus') or c['policy']}: {c.get('governor')} {_f(c.get('min_mhz'))}-{_f(c.get('max_mhz'))} MHz "
-                     f"(hw max {_f(c.get('hw_max_mhz'))}, now {_f(c.get('cur_mhz'))}){cap}")
-    if not state.get("clusters"):
+    for c in state.clusters:
+        cap = " [capped below hw max]" if c.capped else ""
+        lines.append(f"cpu {c.cpus or c.policy}: {c.governor} {_f(c.min_mhz)}-{_f(c.max_mhz)} MHz "
+                     f"(hw max {_f(c.hw_max_mhz)}, now {_f(c.cur_mhz)}){cap}")
+    if not state.clusters:
         lines.append("cpu: no cpufreq policy (no scaling driver; usual in VMs)")
-    temps = state.get("temps_c") or {}
-    lines.append("temperatures: " + (", ".join(f"{k} {v:.1f} °C" for k, v in temps.items()) or "none readable"))
-    battery = state.get("battery")
-    lines.append(f"battery: {battery['level_pct']}% {battery['status']}" if battery else "battery: none")
-    lines.append(f"load average: {state.get('load_avg')}")
-    lines.append(f"memory: {_f(state.get('mem_available_mb'))} MB available of {_f(state.get('mem_total_mb'))} MB; "
-                 f"swap used {_f(state.get('swap_used_mb'))} of {_f(state.get('swap_total_mb'))} MB; "
-                 f"zram: {', '.join(z['device'] for z in state.get('zram') or []) or 'none'}")
-    busiest: Sequence[dict[str, Any]] = state.get("busiest") or []
-    if busiest:
-        lines.append("busiest: " + ", ".join(f"{p['name']} ({p['pid']}) {p['cpu_pct']:.0f}%" for p in busiest))
-    for why in (state.get("unreadable") or {}).values():
+    lines.append("temperatures: " + (", ".join(f"{k} {v:.1f} °C" for k, v in state.temps_c.items()) or "none readable"))
+    battery = state.battery
+    lines.append(f"battery: {battery.level_pct}% {battery.status}" if battery else "battery: none")
+    lines.append(f"load average: {None if state.load_avg is None else list(state.load_avg)}")
+    lines.append(f"memory: {_f(state.mem_available_mb)} MB available of {_f(state.mem_total_mb)} MB; "
+                 f"swap used {_f(state.swap_used_mb)} of {_f(state.swap_total_mb)} MB; "
+                 f"zram: {', '.join(z.device for z in state.zram) or 'none'}")
+    if state.busiest:
+        lines.append("busiest: " + ", ".join(f"{p.name} ({p.pid}) {p.cpu_pct:.0f}%" for p in state.busiest))
+    for why in state.unreadable.values():
         lines.append(f"unreadable: {why}")
     return lines
 
@@ -232,19 +335,17 @@ def _f(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
 
 
-def summary_parts(state: dict[str, Any]) -> dict[str, str]:
+def summary_parts(state: DeviceState) -> dict[str, str]:
     """The state in a few named words (governors and caps, hottest sensor, load, free memory,
     battery), so a table can say once what several cases shared and per case what differed."""
-    if "error" in state:
-        return {"error": state["error"]}
-    clusters = state.get("clusters") or []
-    cpu = "; ".join(f"{c.get('governor')} ≤{_f(c.get('max_mhz'))} MHz" + (" capped" if c.get("capped") else "")
-                    for c in clusters) or "no cpufreq"
-    hot = hottest(state)
-    load = state.get("load_avg") or [None]
-    battery = state.get("battery")
+    if state.error is not None:
+        return {"error": state.error}
+    cpu = "; ".join(f"{c.governor} ≤{_f(c.max_mhz)} MHz" + (" capped" if c.capped else "")
+                    for c in state.clusters) or "no cpufreq"
+    hot = state.hottest
+    load = state.load_avg[0] if state.load_avg else None
     parts = {"cpu": f"cpu {cpu}", "hottest": f"hottest {hot:.1f} °C" if hot is not None else "no temperature",
-             "load": f"load {load[0]}", "free": f"{_f(state.get('mem_available_mb'))} MB free"}
-    if battery:
-        parts["battery"] = f"battery {battery.get('level_pct')}% {battery.get('status')}"
+             "load": f"load {load}", "free": f"{_f(state.mem_available_mb)} MB free"}
+    if state.battery:
+        parts["battery"] = f"battery {state.battery.level_pct}% {state.battery.status}"
     return parts
