@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import json
+import sqlite3
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,18 +163,36 @@ class Execution:
 DERIVED = frozenset({"report.html"})
 
 
+SQLITE_BUSY_S = 30  # how long a SQLite connection waits for another's lock
+
+
+def _wal(cursor: sqlite3.Cursor) -> None:
+    """Put the SQLite file in WAL mode (kept in the file, so only a new store's first connections
+    switch it). Switching needs the file to itself, and SQLite answers "database is locked" at once
+    there rather than waiting: stores opened at the same moment retry, up to the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         timeout = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
         return create_engine(url, pool_pre_ping=True, connect_args=timeout)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:
         # pysqlite would begin transactions itself, and not before DDL; we begin them (below).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
