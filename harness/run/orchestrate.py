@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from harness.errors import EdgebenchError, StoreError
-from harness.store.leases import held, manual_holder
 from harness.plan.suites import Suite
-from harness.store.db import RunRecord, Store, new_run_id
 from harness.run.runner import StepResult
 from harness.run.session import Callbacks, RunOptions, prepare, resume, start
 from harness.run.sweep import sweep_options
+from harness.store.db import RunRecord, Store, new_run_id
+from harness.store.leases import held, manual_holder
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ lab_jobs = Table(
 leases = Table(
     "leases", metadata,
     Column("identity", Text, primary_key=True),
-    Column("holder", Text, nullable=False),  # who, in words: "lab job J (lab L)" or "manual run by user"
+    Column("holder", Text, nullable=False),  # who and what, never a command line: "run R by user" or "lab job J by user"
     Column("host", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("since", Text, nullable=False),
