@@ -100,5 +100,5 @@ def test_probe_runs_keep_the_gpu_figures_with_their_reason(tmp_path):
     with telemetry:
         pass
     names = {m.name: m for m in telemetry.metrics(Completed(("x",), 0, "", "", 0.1), (), 0)}
-    assert set(names) == {"gpu_power_w", "gpu_energy_j", "gpu_mem_peak_mb"}
+    assert set(names) == {"gpu_power_w", "gpu_energy_j", "gpu_mem_peak_mb", "gpu_load_pct"}
     assert all(m.value is None and "NVIDIA" in m.missing_reason for m in names.values())

@@ -277,7 +277,7 @@ class RecordedNvml:
         self.shut_down = False
 
     def _next(self, key: str) -> int:
-        if key in self.refuse:
+        if key in self.refuse or key not in self.recording["ticks"][0]:  # not recorded: as a GPU that lacks it
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         index = self.calls.get(key, 0)
         self.calls[key] = index + 1
@@ -294,6 +294,9 @@ class RecordedNvml:
         used = self._next("memory_used_bytes")
         total = self.recording["memory_total_bytes"]
         return SimpleNamespace(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: object) -> SimpleNamespace:
+        return SimpleNamespace(gpu=self._next("utilization_gpu_pct"), memory=0)
 
     def nvmlDeviceGetName(self, handle: object) -> str:
         return self.recording["name"]

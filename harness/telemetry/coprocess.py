@@ -23,12 +23,11 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from harness.boards.power import RPI_PMIC_SCOPE, jetson_module
-from harness.records import DeviceFacts, Metric
-from harness.telemetry import Sample, energy, tegrastats, vcgencmd
+from harness.records import DeviceFacts, Metric, Window
+from harness.telemetry import Sample, energy, gpu, tegrastats, vcgencmd
 
 if TYPE_CHECKING:  # paramiko loads only when an SSH device is used
     from harness.drivers.ssh import SshDriver
@@ -156,17 +155,20 @@ class BoardTool:
             return f"{self.tool} on {self.driver.name} printed nothing parseable"
         return f"{self.tool} on {self.driver.name} reported no board power rail (module not recognised, or rails need root)"
 
-    def metrics(self, start: float, end: float, offset_s: float) -> list[Metric]:
-        """temp_max_c, gpu_load_pct, throttled over the benchmark process [start, end] (probe clock)."""
+    def metrics(self, start: float, end: float, offset_s: float, windows: Sequence[Window] = (),
+                no_window: str | None = None) -> list[Metric]:
+        """temp_max_c and throttled over the benchmark process [start, end], gpu_load_pct over
+        its measured `windows` (all on the probe clock)."""
         if self.tool is None:
             return []
-        inside = [s for s in self.on_probe_clock(offset_s) if start <= s.t <= end]
+        moved = self.on_probe_clock(offset_s)
+        inside = [s for s in moved if start <= s.t <= end]
         span = f"the {end - start:.2f} s process ({self.interval_ms} ms {self.tool} interval)"
         temps = tegrastats.temperatures(_of(inside, "tegrastats/temp/")) if self.tool == "tegrastats" else _of(inside, "vcgencmd/temp")
         out = [Metric("temp_max_c", max(s.value for s in temps), "C", samples=tuple(s.value for s in temps)) if temps
                else Metric.missing("temp_max_c", "C", f"no {self.tool} temperature sample inside {span}")]
-        if gpu := _of(inside, "tegrastats/gpu_load"):
-            out.append(Metric("gpu_load_pct", fmean(s.value for s in gpu), "%", samples=tuple(s.value for s in gpu)))
+        if load := _of(moved, "tegrastats/gpu_load"):
+            out.append(gpu.load_metric(load, windows, f"no {self.tool} GPU load sample", no_window))
         if throttle := _of(inside, "vcgencmd/throttled"):
             now = [int(s.value) & 0xF for s in throttle]
             out.append(Metric("throttled", float(any(now)), "bool", samples=tuple(float(v) for v in now)))

@@ -18,7 +18,7 @@ from harness.telemetry.base import Telemetry
 from harness.telemetry.coprocess import BoardTool
 from harness.telemetry.host import HostTelemetry
 from harness.telemetry.missing import MissingTelemetry
-from harness.telemetry.probe import ProbeTelemetry
+from harness.telemetry.probe import ProbeTelemetry, merged
 
 if TYPE_CHECKING:  # paramiko loads only when an SSH device is used
     from harness.drivers.ssh import SshDriver
@@ -60,8 +60,9 @@ _BY_KIND: dict[str, Callable[[Any, str | None], Telemetry]] = {"local": _local, 
 
 
 class GpuBeside:
-    """The probe's figures plus the host's NVIDIA GPU power, energy and memory (NVML), which
-    the probe does not read: a GPU's figures come from the driver's library, not from sysfs."""
+    """The probe's figures plus the host's NVIDIA GPU power, energy, memory and load (NVML),
+    which the probe does not read: a GPU's figures come from the driver's library, not from
+    sysfs (the probe's GPU load, from sysfs where a board has it, stands where NVML has none)."""
 
     def __init__(self, inner: Telemetry) -> None:
         self.inner = inner
@@ -90,7 +91,7 @@ class GpuBeside:
     def metrics(self, completed: Completed, windows: Sequence[Window], tokens: int,
                 no_window: str | None = None) -> list[Metric]:
         gpu = [m for m in self.host.metrics(completed, windows, tokens, no_window) if m.name.startswith("gpu_")]
-        return self.inner.metrics(completed, windows, tokens, no_window) + gpu
+        return merged(self.inner.metrics(completed, windows, tokens, no_window), gpu)
 
     def write_csv(self, path: Path) -> None:
         self.inner.write_csv(path)

@@ -92,7 +92,7 @@ class HostTelemetry:
         if sources.gpus is None:
             gpu = nvml.missing_gpu_metrics(sources.gpu_reason)
         else:
-            gpu = sources.gpus.metrics(self.samples)
+            gpu = sources.gpus.metrics(self.samples, windows, no_window)
         return [
             procfs.peak_rss_metric(completed.rusage),
             *procfs.rss_split_metrics(self.samples, no_proc),

@@ -14,7 +14,7 @@ class MissingTelemetry:
     """The Telemetry protocol where nothing can sample (no probe staged on the device)."""
 
     METRICS = (("peak_rss_mb", "MB"), ("avg_power_w", "W"), ("energy_j", "J"), ("energy_j_per_token", "J/token"),
-               ("temp_max_c", "C"))
+               ("temp_max_c", "C"), ("gpu_load_pct", "%"))
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -1,8 +1,11 @@
-"""NVIDIA GPU power, energy and memory through NVML (`nvidia-ml-py`, imported as `pynvml`).
+"""NVIDIA GPU power, energy, memory and load through NVML (`nvidia-ml-py`, imported as `pynvml`).
 
 NVML's total-energy counter (Volta and later) is the GPU's own integral, so gpu_energy_j is a
 counter delta rather than power samples integrated at our tick rate. Memory is device-wide
-(`used`), which on a benchmark host is the benchmark plus the driver's own reservation.
+(`used`), which on a benchmark host is the benchmark plus the driver's own reservation. Load is
+`nvmlDeviceGetUtilizationRates().gpu`: the share of the driver's last sample period (1/6 s to 1 s)
+in which a kernel ran; with several GPUs, their mean per tick (the share of the host's GPU time
+that was busy), over the engine's measured windows (harness.telemetry.gpu).
 The NVML API object is passed in, so tests replay recorded readings through the same code.
 """
 
@@ -13,8 +16,8 @@ from statistics import fmean
 from typing import Any, Callable, Sequence
 
 from harness.drivers.nvml import device_name, start_nvml
-from harness.records import Metric
-from harness.telemetry import Sample
+from harness.records import Metric, Window
+from harness.telemetry import Sample, gpu
 
 _BYTES_PER_MB = 2**20  # MiB, as everywhere in edgebench
 
@@ -39,6 +42,7 @@ _READINGS: tuple[tuple[str, str, Callable[[Any, Any], float]], ...] = (
     ("power", "W", lambda api, h: mw_to_w(api.nvmlDeviceGetPowerUsage(h))),
     ("energy", "mJ", lambda api, h: float(api.nvmlDeviceGetTotalEnergyConsumption(h))),
     ("memory_used", "MB", lambda api, h: bytes_to_mb(api.nvmlDeviceGetMemoryInfo(h).used)),
+    ("load", gpu.UNIT, lambda api, h: float(api.nvmlDeviceGetUtilizationRates(h).gpu)),
 )
 
 
@@ -70,7 +74,7 @@ class NvmlGpus:
         self.api.nvmlShutdown()
 
     def read(self, t: float) -> list[Sample]:
-        """Power (W), the energy counter (mJ, raw) and used memory (MB) of each GPU."""
+        """Power (W), the energy counter (mJ, raw), used memory (MB) and load (%) of each GPU."""
         samples = []
         for index, handle in enumerate(self.handles):
             for quantity, unit, read in _READINGS:
@@ -83,12 +87,15 @@ class NvmlGpus:
                     self.refused[source] = f"NVML refused {source}: {exc}"
         return samples
 
-    def metrics(self, samples: Sequence[Sample]) -> list[Metric]:
-        """gpu_power_w (mean of all-GPU totals per tick), gpu_energy_j, gpu_mem_peak_mb."""
+    def metrics(self, samples: Sequence[Sample], windows: Sequence[Window] = (), no_window: str | None = None) -> list[Metric]:
+        """gpu_power_w (mean of all-GPU totals per tick), gpu_energy_j, gpu_mem_peak_mb over the
+        whole process; gpu_load_pct (all GPUs' mean per tick) over the measured `windows`."""
         return [
             self._per_tick(samples, "power", "gpu_power_w", "W", fmean),
             self._energy(samples),
             self._per_tick(samples, "memory_used", "gpu_mem_peak_mb", "MB", max),
+            gpu.load_metric([Sample(t, "nvml/load", fmean(values), gpu.UNIT) for t, values in self._ticks(samples, "load").items()],
+                            windows, self._reason("load"), no_window),
         ]
 
     def _reason(self, quantity: str) -> str:
@@ -98,14 +105,20 @@ class NvmlGpus:
     def _per_tick(
         self, samples: Sequence[Sample], quantity: str, name: str, unit: str, reduce: Callable[..., float]
     ) -> Metric:
-        totals: dict[float, float] = defaultdict(float)
-        for s in samples:
-            if s.source.startswith("nvml/") and s.source.endswith(f"/{quantity}"):
-                totals[s.t] += s.value
+        totals = {t: sum(values) for t, values in self._ticks(samples, quantity).items()}
         if not totals:
             return Metric.missing(name, unit, self._reason(quantity))
         values = tuple(totals[t] for t in sorted(totals))
         return Metric(name, reduce(values), unit, samples=values)
+
+    @staticmethod
+    def _ticks(samples: Sequence[Sample], quantity: str) -> dict[float, list[float]]:
+        """Each tick's readings of `quantity`, one per GPU, in time order."""
+        ticks: dict[float, list[float]] = defaultdict(list)
+        for s in sorted(samples, key=lambda s: s.t):
+            if s.source.startswith("nvml/") and s.source.endswith(f"/{quantity}"):
+                ticks[s.t].append(s.value)
+        return ticks
 
     def _energy(self, samples: Sequence[Sample]) -> Metric:
         total = 0.0
@@ -124,6 +137,7 @@ def missing_gpu_metrics(reason: str) -> list[Metric]:
         Metric.missing("gpu_power_w", "W", reason),
         Metric.missing("gpu_energy_j", "J", reason),
         Metric.missing("gpu_mem_peak_mb", "MB", reason),
+        Metric.missing(gpu.NAME, gpu.UNIT, reason),
     ]
 
 

@@ -33,7 +33,7 @@ from harness.boards.android import detect_power_convention
 from harness.drivers.base import Completed, Driver, ResourceUsage
 from harness.drivers.devicefs import FileRead, read_files
 from harness.records import Metric
-from harness.telemetry import Sample, contention, energy, procfs, rapl, sysfs
+from harness.telemetry import Sample, contention, energy, gpu, procfs, rapl, sysfs
 from harness.telemetry.clusters import CORE_GLOBS, Cluster, clusters_from, probe_cpu
 from harness.telemetry.coprocess import BoardTool
 
@@ -216,6 +216,7 @@ DISCOVERY_GLOBS = (
     "/sys/class/power_supply/*/status",
     "/sys/class/power_supply/*/current_now",
     "/sys/class/power_supply/*/voltage_now",
+    *gpu.GLOBS,
 )
 
 
@@ -235,7 +236,8 @@ def classify(files: dict[str, FileRead]) -> Discovery:
         read = files.get(path)
         if read is None:
             return
-        if read.value is None or not _is_number(read.value):
+        # the probe samples a file's first word ("23 %": 23), so that is what must be a number
+        if read.value is None or not _is_number(read.value.split()[0] if read.value else None):
             unreadable[name] = read.error or f"{path} does not hold a number"
         else:
             sources.append(Source(name, path, unit, scale))
@@ -280,6 +282,10 @@ def classify(files: dict[str, FileRead]) -> Discovery:
                                                      _number(label(f"{folder}/voltage_now")), (status[p.parent.name] or "").lower())
                 unit, scale = ("A", convention.amps_per_unit) if p.name == "current_now" else ("V", convention.volts_per_unit)
                 add(f"battery/{p.parent.name}/{p.name.removesuffix('_now')}", path, unit, scale)
+    gpu_sources, gpu_notes = gpu.load_files(files)
+    for name, path, scale in gpu_sources:
+        add(name, path, gpu.UNIT, scale)
+    unreadable.update(gpu_notes)
     for family, prefixes, what in _FAMILIES:
         if not any(s.name.startswith(prefixes) for s in sources) and not any(n.startswith(prefixes) for n in unreadable):
             unreadable[family] = what
@@ -291,6 +297,7 @@ _FAMILIES = (
     ("thermal", ("thermal/", "hwmon/"), "no CPU temperature sensor (thermal zone or hwmon) found"),
     ("cpufreq", ("cpufreq/",), "no cpufreq scaling_cur_freq found (no scaling driver; usual in VMs)"),
     ("power", ("rapl/", "battery/", "rail/"), "no power sensor found (RAPL package, battery, INA rails)"),
+    ("gpu", (gpu.PREFIX,), gpu.NONE_READABLE),
 )
 
 
@@ -461,6 +468,8 @@ class ProbeTelemetry:
             sysfs.cpu_freq_metric(samples, found.reason("cpufreq") or "every cpufreq read failed"),
             *energy.window_metrics(traces, windows, tokens, idle=idle, no_power=no_power, no_window=no_window,
                                    battery_status=found.battery_status),
+            gpu.load_metric([s for s in samples if s.source.startswith(gpu.PREFIX)], windows,
+                            _reasons(found, "gpu") or "every GPU load read failed", no_window),
             contention_metric(trace, [(start, start + duration) for start, duration in windows]),
             Metric("probe_cpu_s", trace.exit.probe_cpu_s, "s"),
             Metric("probe_tick_ms", fmean(s.value for s in samples if s.source == "probe/cost"), "ms")
@@ -468,7 +477,7 @@ class ProbeTelemetry:
         ]
         if self.beside is None or trace.boottime_offset_s is None or trace.start_t is None:
             return own
-        return _merged(own, self.beside.metrics(trace.start_t, trace.exit.t, trace.boottime_offset_s))
+        return merged(own, self.beside.metrics(trace.start_t, trace.exit.t, trace.boottime_offset_s, windows, no_window))
 
     def details(self) -> dict[str, Any]:
         """What the figures rest on, for the execution's raw record: sources, power scope, board tool."""
@@ -553,10 +562,11 @@ def _reasons(found: Discovery, *prefixes: str) -> str:
     return "; ".join(r for r in (found.reason(p) for p in prefixes) if r)
 
 
-def _merged(own: list[Metric], tool: list[Metric]) -> list[Metric]:
-    """The probe's figures with a board tool's: the tool fills what the probe could not
-    measure, adds what only it has (GPU load, throttling), and temp_max_c is the hottest
-    reading of both (the tool reads sensors sysfs may not show)."""
+def merged(own: list[Metric], tool: list[Metric]) -> list[Metric]:
+    """The probe's figures with another sampler's (a board tool's, the host's NVML): the other
+    fills what the probe could not measure (GPU load where no sysfs file has it), adds what only
+    it has (throttling, GPU power), and temp_max_c is the hottest reading of both (a tool reads
+    sensors sysfs may not show); a figure neither measured keeps both reasons."""
     out = {m.name: m for m in own}
     for metric in tool:
         mine = out.get(metric.name)
@@ -570,7 +580,8 @@ def _merged(own: list[Metric], tool: list[Metric]) -> list[Metric]:
 
 
 _ALL_METRICS = (("peak_rss_mb", "MB"), ("peak_rss_anon_mb", "MB"), ("peak_rss_file_mb", "MB"), ("temp_max_c", "C"),
-                ("cpu_freq_mhz", "MHz"), *energy.ENERGY_METRICS, ("foreign_cpu_pct", contention.FOREIGN_UNIT), ("probe_cpu_s", "s"))
+                ("cpu_freq_mhz", "MHz"), *energy.ENERGY_METRICS, (gpu.NAME, gpu.UNIT), ("foreign_cpu_pct", contention.FOREIGN_UNIT),
+                ("probe_cpu_s", "s"))
 
 
 def contention_metric(trace: ProbeTrace, windows: Sequence[tuple[float, float]] | None = None) -> Metric:
