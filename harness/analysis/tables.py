@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.quality import output_differs
+from harness.engines.llamabench import offload_note
 from harness.records import Case
 from harness.stats import drift, percentile, pooled_cv, summarize
 from harness.store.db import Store
@@ -191,7 +192,8 @@ class WideTable:
     Metrics measured nowhere are not columns: they are listed once in `missing` with the
     reason, so a sensor the device lacks is said once rather than per row. A row whose
     figures were measured while others used the device is in `contended`; one whose run's
-    backend failed the correctness gate is in `differs`. Quality cases have their own table.
+    backend failed the correctness gate is in `differs`; one that offloaded layers to a GPU is
+    in `offloads`, saying how many and to which device. Quality cases have their own table.
     """
 
     columns: list[str]  # metric names, HEADLINE order
@@ -199,9 +201,11 @@ class WideTable:
     missing: dict[str, str]
     contended: dict[tuple[str, str], Contention] = field(default_factory=dict)
     differs: dict[tuple[str, str], str] = field(default_factory=dict)
+    offloads: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-def wide_table(summary: pd.DataFrame) -> WideTable:
+def wide_table(summary: pd.DataFrame, offloads: dict[tuple[str, str], str] | None = None) -> WideTable:
+    """The summary as a WideTable; `offloads` (`offloads_by_case`) marks the cases that offloaded."""
     if summary.empty:
         return WideTable([], [], {})
     present = summary[summary["metric"].isin(HEADLINE) & (summary["kind"] != "quality")]
@@ -227,7 +231,24 @@ def wide_table(summary: pd.DataFrame) -> WideTable:
         rows.append((run_id, label, cells))
     marked = present[present["output_differs"].notna()] if "output_differs" in present else present.iloc[0:0]
     differs = {(r.run_id, r.case): r.output_differs for r in marked.itertuples()}
-    return WideTable(columns, rows, missing, contention_by_case(summary), differs)
+    shown = {(run_id, label) for run_id, label, _ in rows}
+    return WideTable(columns, rows, missing, contention_by_case(summary), differs,
+                     {key: note for key, note in (offloads or {}).items() if key in shown})
+
+
+def offloads_by_case(store: Store, run_ids: list[str]) -> dict[tuple[str, str], str]:
+    """(run_id, case label) -> what the case offloaded to a GPU and where, as its processes
+    reported it (harness.engines.llamabench.offload_note); CPU-only cases are not in it."""
+    out: dict[tuple[str, str], str] = {}
+    for run_id in run_ids:
+        n_layers = store.model_info(store.run(run_id).model_sha256).get("n_layers")
+        labels = {case.key: case.label for case in store.cases(run_id)}
+        notes: dict[str, set[str]] = {}
+        for e in store.executions(run_id):
+            if e.status == "ok" and (note := offload_note(e.raw.effective, n_layers)):
+                notes.setdefault(labels.get(e.case_key, e.case_key), set()).add(note)
+        out |= {(run_id, label): " / ".join(sorted(seen)) for label, seen in notes.items()}
+    return out
 
 
 def _none(value: Any) -> float | None:

@@ -266,19 +266,26 @@ def summary_caption(run: RunRecord, wide: Any, stops: dict[str, Any] | None = No
     return tuple(lines)
 
 
-def summary_grid(run: RunRecord, summary: Any, stops: dict[str, Any] | None = None) -> Grid:
-    """One row per case, one column per headline metric the run measured; with a precision
-    target (`stops`, by case label), a last column says where each case stopped and why."""
+OFFLOAD = "GPU offload"  # the summary column of the cases that offloaded layers
+
+
+def summary_grid(run: RunRecord, summary: Any, stops: dict[str, Any] | None = None,
+                 offloads: dict[tuple[str, str], str] | None = None) -> Grid:
+    """One row per case, one column per headline metric the run measured; where a case offloaded
+    layers to a GPU (`offloads`, harness.analysis.tables.offloads_by_case), a column says how many
+    and to which device (empty for the CPU-only cases); with a precision target (`stops`, by case
+    label), a last column says where each case stopped and why."""
     from harness.analysis.tables import HEADLINE, wide_table
 
-    wide = wide_table(summary)
+    wide = wide_table(summary, offloads)
     title = f"run {run.id} · {run.facts.get('name')} ({run.facts.get('cpu_model')}) · suite {run.suite_name} · {run.status}"
     stopped = (lambda label: (stops[label].describe() if label in stops else "—",)) if stops else (lambda label: ())
+    offload = (lambda key: (wide.offloads.get(key, ""),)) if wide.offloads else (lambda key: ())
     rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended, (run_id, label) in wide.differs)
-                           for m in wide.columns), *stopped(label))
+                           for m in wide.columns), *offload((run_id, label)), *stopped(label))
                  for run_id, label, cells in wide.rows)
-    header = ("case", *(HEADLINE[m] for m in wide.columns)) + (("stopped",) if stops else ())
-    return Grid(title, header, rows, text=frozenset({"stopped"}), caption=summary_caption(run, wide, stops))
+    header = ("case", *(HEADLINE[m] for m in wide.columns)) + ((OFFLOAD,) if wide.offloads else ()) + (("stopped",) if stops else ())
+    return Grid(title, header, rows, text=frozenset({"stopped", OFFLOAD}), caption=summary_caption(run, wide, stops))
 
 
 def stops_by_label(store: Store, run_id: str) -> dict[str, Any]:
@@ -376,10 +383,11 @@ def condition_lines(store: Store, run_id: str) -> list[str]:
 def show_run(console: Console, store: Store, run_id: str, fmt: str = "table") -> None:
     """A run's summary, its contended processes, its roofline, the conditions it ran under, its
     failures and note."""
-    from harness.analysis.tables import failures_frame, summary_frame, tidy_frame
+    from harness.analysis.tables import failures_frame, offloads_by_case, summary_frame, tidy_frame
 
     run = store.run(run_id)
-    show(console, summary_grid(run, summary_frame(tidy_frame(store, [run.id])), stops_by_label(store, run.id)), fmt)
+    show(console, summary_grid(run, summary_frame(tidy_frame(store, [run.id])), stops_by_label(store, run.id),
+                               offloads_by_case(store, [run.id])), fmt)
     show_quality(console, store, run.id, fmt)
     show_lines(console, contended_lines(store, run.id), fmt, "yellow")
     show_lines(console, device_lines(store, run.id), fmt, "yellow")

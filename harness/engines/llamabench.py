@@ -52,6 +52,8 @@ CPU_VULKAN_DEVICES = {"llvmpipe": "lavapipe"}
 # warning line after a device whose Vulkan type is CPU.
 _VK_DEVICE = re.compile(r"^ggml_vulkan: (\d+) = (.*) \(([^()]*)\) \| uma: (\d)")
 _VK_CPU_TYPE = "ggml_vulkan: Warning: Device type is CPU"
+# The backends llama-bench reports (`backends`) whose devices are GPUs; CPU, BLAS and RPC are not.
+GPU_BACKENDS = ("CUDA", "Vulkan", "OpenCL", "Metal", "SYCL", "ROCm", "MUSA")
 MARK_PREFIX = "llama-bench: "  # the prefix of llama-bench's --progress lines
 _RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
 
@@ -179,6 +181,26 @@ def device_note(row: Mapping[str, Any], vk_devices: Sequence[Mapping[str, Any]] 
         return (f"no GPU device took the offloaded layers ({row['backends']} found none; its Vulkan backend skips CPU devices "
                 "such as lavapipe unless the vk_visible_devices setting names them): figures are CPU figures")
     return None
+
+
+def offload_note(effective: Mapping[str, Any], n_layers: int | None) -> str | None:
+    """What a case offloaded and to which device, from the settings llama-bench reported it ran
+    with (`effective_settings`): "GPU: 31/31 layers on <its gpu_info> via Vulkan", then the device
+    note where that device is a CPU implementation (lavapipe) or no device took the layers; None
+    for a case with no GPU backend or no layer asked for. llama.cpp offloads the model's blocks
+    (`n_layers`, GGUF block_count) plus its output layer, and -1 asks for all of them."""
+    via = [b for b in str(effective.get("backends") or "").split(",") if b in GPU_BACKENDS]
+    asked = int(effective.get("n_gpu_layers") or 0)
+    if not via or asked == 0:
+        return None
+    note = effective.get("device_note")
+    device = str(effective.get("gpu_info") or "")
+    if not device:
+        return f"GPU: no layer offloaded: {note or ', '.join(via) + ' found no GPU device'}"
+    total = n_layers + 1 if n_layers else None
+    layers = (f"{total if asked < 0 else min(asked, total)}/{total} layers" if total
+              else "all layers" if asked < 0 else f"up to {asked} layers")
+    return f"GPU: {layers} on {device} via {', '.join(via)}" + (f"; {note}" if note else "")
 
 
 def _the_row(rows: list[dict[str, Any]], case: Case, completed: Completed) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from harness.analysis.tables import (
     failures_frame,
     history_frame,
     local_scores,
+    offloads_by_case,
     power_series,
     stability_rows,
     summary_frame,
@@ -106,7 +107,7 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     frontier = frontier_frame(store, ids)
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
-        table=wide_table(summary),
+        table=wide_table(summary, offloads_by_case(store, ids)),
         titles=TITLES,
         several_runs=len(ids) > 1,
         stability=stability_rows(summary),
