@@ -71,7 +71,7 @@ def test_old_adreno_counters_and_no_file_at_all_say_why() -> None:
     assert [s.name for s in both.sources if s.name.startswith(gpu.PREFIX)] == ["gpu/kgsl-3d0/busy"] and not both.reason("gpu")
     nothing = classify({})
     assert nothing.reason("gpu") == gpu.NONE_READABLE
-    for tried in (gpu.KGSL_BUSY, gpu.MALI_UTILIZATION, gpu.DEVFREQ_LOAD, "NVML"):
+    for tried in (gpu.KGSL_BUSY, gpu.MALI_UTILIZATION, gpu.DEVFREQ_LOAD):
         assert tried in gpu.NONE_READABLE
 
 

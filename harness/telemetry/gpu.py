@@ -36,8 +36,9 @@ GLOBS = (KGSL_BUSY, KGSL_COUNTERS, MALI_UTILIZATION, DEVFREQ_LOAD)
 # the nvgpu chips jtop looks for, and the name JetPack 6 gives them.
 JETSON_GPUS = ("gpu", "gm20b", "gp10b", "gv11b", "ga10b")
 PREFIX = "gpu/"  # every GPU load source's name starts so
+# What the probe's discovery says where no file is there (on the host, NVML's own reason follows).
 NONE_READABLE = ("no GPU load source readable on this device: tried " + ", ".join(
-    (f"{KGSL_BUSY} (Adreno)", f"{MALI_UTILIZATION} (Mali)", f"{DEVFREQ_LOAD} (Jetson iGPU)", "NVML (NVIDIA, on the host)")))
+    (f"{KGSL_BUSY} (Adreno)", f"{MALI_UTILIZATION} (Mali)", f"{DEVFREQ_LOAD} (Jetson iGPU)")))
 
 
 def load_files(files: Mapping[str, FileRead]) -> tuple[list[tuple[str, str, float]], dict[str, str]]:

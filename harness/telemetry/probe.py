@@ -13,6 +13,8 @@ measured windows. Parsing is pure (`parse_probe`); figures come from `metrics()`
 - peak_rss_anon_mb / peak_rss_file_mb, temp_max_c, cpu_freq_mhz from the samples;
 - energy over the engine's measured windows (see harness.telemetry.energy), gross and net of
   the idle baseline sampled just before, per token, for the widest power scope found;
+- gpu_load_pct over the measured windows, from the sysfs GPU load files discovery found
+  (kgsl, Mali, Jetson devfreq: see harness.telemetry.gpu), or missing saying what was tried;
 - foreign_cpu_pct: what everything but the benchmark and the probe used of the device's CPUs
   (see harness.telemetry.contention), from the per-tick /proc/stat and child CPU counters;
 - probe_cpu_s: what the probe itself cost, so its overhead is on record with every figure.
