@@ -7,7 +7,6 @@ the CPU host build, parsed by the real engine and stored as the runner stores th
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from harness.runtimes.models import inspect_model
 from harness.store.db import ExecutionRaw, Store
 
 from .conftest import DATA
+from .test_report import headless_chromium
 
 VULKAN = Case("llamabench", "prefill", 16, 0, 0, settings=(("n_gpu_layers", 99),))
 CPU = Case("llamabench", "prefill", 16, 0, 0)
@@ -91,14 +91,9 @@ def test_the_results_table_marks_the_offloaded_case_only(stored: tuple[Store, st
 
 
 def test_the_report_says_it_under_the_case_in_a_real_browser(stored: tuple[Store, str], tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh --test installs it)")
+    flags = headless_chromium(tmp_path)
     store, run_id = stored
     report = render_report(store, [run_id], tmp_path / "report.html")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     results = dom.stdout[dom.stdout.index("<h2>Results</h2>"):]

@@ -130,15 +130,20 @@ def test_report_claims_only_what_a_run_tests(store_with_default_run, two_runs, t
     assert "None of these runs tests a published claim" in html and html.count("Jetson AGX Orin with MiniCPM4-8B or Qwen3-8B") == 1
 
 
-def test_report_in_a_real_headless_browser(two_runs, tmp_path):
+def headless_chromium(tmp_path) -> list[str]:
+    """Chromium's command line, headless and offline with a profile of its own (skips where absent)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (scripts/setup.sh --test installs it)")
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+
+
+def test_report_in_a_real_headless_browser(two_runs, tmp_path):
+    flags = headless_chromium(tmp_path)
     store, a, b = two_runs
     report = render_report(store, [a, b], tmp_path / "report.html")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # tables: results, decode roofline, stability, comparison (no claim names this model: one line, no table)

@@ -229,6 +229,7 @@ def test_host_vulkan_on_lavapipe_runs_offloaded_and_passes_the_gate_against_the_
     shown = edgebench("results", "show", run_id, "--results", str(tmp_path / "results"), cwd=tmp_path).stdout
     assert "same output as the host reference" in shown
     assert "lavapipe: a CPU implementation; figures are not GPU figures" in shown and "(Vulkan)" in shown
+    assert "GPU: 31/31 layers on llvmpipe" in shown  # the offloaded cases say so (SmolLM2: 30 blocks + the output layer)
     argv = json.loads(next((tmp_path / "results" / "runs" / run_id).rglob("rep0.argv.json")).read_text())
     assert argv[argv.index("env") + 1] == "GGML_VK_VISIBLE_DEVICES=0"  # the device choice is in the stored argv (inside the probe's)
     wrong, _ = _run(tmp_path, WRONG, "wrong.toml")

@@ -52,7 +52,7 @@ def load_files(files: Mapping[str, FileRead]) -> tuple[list[tuple[str, str, floa
             found.append((f"{PREFIX}kgsl-3d0/busy", path, 1.0))
         elif path == MALI_UTILIZATION:
             found.append((f"{PREFIX}mali0/utilization", path, 1.0))
-        elif p.name == "load" and p.parent.name == "device" and p.parents[2].name == "devfreq":
+        elif p.match(DEVFREQ_LOAD):
             device = p.parents[1].name
             if device.rsplit(".", 1)[-1].lower() in JETSON_GPUS:
                 found.append((f"{PREFIX}{device}/load", path, 0.1))  # nvgpu prints permille
