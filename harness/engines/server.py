@@ -74,7 +74,8 @@ class Server:
         slots = case_value(case, "concurrency")
         ctx = slots * (case.n_prompt + case.n_gen + 16)
         argv = [*env_prefix(case), binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(random.randrange(*_PORTS)),
-                "-np", str(slots), "-c", str(ctx), "--seed", "42"]
+                "-np", str(slots), "-c", str(ctx), "--seed", "42",
+                "--no-log-prefix", "--no-log-timestamps"]  # its timing lines then start with MARK_PREFIX, as the probe matches
         for key, value in case.settings:
             if key in SERVER_SETTINGS:
                 argv += [SERVER_SETTINGS[key], flag_value(value)]

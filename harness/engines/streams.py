@@ -245,9 +245,8 @@ def run_streams(endpoint: Endpoint, request: Request, *, concurrency: int, reque
     return sorted(streams, key=lambda s: s.index), started, time.monotonic()
 
 
-def _pcts(name: str, unit: str, values: Sequence[float], reason: str) -> list[Metric]:
-    """p50 (under `name`, with every value as samples), p90 and p99 of `values`, or all missing."""
-    names = (name, name.replace("_ms", "_p90_ms"), name.replace("_ms", "_p99_ms"))
+def _pcts(names: tuple[str, str, str], unit: str, values: Sequence[float], reason: str) -> list[Metric]:
+    """p50, p90 and p99 of `values` under `names` (every value as the p50's samples), or all missing."""
     if not values:
         return [Metric.missing(n, unit, reason) for n in names]
     return [Metric(names[0], percentile(values, 50), unit, samples=tuple(values)),
@@ -279,7 +278,7 @@ def server_decode_tps(stream: Stream) -> float | None:
 def stream_metrics(streams: Sequence[Stream], started: float, ended: float, *, prompt_tokens: int, tokens: int) -> list[Metric]:
     """The client's figures over a case's requests, each measured or missing with its reason.
 
-    ttft_ms p50/p90/p99 over requests; itl_ms p50/p90/p99 over every gap between tokens of every
+    ttft_ms (the median), ttft_ms_p90/p99 over requests; itl_ms_p50/p90/p99 over every gap between tokens of every
     stream; decode_tps: per stream (the median, every stream's as samples); agg_tps: all tokens
     generated over the case's span (first request sent to last stream ended); prefill_tps from
     the server's own timings, else prefill_tps_ttft (prompt tokens / TTFT, which includes HTTP
@@ -291,7 +290,8 @@ def stream_metrics(streams: Sequence[Stream], started: float, ended: float, *, p
     ttft = [s.ttft_s * 1000 for s in good if s.ttft_s is not None]
     gaps = [g * 1000 for s in good for g in s.gaps_s]
     decode = [v for s in good if (v := s.decode_tps) is not None]
-    metrics = _pcts("ttft_ms", "ms", ttft, none) + _pcts("itl_ms", "ms", gaps, "no stream had two tokens" if good else none)
+    metrics = (_pcts(("ttft_ms", "ttft_ms_p90", "ttft_ms_p99"), "ms", ttft, none)
+               + _pcts(("itl_ms_p50", "itl_ms_p90", "itl_ms_p99"), "ms", gaps, "no stream had two tokens" if good else none))
     metrics.append(Metric("decode_tps", percentile(decode, 50), "tok/s", samples=tuple(decode)) if decode
                    else Metric.missing("decode_tps", "tok/s", "no stream had two tokens" if good else none))
     total = sum(s.tokens for s in good)

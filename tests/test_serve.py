@@ -1,0 +1,131 @@
+"""The server engine: suites, windows, the streaming client's parsing and figures, and (slow) real
+llama-server cases from the pinned build on the host, the emulated phone and the SSH board."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from harness.engines import Serving, get_engine
+from harness.engines.server import MARK_PREFIX, request_windows
+from harness.engines.streams import Endpoint, Request, run_streams, stream_metrics
+from harness.plan.planner import build_plan
+from harness.plan.suites import parse_suite
+
+# Ollama's documented streaming answer to POST /api/generate, from its API reference:
+# https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-completion ("Generate request
+# (Streaming)"): one object per piece, then the final object with the server's own counts and
+# durations (nanoseconds). The pieces between the first and the last are the documented first
+# piece's form; the final object is the documented one.
+OLLAMA_PIECE = {"model": "llama3.2", "created_at": "2023-08-04T08:52:19.385406455-07:00", "response": "The", "done": False}
+OLLAMA_FINAL = {"model": "llama3.2", "created_at": "2023-08-04T19:22:45.499127Z", "response": "", "done": True, "context": [1, 2, 3],
+                "total_duration": 10706818083, "load_duration": 6338219291, "prompt_eval_count": 26,
+                "prompt_eval_duration": 130079000, "eval_count": 259, "eval_duration": 4232710000}
+
+
+@contextmanager
+def replay(lines: list[bytes], *, gap_s: float = 0.01, content_type: str = "application/x-ndjson") -> Iterator[str]:
+    """A local HTTP server that answers every POST with `lines`, `gap_s` apart, streamed."""
+
+    class Replay(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in lines:
+                time.sleep(gap_s)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ollama_documented_stream_through_the_real_parsing_path() -> None:
+    lines = [json.dumps(OLLAMA_PIECE).encode() + b"\n"] * 5 + [json.dumps(OLLAMA_FINAL).encode() + b"\n"]
+    with replay(lines) as url:
+        streams, started, ended = run_streams(Endpoint(url, api="ollama"), Request("Why is the sky blue?", 259, "llama3.2"),
+                                              concurrency=2, requests=4)
+    assert [s.index for s in streams] == [0, 1, 2, 3] and all(s.error is None for s in streams)
+    assert all(len(s.arrivals) == 5 and s.tokens == 259 and s.prompt_tokens == 26 and s.text == "The" * 5 for s in streams)
+    assert streams[0].timings["eval_duration"] == 4232710000
+    by = {m.name: m for m in stream_metrics(streams, started, ended, prompt_tokens=26, tokens=259)}
+    # the server's own figures, from its documented counts: 26 / 0.130079 s and 259 / 4.23271 s
+    assert by["prefill_tps"].value == pytest.approx(26 / 0.130079)
+    assert by["server_decode_tps"].value == pytest.approx(259 / 4.23271)
+    assert by["ttft_ms"].value > 0 and len(by["ttft_ms"].samples) == 4
+    assert len(by["itl_ms_p50"].samples) == 4 * 4 and by["itl_ms_p99"].value >= by["itl_ms_p50"].value >= 0
+    assert by["streams_short"].value == 0 and by["requests_failed"].value == 0
+
+
+def test_openai_stream_without_server_timings_labels_prefill_from_ttft() -> None:
+    """A server that reports no timings (vLLM, LM Studio): prefill is prompt / TTFT, under its own
+    name, and the server's figures are missing with the reason; a short stream is counted."""
+    chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": None}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 3}}
+    lines = [b"data: " + json.dumps(chunk).encode() + b"\n\n"] * 3 + [b"data: " + json.dumps(usage).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    with replay(lines, content_type="text/event-stream") as url:
+        streams, started, ended = run_streams(Endpoint(url), Request([1, 2, 3, 4, 5, 6, 7, 8], 4), concurrency=1, requests=2)
+    by = {m.name: m for m in stream_metrics(streams, started, ended, prompt_tokens=8, tokens=4)}
+    assert by["prefill_tps"].value is None and "no prompt timings" in (by["prefill_tps"].missing_reason or "")
+    assert by["prefill_tps_ttft"].value == pytest.approx(8 / streams[0].ttft_s, rel=0.5)
+    assert by["server_decode_tps"].value is None
+    assert by["streams_short"].value == 2  # 3 tokens of the 4 asked, twice
+
+
+def test_a_refused_endpoint_fails_each_request_with_its_reason() -> None:
+    from tests.ports import free_port
+
+    streams, started, ended = run_streams(Endpoint(f"http://127.0.0.1:{free_port()}", timeout_s=5), Request([1], 2),
+                                          concurrency=1, requests=2)
+    assert all(s.error and "ConnectError" in s.error for s in streams)
+    by = {m.name: m for m in stream_metrics(streams, started, ended, prompt_tokens=1, tokens=2)}
+    assert by["ttft_ms"].missing_reason == "no request succeeded" and by["requests_failed"].value == 2
+
+
+def test_request_windows_merge_overlapping_requests() -> None:
+    line = MARK_PREFIX + "id  0 | task 3 |       total time =    {ms:8.2f} ms /   {n:3d} tokens"
+    marks = [(10.0, MARK_PREFIX + "id  0 | task 3 | prompt eval time =  1.00 ms /  8 tokens (...)"),
+             (10.5, line.format(ms=500.0, n=40)), (10.8, line.format(ms=600.0, n=40)), (13.0, line.format(ms=1000.0, n=40))]
+    windows, tokens = request_windows(marks)
+    assert windows == (pytest.approx((10.0, 0.8)), pytest.approx((12.0, 1.0)))
+    assert tokens == 120
+
+
+def test_serve_suite_plans_one_case_per_concurrency() -> None:
+    suite = parse_suite('[[serve]]\nprompt = 32\ntokens = 16\nconcurrency = [1, 2]\n[settings]\nthreads = 2\n', "t.toml")
+    plan = build_plan(suite, context_length=2048, host=False)
+    assert [(c.engine, c.kind, c.setting("concurrency"), c.setting("requests")) for c in plan.cases] == [
+        ("server", "serve", 1, 4), ("server", "serve", 2, 8)]
+    assert plan.cases[1].label == "serve p32+n16 [concurrency=2 requests=8 threads=2]"
+    engine = get_engine("server")
+    assert isinstance(engine, Serving)
+    argv = engine.argv(plan.cases[1], runtime_dir="/rt", model_path="/m.gguf")
+    assert argv[:3] == ["/rt/bin/llama-server", "-m", "/m.gguf"]
+    assert argv[argv.index("-np") + 1] == "2" and argv[argv.index("-c") + 1] == str(2 * (32 + 16 + 16))
+    assert argv[argv.index("-t") + 1] == "2" and argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_llama_bench_only_settings_skip_a_serve_case() -> None:
+    suite = parse_suite('[[serve]]\nprompt = 8\ntokens = 8\nload_mode = "mmap"\n', "t.toml")
+    plan = build_plan(suite, context_length=2048, host=True)
+    assert not plan.cases and plan.skipped[0][1] == "llama-server takes no load_mode"
