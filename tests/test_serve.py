@@ -129,3 +129,121 @@ def test_llama_bench_only_settings_skip_a_serve_case() -> None:
     suite = parse_suite('[[serve]]\nprompt = 8\ntokens = 8\nload_mode = "mmap"\n', "t.toml")
     plan = build_plan(suite, context_length=2048, host=True)
     assert not plan.cases and plan.skipped[0][1] == "llama-server takes no load_mode"
+
+
+# --- real llama-server from the pinned build ------------------------------------------------
+
+SERVE_SUITE = """
+name = "serve-tiny"
+repetitions = 1
+mode = "none"
+[settings]
+threads = 2
+[[serve]]
+prompt = 16
+tokens = 8
+concurrency = [1, 2]
+[[serve]]
+prompt = 16
+tokens = 8
+flash_attn = "off"
+cache_type_v = "q8_0"   # llama.cpp refuses a quantized V cache without flash attention: the server cannot start
+"""
+
+
+def servers_running(runtime_root: str) -> list[int]:
+    """Processes whose program is a llama-server of that runtime folder."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"/bin/llama-server") and runtime_root.encode() in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def _run(tmp_path, suite_text: str, **options):
+    """`edgebench run`'s own path (harness.run.orchestrate), in process so a test can reach in."""
+    from harness.run import orchestrate
+    from harness.run.session import Callbacks, RunOptions
+    from harness.store.db import Store
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "serve.toml").write_text(suite_text)
+    store = Store(tmp_path / "results")
+    (outcome,) = orchestrate.run(store, orchestrate.RunRequest(RunOptions(suite=str(tmp_path / "serve.toml"), **options)), Callbacks())
+    return store, outcome
+
+
+def _by_case(store, run_id):
+    executions = {e.case_key: e for e in store.executions(run_id)}
+    return {c.label: (c, executions[c.key]) for c in store.cases(run_id)}
+
+
+@pytest.mark.slow
+def test_serve_cases_on_the_host_llama_server(tmp_path, host_runtime, default_model) -> None:
+    """Concurrency 1 and 2 measured from the client with the server's own timings beside; a
+    server that cannot start fails its case with its stderr tail while the others run; no
+    llama-server is left running."""
+    store, outcome = _run(tmp_path, SERVE_SUITE)
+    cases = _by_case(store, outcome.run_id)
+    for concurrency in (1, 2):
+        _, execution = next(v for k, v in cases.items() if f"concurrency={concurrency} " in k and "flash_attn" not in k)
+        assert execution.status == "ok", execution.error
+        raw = execution.raw
+        streams = [r["stream"] for r in raw.records if "stream" in r]
+        assert len(streams) == 4 * concurrency and all(s["tokens"] == 8 and s["prompt_tokens"] == 16 for s in streams)
+        assert all(s["timings"]["prompt_n"] == 16 and s["timings"]["predicted_n"] == 8 for s in streams)  # the server's own, raw
+        assert raw.effective["total_slots"] == concurrency and "streams_ended_early" not in raw.effective
+        assert len(raw.windows) >= 1 and all(d > 0 for _, d in raw.windows)  # from the stamped timing lines
+        assert raw.argv[raw.argv.index("-np") + 1] == str(concurrency)
+    summary = {(r["case"], r["metric"]): r for r in _summary(store, outcome.run_id)}
+    label = next(k for k in cases if "concurrency=2 " in k and "flash_attn" not in k)
+    for name in ("ttft_ms", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "decode_tps", "agg_tps", "prefill_tps", "server_decode_tps"):
+        assert summary[(label, name)]["mean"] > 0, name
+    assert summary[(label, "peak_rss_mb")]["mean"] > 50  # the probe's wait4 of llama-server: the model's weights are ~92 MB
+    failed = next(e for k, (c, e) in cases.items() if "flash_attn" in k)
+    assert failed.status == "failed" and "exiting due to model loading error" in failed.error
+    assert servers_running(str(host_runtime.root)) == []
+
+
+def _summary(store, run_id):
+    from harness.analysis.tables import summary_frame, tidy_frame
+
+    return summary_frame(tidy_frame(store, [run_id])).to_dict("records")
+
+
+@pytest.mark.slow
+def test_a_taken_port_and_a_server_killed_mid_case_fail_their_cases(tmp_path, host_runtime, default_model, monkeypatch) -> None:
+    import os
+    import signal
+    import socket
+
+    import harness.engines.server as server
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setattr(server, "pick_port", lambda: taken.getsockname()[1])
+    with taken:
+        store, outcome = _run(tmp_path / "taken", 'repetitions = 1\nmode = "none"\n[[serve]]\nprompt = 8\ntokens = 4\n')
+    ((_, execution),) = _by_case(store, outcome.run_id).values()
+    assert execution.status == "failed" and "bind" in execution.error.lower(), execution.error
+    monkeypatch.undo()
+
+    def crash_when_serving() -> None:  # a crash of the server in the middle of its requests
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pid in servers_running(str(host_runtime.root)):
+                time.sleep(1.5)
+                os.kill(pid, signal.SIGSEGV)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=crash_when_serving, daemon=True).start()
+    store, outcome = _run(tmp_path / "crash", 'repetitions = 1\nmode = "none"\n[settings]\nthreads = 1\n[[serve]]\nprompt = 64\ntokens = 64\nrequests = 50\n')
+    ((_, execution),) = _by_case(store, outcome.run_id).values()
+    assert execution.status == "failed" and "SIGSEGV" in execution.error and "stderr tail" in execution.error, execution.error
+    assert servers_running(str(host_runtime.root)) == []

@@ -24,6 +24,7 @@ import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -48,7 +49,14 @@ _PORTS = (20000, 60000)  # where a port is picked on the device: above the usual
 _FILLER = ("The quick brown fox jumps over the lazy dog while the committee reviews the annual report on "
            "regional rainfall, soil quality and the yield of wheat, barley and oats across the valley. ")
 HEALTH_TIMEOUT_S = 600.0
+HEALTH_POLL_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0
+
+
+def pick_port() -> int:
+    """A port for the server on the device's loopback: random, since what is free there cannot be
+    known from here; one in use fails the case with the server's own message."""
+    return random.randrange(*_PORTS)
 
 
 def case_value(case: Case, key: str) -> int:
@@ -67,13 +75,12 @@ class Server:
         return f"llama-server takes no {', '.join(other)}" if other else None
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
-        """llama-server on the device's loopback at a random port (a port in use fails the case
-        with the server's own message), one slot per concurrent stream, each with room for the
-        prompt and the tokens."""
+        """llama-server on the device's loopback (`pick_port`), one slot per concurrent stream,
+        each with room for the prompt and the tokens."""
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-server")
         slots = case_value(case, "concurrency")
         ctx = slots * (case.n_prompt + case.n_gen + 16)
-        argv = [*env_prefix(case), binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(random.randrange(*_PORTS)),
+        argv = [*env_prefix(case), binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(pick_port()),
                 "-np", str(slots), "-c", str(ctx), "--seed", "42",
                 "--no-log-prefix", "--no-log-timestamps"]  # its timing lines then start with MARK_PREFIX, as the probe matches
         for key, value in case.settings:
@@ -196,8 +203,10 @@ class ServerRun:
 
 
 def _healthy(endpoint: Endpoint) -> bool:
+    """Whether `/health` answers 200 (llama-server: 503 while loading), asked with a short timeout:
+    something else on the port that accepts and never answers must not hold the case."""
     try:
-        with endpoint.client() as client:
+        with replace(endpoint, timeout_s=HEALTH_POLL_TIMEOUT_S).client() as client:
             return client.get("/health").status_code == 200
     except httpx.HTTPError:
         return False
