@@ -247,3 +247,55 @@ def test_a_taken_port_and_a_server_killed_mid_case_fail_their_cases(tmp_path, ho
     ((_, execution),) = _by_case(store, outcome.run_id).values()
     assert execution.status == "failed" and "SIGSEGV" in execution.error and "stderr tail" in execution.error, execution.error
     assert servers_running(str(host_runtime.root)) == []
+
+
+BOARD_SUITE = 'repetitions = 1\nmode = "none"\n[settings]\nthreads = 2\n[[serve]]\nprompt = 16\ntokens = 8\nconcurrency = [1, 2]\n'
+
+
+def _served_on_device(store, run_id: str) -> None:
+    """Each case at concurrency 1 and 2 ran on the device: every request whole, the server's
+    timings stored raw, the probe's peak RSS of the server and its windows."""
+    summary = {(r["case"], r["metric"]): r for r in _summary(store, run_id)}
+    for label, (_, execution) in _by_case(store, run_id).items():
+        assert execution.status == "ok", execution.error
+        streams = [r["stream"] for r in execution.raw.records if "stream" in r]
+        assert len(streams) == execution.raw.effective["requests"] and all(s["tokens"] == 8 for s in streams)
+        assert all(s["timings"]["predicted_n"] == 8 for s in streams) and execution.raw.windows
+        for name in ("ttft_ms", "itl_ms_p50", "decode_tps", "agg_tps", "prefill_tps"):
+            assert summary[(label, name)]["mean"] > 0, (label, name)
+        assert summary[(label, "peak_rss_mb")]["mean"] > 50, label
+
+
+@pytest.mark.slow
+def test_serve_on_the_ssh_board_through_a_direct_tcpip_tunnel(tmp_path, host_runtime, default_model) -> None:
+    """llama-server on the loopback board (host target), reached through the SSH connection."""
+    from tests.sshd_fixture import Sshd
+
+    sshd = Sshd(tmp_path / "sshd").start()
+    try:
+        sshd.board(None)
+        workdir = tmp_path / "device"
+        (tmp_path / "lab.toml").write_text(sshd.inventory("board", workdir=str(workdir)) + 'target = "host"\n')
+        store, outcome = _run(tmp_path, BOARD_SUITE, device="board", inventory=str(tmp_path / "lab.toml"))
+        _served_on_device(store, outcome.run_id)
+        argv = next(iter(_by_case(store, outcome.run_id).values()))[1].raw.argv
+        assert argv[0].startswith(str(workdir))  # the board's staged runtime, not the host's
+        assert servers_running(str(workdir)) == []
+    finally:
+        sshd.kill()
+
+
+@pytest.mark.slow
+def test_serve_on_the_emulated_phone_through_adb_forward(tmp_path, adb_server, phone, aarch64_binfmt, default_model) -> None:
+    """The static linux-aarch64 llama-server pushed through adb and run under qemu, reached
+    through the real adb server's `forward`; the forward is gone afterwards."""
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh --test installs it)")
+    (tmp_path / "lab.toml").write_text(f'[[device]]\nname = "pixel7"\ndriver = "adb"\nserial = "{phone.serial}"\n'
+                                       f'adb_server = "{adb_server.address}"\ntarget = "linux-aarch64"\n')
+    store, outcome = _run(tmp_path, BOARD_SUITE, device="pixel7", inventory=str(tmp_path / "lab.toml"))
+    _served_on_device(store, outcome.run_id)
+    assert servers_running("/data/local/tmp/edgebench") == []
+    assert adb_server.adb_cmd("forward", "--list").stdout.strip() == ""

@@ -49,6 +49,11 @@ _PORTS = (20000, 60000)  # where a port is picked on the device: above the usual
 _FILLER = ("The quick brown fox jumps over the lazy dog while the committee reviews the annual report on "
            "regional rainfall, soil quality and the yield of wheat, barley and oats across the valley. ")
 HEALTH_TIMEOUT_S = 600.0
+# sh: $0 the started pid, $1 the program's name (/proc/PID/comm), $2 the signal: the process of that
+# name at or below $0 (children from pgrep -P, on Linux and Android alike) gets the signal
+_SIGNAL_SERVER = ('find() { if [ "$(cat /proc/$1/comm 2>/dev/null)" = "$2" ]; then echo "$1"; '
+                  'else for c in $(pgrep -P "$1"); do find "$c" "$2"; done; fi; }; '
+                  'for p in $(find "$0" "$1"); do kill -"$2" "$p"; done')
 HEALTH_POLL_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0
 
@@ -151,15 +156,22 @@ class ServerRun:
             self._stop()
 
     def _stop(self) -> None:
-        """SIGTERM the server's process (the probe passes it on), SIGKILL it if it lingers."""
+        """SIGTERM the server itself (it finishes its requests and exits 0; the probe above it
+        then records its exit), SIGKILL if it lingers."""
         if self._pid is None or self.gone.is_set():
             return
         try:
-            self.driver.run(["kill", "-TERM", str(self._pid)], timeout=30)
+            self._signal("TERM")
             if not self.gone.wait(STOP_GRACE_S):
-                self.driver.run(["kill", "-KILL", str(self._pid)], timeout=30)
+                self._signal("KILL")
         except DriverError:
             pass  # the device is gone; the runner finds out from the process itself
+
+    def _signal(self, signal: str) -> None:
+        """Send `signal` to the llama-server among the started process and its descendants: the
+        process the driver reports is the probe (local, adb) or the shell running it (ssh), and
+        the probe would pass a signal on, so the server is found by its name, as the device sees it."""
+        self.driver.run(["sh", "-c", _SIGNAL_SERVER, str(self._pid), "llama-server", signal], timeout=30)
 
     def finish(self) -> None:
         """The process has ended: stop the client, then check nothing of it is left running."""
