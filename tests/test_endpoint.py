@@ -132,7 +132,7 @@ def test_404_and_500_and_another_api_are_one_line(tmp_path) -> None:
         with http_server(routes) as url:
             run = edgebench("run", "--endpoint", url, "--served-model", "m", "--suite", _suite(tmp_path), "--results",
                             str(tmp_path / "r"), cwd=tmp_path)
-        assert run.returncode == 2 and run.stderr.startswith(f"error: endpoint {url}: ") and said in run.stderr, run.stderr
+        assert run.returncode == 2 and run.stderr.strip().startswith(f"error: endpoint {url}: ") and said in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "r" / "runs").exists()
 
 
