@@ -12,10 +12,8 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from harness.errors import EdgebenchError
 from harness.run.endpoint import EndpointOptions, open_endpoint, shown_url
 
 from .conftest import REPO
-from .ports import free_port
+from .ports import free_port, http_serving
 from .test_serve import OLLAMA_FINAL, OLLAMA_PIECE
 
 KEY = "sk-edgebench-test-7f3a9c"  # what the key env var holds in these tests: must appear nowhere
@@ -73,18 +71,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def http_server(routes: dict[tuple[str, str], tuple[int, list[bytes]]], context: ssl.SSLContext | None = None) -> Iterator[str]:
-    handler = type("Routes", (_Handler,), {"routes": routes})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"{'https' if context else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def http_server(routes: dict[tuple[str, str], tuple[int, list[bytes]]], context: ssl.SSLContext | None = None):
+    return http_serving(type("Routes", (_Handler,), {"routes": routes}), context)
 
 
 def _json_line(value: dict) -> bytes:

@@ -17,6 +17,7 @@ from harness.engines.server import MARK_PREFIX, request_windows
 from harness.engines.streams import Endpoint, Request, run_streams, stream_metrics
 from harness.plan.planner import build_plan
 from harness.plan.suites import parse_suite
+from tests.ports import http_serving
 
 # Ollama's documented streaming answer to POST /api/generate, from its API reference:
 # https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-completion ("Generate request
@@ -51,13 +52,8 @@ def replay(lines: list[bytes], *, gap_s: float = 0.01, content_type: str = "appl
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replay)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_serving(Replay) as url:
+        yield url
 
 
 def test_ollama_documented_stream_through_the_real_parsing_path() -> None:
