@@ -50,6 +50,7 @@ concurrency = [1, 2, 4]
 
 def serve_round(root: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
     """One sweep of serve cases; per concurrency, metric -> the case's figure."""
+    root.mkdir(parents=True)
     (root / "serve.toml").write_text(SUITE.format(threads=args.threads, prompt=args.prompt, tokens=args.tokens))
     store = Store(root / "results")
     (outcome,) = orchestrate.run(store, orchestrate.RunRequest(RunOptions(suite=str(root / "serve.toml"))), Callbacks())
