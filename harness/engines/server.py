@@ -150,7 +150,7 @@ class ServerRun:
                 self.streams, *span = run_streams(endpoint, request, concurrency=case_value(self.case, "concurrency"),
                                                   requests=case_value(self.case, "requests"), stop=self.gone)
                 self.span = (span[0], span[1])
-        except (DriverError, httpx.HTTPError, ValueError) as exc:
+        except (DriverError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:  # KeyError, TypeError: a /tokenize answer not as documented
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self._stop()
