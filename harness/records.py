@@ -112,7 +112,8 @@ class CoreChoice:
 
 
 # The figure a case is run for: what a precision target is about, and what the progress shows.
-PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms", "quality": "kld_mean"}
+PRIMARY_METRIC = {"prefill": "prefill_tps", "decode": "decode_tps", "pg": "pg_tps", "latency": "ttft_ms", "quality": "kld_mean",
+                  "serve": "agg_tps"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class Case:
     kind: "prefill" (n_prompt tokens, no generation), "decode" (n_gen tokens after `depth`
     tokens of context), "pg" (prompt then generation in one test), "latency" (pyllama:
     time to first token and inter-token latency for an n_prompt prompt and n_gen tokens), or
+    "serve" (llama-server: n_prompt-token prompts, n_gen tokens each, with the `concurrency` and
+    `requests` settings: see harness.engines.server), or
     "quality" (llama-perplexity: the output against the reference's over `chunks` windows of
     n_prompt tokens; `quality` names the chunks, corpus and reference by sha256, so a case
     scored against another reference is another case).
@@ -164,6 +167,7 @@ class Case:
             "decode": f"n{self.n_gen}" + (f" @d{self.depth}" if self.depth else ""),
             "pg": f"p{self.n_prompt}+n{self.n_gen}",
             "latency": f"p{self.n_prompt}+n{self.n_gen}",
+            "serve": f"p{self.n_prompt}+n{self.n_gen}",
             "quality": f"c{self.n_prompt} x{self.quality_value('chunks')}"
             + (f" override {self.quality_value('override_kv')}" if self.quality_value("override_kv") else ""),
         }[self.kind]
@@ -174,7 +178,7 @@ class Case:
     def context(self) -> int:
         """The context length the case exercises: what tables and plots use as x."""
         return {"prefill": self.n_prompt, "decode": self.depth, "pg": self.n_prompt, "latency": self.n_prompt,
-                "quality": self.n_prompt}[self.kind]
+                "serve": self.n_prompt, "quality": self.n_prompt}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
         # "quality" only where there is one, so the keys of the speed cases stay what they were

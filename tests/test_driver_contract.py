@@ -176,3 +176,40 @@ def test_identity_is_stable_and_names_its_source(driver_factories):
         assert first == LocalDriver().identity()
     if driver_factories.driver.__class__.__name__ == "AdbDriver":
         assert first.startswith("android:")
+
+
+def test_forward_reaches_a_port_on_the_device_and_is_removed(driver_factories):
+    """`forward` gives a port here that reaches the device's loopback (every device of these
+    fixtures shares this machine's network: the emulated phone through the real adb server's
+    `forward` and the emulated adbd's `tcp:` service, the board through SSH direct-tcpip); two
+    connections at once each get their own path; after the block the port reaches nothing."""
+    import http.server
+    import threading
+
+    import httpx
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"hello {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with driver_factories.driver.forward(server.server_address[1]) as local:
+            with httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as client:
+                assert [client.get(f"/{i}").text for i in range(3)] == ["hello /0", "hello /1", "hello /2"]
+            with httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as a, httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as b:
+                assert (a.get("/a").text, b.get("/b").text) == ("hello /a", "hello /b")
+    finally:
+        server.shutdown()
+        server.server_close()
+    if local != server.server_address[1]:  # a forward of its own (adb, ssh): gone with the block
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{local}/", timeout=5)

@@ -48,9 +48,11 @@ add_library(llama lib.c)
 add_executable(llama-bench main.c)
 add_executable(llama-perplexity main.c)
 add_executable(llama-quantize main.c)
+add_executable(llama-server main.c)
 target_link_libraries(llama-bench llama)
 target_link_libraries(llama-perplexity llama)
 target_link_libraries(llama-quantize llama)
+target_link_libraries(llama-server llama)
 """
 # llama-bench calls into the shared `llama` library, as the real one does, so running it from
 # the runtime folder shows the relative RPATH finds lib/.
@@ -284,7 +286,7 @@ def test_tiny_build_makes_a_cached_runtime(tmp_path: Path, cache: Path) -> None:
     manifest = runtime.manifest
     probe = runtime.binary("edgebench-probe")
     assert manifest.files == {
-        **{f"bin/{name}": hashlib.sha256(runtime.binary(name).read_bytes()).hexdigest() for name in ("llama-bench", "llama-perplexity", "llama-quantize")},
+        **{f"bin/{name}": hashlib.sha256(runtime.binary(name).read_bytes()).hexdigest() for name in ("llama-bench", "llama-perplexity", "llama-server", "llama-quantize")},
         "bin/edgebench-probe": hashlib.sha256(probe.read_bytes()).hexdigest(),
         "bin/edgebench-bandwidth": hashlib.sha256(runtime.binary("edgebench-bandwidth").read_bytes()).hexdigest(),
         "lib/libllama.so": hashlib.sha256((runtime.root / "lib" / "libllama.so").read_bytes()).hexdigest(),

@@ -247,7 +247,7 @@ def test_permission_hints_on_the_loopback_board(sshd):
     assert "vcgencmd" not in ssh_permission_hints(sshd.driver())
 
 
-TINY_CMAKE = "cmake_minimum_required(VERSION 3.16)\nproject(tiny C)\nset(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\nadd_executable(llama-bench main.c)\nadd_executable(llama-perplexity main.c)\n"
+TINY_CMAKE = "cmake_minimum_required(VERSION 3.16)\nproject(tiny C)\nset(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\nadd_executable(llama-bench main.c)\nadd_executable(llama-perplexity main.c)\nadd_executable(llama-server main.c)\n"
 
 
 def test_build_on_the_device_streams_progress_and_caches_by_key(sshd, tmp_path, monkeypatch):
@@ -272,7 +272,7 @@ def test_build_on_the_device_streams_progress_and_caches_by_key(sshd, tmp_path, 
     assert "-DEDGEBENCH_TEST=1" in runtime.manifest.cmake_flags and runtime.manifest.target == "device"
     assert driver.run([runtime.binary()], timeout=30).stdout == "built on the board\n"
     assert driver.run([runtime.binary("edgebench-probe"), "--version"], timeout=30).stdout == "edgebench-probe 3\n"
-    assert set(runtime.manifest.files) == {"bin/llama-bench", "bin/llama-perplexity", "bin/edgebench-probe"}
+    assert set(runtime.manifest.files) == {"bin/llama-bench", "bin/llama-perplexity", "bin/llama-server", "bin/edgebench-probe"}
     assert any("edgebench-probe: static binary, compiled on board" in e.line for e in events)
     again, cached = build_on_device(driver, ["-DEDGEBENCH_TEST=1"], source=project)
     assert cached and again.manifest == runtime.manifest

@@ -24,6 +24,7 @@ HEADLINE = {
     "prefill_tps": "prefill tok/s",
     "decode_tps": "decode tok/s",
     "pg_tps": "prompt+gen tok/s",
+    "agg_tps": "aggregate tok/s",  # a server case's: every stream's tokens over the case's span
     "ttft_ms": "TTFT ms",
     "itl_ms_p50": "ITL p50 ms",
     "itl_ms_p99": "ITL p99 ms",
@@ -37,11 +38,12 @@ HEADLINE = {
 
 
 # Every metric's title: the headline ones plus those shown only in comparisons and details.
-TITLES = {**HEADLINE, "itl_ms_p90": "ITL p90 ms", "load_s": "load s", "cpu_freq_mhz": "CPU MHz",
+TITLES = {**HEADLINE, "itl_ms_p90": "ITL p90 ms", "ttft_ms_p90": "TTFT p90 ms", "ttft_ms_p99": "TTFT p99 ms",
+          "prefill_tps_ttft": "prompt/TTFT tok/s", "server_decode_tps": "server decode tok/s", "load_s": "load s", "cpu_freq_mhz": "CPU MHz",
           "energy_j_per_token": "J/token", "gpu_power_w": "GPU W", "gpu_energy_j": "GPU J", "gpu_mem_peak_mb": "GPU MB",
           "foreign_cpu_pct": "others' CPU %", "load_avg_1m": "load 1 min", "contended": "contended"}
 
-KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3}
+KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3, "serve": 4}
 
 
 def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:

@@ -50,6 +50,10 @@ def run(
     reference: Optional[str] = typer.Option(None, help="Reference for the quality cases: a GGUF, or a llama-perplexity logits file (default: the model itself)."),
     quantize: Optional[str] = QuantizeOpt,
     allow_requantize: bool = AllowRequantizeOpt,
+    endpoint: Optional[str] = typer.Option(None, help="Run the suite's [[serve]] cases against this model server's URL (Ollama, vLLM, LM Studio, llama-server...) instead of a device."),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="With --endpoint: the model name the server serves."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="With --endpoint: the environment variable holding its API key (never printed or stored)."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="With --endpoint: a CA certificate to verify its TLS certificate with (a private CA)."),
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report.
 
@@ -64,6 +68,9 @@ def run(
     from harness.runtimes.quantize import parse_types
 
     store = open_store(results, store_url)
+    if endpoint is not None or served_model is not None:
+        _run_endpoint(store, endpoint, served_model, api_key_env, ca_cert, suite, repeat, as_json, fmt, report)
+        return
     options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
                          str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold,
                          precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions,
@@ -91,6 +98,25 @@ def run(
         except (SQLAlchemyError, OSError) as exc:  # the store or the disk failed outside a run's steps (which say more)
             raise store.gone(exc) from None
     if any(o.failed for o in outcomes):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_endpoint(store: Any, endpoint: str | None, served_model: str | None, api_key_env: str | None, ca_cert: Path | None,
+                  suite: str, repeat: int | None, as_json: bool, fmt: str, report: Path | None) -> None:
+    """`--endpoint`: the suite's serve cases against a server someone else runs (harness.run.endpoint)."""
+    from harness.errors import EdgebenchError
+    from harness.run.endpoint import EndpointOptions, run_endpoint
+
+    if not endpoint or not served_model:
+        raise EdgebenchError("--endpoint URL and --served-model NAME go together")
+    options = EndpointOptions(endpoint, served_model, api_key_env, str(ca_cert) if ca_cert else None)
+    begun: list[str] = []
+    progress = _progress()
+    with progress:
+        run_id, results = run_endpoint(store, options, suite, _callbacks(progress, begun.append), repeat)
+    show_runs(store, [run_id], as_json, fmt)
+    write_report(store, [run_id], report or store.artifacts_dir(run_id) / "report.html")
+    if any(r.status != "ok" for r in results):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -133,7 +159,7 @@ def _figure(result: StepResult) -> str:
     if result.status != "ok":
         return f"[red]{result.status}[/]"
     for metric in result.metrics:
-        if metric.value is not None and metric.name in ("prefill_tps", "decode_tps", "pg_tps", "ttft_ms"):
+        if metric.value is not None and metric.name in ("prefill_tps", "decode_tps", "pg_tps", "ttft_ms", "agg_tps"):
             return f"{metric.value:,.1f} {metric.unit}"
         if metric.value is not None and metric.name == "kld_mean":
             return f"KLD {metric.value:.3g}"

@@ -15,7 +15,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -183,6 +184,27 @@ class AdbDriver:
             self.run(["sh", "-c", 'kill -STOP "$1"; pkill -9 -P "$1"; kill -9 "$1"', "edgebench", str(pid)], timeout=30)
         except DriverError:
             pass
+
+    @contextmanager
+    def forward(self, remote_port: int) -> Iterator[int]:
+        """`adb forward tcp:<free port here> tcp:<remote_port>` through the adb server, removed
+        afterwards (only ours: other forwards of the phone stay)."""
+        adbutils = _adb_imports()
+        device = self.device()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        try:
+            device.forward(f"tcp:{local}", f"tcp:{int(remote_port)}")
+        except (adbutils.AdbError, OSError) as exc:
+            raise self._lost(f"forwarding port {remote_port}", exc) from None
+        try:
+            yield local
+        finally:
+            try:
+                device.forward_remove(f"tcp:{local}", raise_non_found=False)
+            except (adbutils.AdbError, OSError):
+                pass  # the server or the phone is gone, and the forward with it
 
     # --- files -----------------------------------------------------------------------------
     def push(self, local: Path, remote: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, ContextManager, Mapping, Protocol, Sequence
 
 from harness.errors import EdgebenchError, exited
 from harness.records import DeviceFacts
@@ -106,3 +106,7 @@ class Driver(Protocol):
     def pull(self, remote: str, local: Path) -> None: ...
 
     def sha256(self, remote: str) -> str | None: ...
+
+    # a TCP port on this host that reaches `remote_port` on the device's loopback while the block
+    # lasts (loopback: the port itself; adb: `adb forward`; ssh: a direct-tcpip channel per connection)
+    def forward(self, remote_port: int) -> ContextManager[int]: ...

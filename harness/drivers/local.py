@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psutil
 
@@ -176,6 +177,11 @@ class LocalDriver:
             env=child_env(env), cwd=cwd, start_new_session=True,
         )
         return LocalProcess(proc, tuple(argv))
+
+    @contextmanager
+    def forward(self, remote_port: int) -> Iterator[int]:
+        """The device is this machine: its loopback port is ours."""
+        yield remote_port
 
     def push(self, local: Path, remote: str) -> int:
         """Copy under a temporary name, verify, then rename: a reader never sees half a file.

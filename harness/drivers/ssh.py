@@ -20,11 +20,13 @@ from __future__ import annotations
 import getpass
 import hashlib
 import re
+import select
 import shlex
 import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -247,6 +249,37 @@ class SshDriver:
         except (paramiko.SSHException, OSError, EOFError, DriverError):
             pass  # the device is gone: so is the process
 
+    @contextmanager
+    def forward(self, remote_port: int) -> Iterator[int]:
+        """A port on this host's loopback whose every connection is carried to the board's
+        127.0.0.1:`remote_port` by its own `direct-tcpip` channel of this SSH connection (as
+        `ssh -L`), so a server that listens on the board's loopback only is reachable here."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.2)
+        done = threading.Event()
+        threading.Thread(target=self._tunnel, args=(listener, int(remote_port), done), daemon=True,
+                         name=f"ssh-forward-{remote_port}").start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            done.set()
+            listener.close()
+
+    def _tunnel(self, listener: socket.socket, remote_port: int, done: threading.Event) -> None:
+        while not done.is_set():
+            try:
+                conn, peer = listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            try:
+                channel = self._connected().open_channel("direct-tcpip", ("127.0.0.1", remote_port), peer, timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, DriverError):
+                conn.close()  # the client sees the refusal as a closed connection
+                continue
+            threading.Thread(target=_pump, args=(conn, channel, done), daemon=True).start()
+
     # --- files ------------------------------------------------------------------------------
 
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -453,6 +486,24 @@ class _Trust(paramiko.MissingHostKeyPolicy):
         with self.known.open("a", encoding="utf-8") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _pump(conn: socket.socket, channel: paramiko.Channel, done: threading.Event) -> None:
+    """Copy bytes both ways between a local connection and its channel until either closes."""
+    try:
+        while not done.is_set():
+            ready, _, _ = select.select([conn, channel], [], [], 0.2)
+            for source, sink in ((conn, channel), (channel, conn)):
+                if source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    sink.sendall(data)
+    except (OSError, paramiko.SSHException):
+        pass
+    finally:
+        channel.close()
+        conn.close()
 
 
 def _fingerprint(key: paramiko.PKey | None) -> str:

@@ -1,7 +1,9 @@
 """Engines: how one case becomes one process on the device, and how its output becomes metrics.
 
 Following pyperf, the engine's process measures (llama-bench's own counters, or the
-in-process clock of llama-cpp-python); the orchestrator never times anything itself.
+in-process clock of llama-cpp-python); the orchestrator never times anything itself. A server
+(`Serving`) is the one exception: its process does not exit by itself and its figures are what
+a client sees, so a client on the host runs beside it and is what measures.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from harness.drivers.base import Completed
+from harness.drivers.base import Completed, Driver
 from harness.errors import EdgebenchError
 from harness.records import Case, Mark, Metric, Window
 
@@ -83,10 +85,34 @@ class Engine(Protocol):
     def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult: ...
 
 
+class Client(Protocol):
+    """The host side of a server case: `start` when the process has started (its pid), `finish`
+    once it has ended, then `parse` in place of the engine's, since the figures are the client's."""
+
+    def start(self, pid: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult: ...
+
+
+@runtime_checkable
+class Serving(Protocol):
+    """An engine whose process is a long-running server, which the `Engine` protocol (argv -> one
+    process that exits with its figures in its output) cannot describe on its own: the runner
+    still runs its argv as one process (under the probe, so every device figure is measured as
+    for llama-bench), but a `Client` from `client` sends it requests meanwhile, stops it when
+    done, and parses the case. The smallest change that keeps one process per case and the
+    probe's windows; `argv` says where the server listens, so the client reads it from there."""
+
+    def client(self, case: Case, driver: Driver, argv: Sequence[str], timeout_s: float) -> Client: ...
+
+
 _REGISTRY = {
     "llamabench": "harness.engines.llamabench:LlamaBench",
     "pyllama": "harness.engines.pyllama:PyLlama",
     "perplexity": "harness.engines.perplexity:Perplexity",
+    "server": "harness.engines.server:Server",
 }
 
 

@@ -58,7 +58,7 @@ MARK_PREFIX = "llama-bench: "  # the prefix of llama-bench's --progress lines
 _RUN_MARK = re.compile(r"benchmark (\d+)/\d+: (prompt|generation) run (\d+)/\d+")
 
 
-def _flag_value(value: Any) -> str:
+def flag_value(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
@@ -85,7 +85,7 @@ class LlamaBench:
             argv += ["-d", str(case.depth)]
         for key, value in case.settings:
             if key in LLAMABENCH_SETTINGS:
-                argv += [LLAMABENCH_SETTINGS[key][0], _flag_value(value)]
+                argv += [LLAMABENCH_SETTINGS[key][0], flag_value(value)]
         argv.append("--progress")  # the marks its measured windows start at (see the module doc)
         if not case.warmup:
             argv.append("--no-warmup")

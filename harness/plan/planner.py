@@ -67,7 +67,7 @@ class RunPolicy:
 
 
 _ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama",
-                   "quality": "perplexity"}
+                   "quality": "perplexity", "serve": "server"}
 
 
 # llama-perplexity --kl-divergence prints its statistics only over this many scored tokens or more
@@ -160,6 +160,9 @@ def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suit
         return Case(engine="perplexity", kind=kind, n_prompt=values["context"], n_gen=0, depth=0,
                     settings=tuple(sorted(settings.items())), inprocess_reps=1, warmup=False,
                     quality=tuple(sorted((k, v) for k, v in chosen.items() if v is not None)))
+    if kind == "serve":  # its sweep keys are the server run's, kept with the settings so they name the case
+        concurrency = values.get("concurrency", 1)
+        settings = {**settings, "concurrency": concurrency, "requests": values.get("requests", 4 * concurrency)}
     n_prompt = values.get("prompt", 0) if kind != "decode" else 0
     n_gen = values.get("tokens", 0)
     return Case(

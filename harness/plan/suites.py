@@ -89,6 +89,9 @@ TEST_SECTIONS: dict[str, dict[str, tuple[bool, Callable[[Any], bool], str]]] = {
     "decode": {"tokens": (True, *_COUNT), "depth": (False, *_DEPTH)},
     "pg": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
     "latency": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT)},
+    # requests to llama-server on the device: `concurrency` streams at a time (the server gets as
+    # many slots), `requests` in all (default: 4 per stream)
+    "serve": {"prompt": (True, *_COUNT), "tokens": (True, *_COUNT), "concurrency": (False, *_COUNT), "requests": (False, *_COUNT)},
     # output quality against a reference: "self" (the model under test: a check of the device's
     # backend) or a GGUF / logits file path; override_kv (KEY=TYPE:VALUE) changes the model on the
     # device side only, which is how a test makes a backend that computes wrongly

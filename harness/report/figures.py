@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 _PANELS = (("prefill_tps", "Prefill"), ("decode_tps", "Decode"))
 _PANEL_TITLES = dict(_PANELS)
-ENGINE_NAMES = {"llamabench": "llama-bench", "pyllama": "llama-cpp-python"}
+ENGINE_NAMES = {"llamabench": "llama-bench", "pyllama": "llama-cpp-python", "server": "llama-server"}
 
 
 def throughput_vs_context(summary: pd.DataFrame) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.drivers.base import Completed, Driver, DriverError
-from harness.engines import EngineResult, get_engine
+from harness.engines import EngineResult, Serving, get_engine
 from harness.errors import EdgebenchError, Interrupted, StoreGone, exited
 from harness.plan.cores import benchmark_cpus
 from harness.plan.planner import RunPolicy
@@ -192,13 +192,19 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
     argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path, inputs=targets.inputs.get(case.key))
+    client = engine.client(case, driver, argv, timeout_s) if isinstance(engine, Serving) else None
     started = now_iso()
     with telemetry_for(driver, targets.runtime_dir) as telemetry, Watch(driver) as watch:
         wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))
-        completed = driver.run(wrapped, timeout=timeout_s, on_start=telemetry.attach)
+        try:
+            completed = driver.run(wrapped, timeout=timeout_s, on_start=_both(telemetry.attach, client.start) if client else telemetry.attach)
+        finally:
+            if client:
+                client.finish()
     _write_artifacts(store.artifacts_dir(run_id) / case.key, step.rep, completed, telemetry)
     marks = telemetry.marks()
-    status, error, parsed = _outcome(lambda c, done: engine.parse(c, done, marks), case, completed, timeout_s)
+    parse = client.parse if client else engine.parse
+    status, error, parsed = _outcome(lambda c, done: parse(c, done, marks), case, completed, timeout_s)
     # energy over the engine's measured windows only (one meaning on every driver)
     windows, tokens = (parsed.windows, parsed.tokens) if parsed else ((), 0)
     no_window = parsed.no_window if parsed else f"no measured window: the process ended {status} (see its error)"
@@ -212,6 +218,11 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
         started_at=started, error=error, build=parsed.build if parsed else None, raw=raw, metrics=metrics,
     )
     return StepResult(step, status, tuple(metrics), error, completed.wall_s)
+
+
+def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
+    """One on_start callback that calls two, in order."""
+    return lambda pid: (first(pid), second(pid))[-1]
 
 
 def _device_state(driver: Driver) -> tuple[DeviceState, list[Cluster]]:

@@ -225,7 +225,7 @@ def _bandwidth(prepared: Prepared, runtime: Runtime | None, targets: RunTargets,
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
-    if not any(c.engine in ("llamabench", "perplexity", "pyllama") for c in prepared.plan.cases):  # pyllama loads its lib/
+    if not any(c.engine in ("llamabench", "perplexity", "pyllama", "server") for c in prepared.plan.cases):  # pyllama loads its lib/
         return None
     target = prepared.options.target or prepared.device.target
     flags = prepared.device.build_flags + prepared.options.build_flags

@@ -21,13 +21,17 @@ from harness.runtimes import vulkan
 
 # Every target gets these. Only the runtime's programs are wanted, statically linked against
 # llama/ggml so each is one relocatable binary (the host targets link shared: see SHARED_FLAGS),
-# and nothing that talks to the network.
+# and nothing that talks to the network: llama-server is built (the `server` engine runs it) but
+# without OpenSSL and without its web UI, whose assets would otherwise be fetched from Hugging
+# Face at build time (LLAMA_USE_PREBUILT_UI) or built with npm (LLAMA_BUILD_UI).
 COMMON_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
@@ -36,9 +40,11 @@ _DEFINE = re.compile(r"(?:-D)?([A-Za-z_][A-Za-z0-9_]*)(?::[A-Z]+)?=(.*)", re.DOT
 
 FlagsFn = Callable[[Mapping[str, str]], tuple[str, ...]]
 
-# What every runtime holds: the speed benchmark and the quality (perplexity/KLD) check, which
-# must come from one build so the quality case measures the backend the speed cases ran on.
-DEVICE_PROGRAMS: tuple[str, ...] = ("llama-bench", "llama-perplexity")
+# What every runtime holds: the speed benchmark, the quality (perplexity/KLD) check and the HTTP
+# server (`[[serve]]` cases), which must come from one build so the quality and serve cases measure
+# the backend the speed cases ran on. The programs are part of the runtime key, so a runtime built
+# before one was added is rebuilt once, never used without it.
+DEVICE_PROGRAMS: tuple[str, ...] = ("llama-bench", "llama-perplexity", "llama-server")
 # The host makes quantized variants too (`--quantize`); devices never need to.
 HOST_PROGRAMS: tuple[str, ...] = (*DEVICE_PROGRAMS, "llama-quantize")
 # The host runtime is also llama-cpp-python's native library (the pyllama engine loads its

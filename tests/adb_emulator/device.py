@@ -3,7 +3,9 @@
 The adb server reaches it with `adb connect 127.0.0.1:PORT`, exactly as it reaches a phone on
 Wi-Fi ADB: CNXN, AUTH (the server's RSA signature over a random token is checked against
 its public key, as adbd checks ~/.android/adbkey.pub), then OPEN/OKAY/WRTE/CLSE streams for
-the services `shell,v2:`, `shell:`, `exec:` and `sync:` (SEND/RECV/STAT/LIST, STA2/LST2/LIS2).
+the services `shell,v2:`, `shell:`, `exec:`, `sync:` (SEND/RECV/STAT/LIST, STA2/LST2/LIS2) and
+`tcp:PORT` (what `adb forward` opens per connection: a TCP connection to the phone's loopback,
+which here is the host's, since the phone's commands share its network namespace).
 Commands run in the phone's root folder (see rootfs.py). Knobs make it misbehave on demand:
 `mode` (device / unauthorized / offline), `drop_push_after` (bytes of a SEND, then the TCP
 connection is cut), `drop_on_command` (a command containing this text starts, and after
@@ -279,6 +281,13 @@ class _Stream:
             del self._buffer[:n]
             return data
 
+    def read_available(self) -> bytes:
+        """Whatever is buffered now (possibly nothing), without waiting."""
+        with self._cond:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
+
     def write(self, data: bytes) -> None:
         for start in range(0, len(data), self.conn.max_payload):
             while not self.acked.wait(0.5):  # one WRTE in flight until the host says OKAY
@@ -305,7 +314,30 @@ def _service(service: str):
     base = name.split(",")[0]
     if base == "shell" and "v2" in name.split(",")[1:]:
         return _shell_v2
-    return {"shell": _raw_shell, "exec": _raw_shell, "sync": _sync}.get(base)
+    return {"shell": _raw_shell, "exec": _raw_shell, "sync": _sync, "tcp": _tcp}.get(base)
+
+
+def _tcp(conn: _Connection, stream: _Stream, port: str) -> None:
+    """`tcp:PORT`: bytes both ways between the stream and 127.0.0.1:PORT, as adbd does for a
+    forward; the stream closes when the phone-side connection does."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(port)), timeout=5)
+    except (OSError, ValueError):
+        return  # adbd closes the stream: the host's connection is refused
+    sock.settimeout(None)
+    threading.Thread(target=_to_socket, args=(stream, sock), daemon=True).start()
+    try:
+        _pump(sock.makefile("rb"), stream.write)
+    finally:
+        sock.close()
+
+
+def _to_socket(stream: _Stream, sock: socket.socket) -> None:
+    try:
+        while True:
+            sock.sendall(stream.read_exact(1) + stream.read_available())
+    except (ConnectionDropped, OSError):
+        pass
 
 
 # --- shell services ------------------------------------------------------------------------
