@@ -295,3 +295,62 @@ def test_serve_on_the_emulated_phone_through_adb_forward(tmp_path, adb_server, p
     _served_on_device(store, outcome.run_id)
     assert servers_running("/data/local/tmp/edgebench") == []
     assert adb_server.adb_cmd("forward", "--list").stdout.strip() == ""
+
+
+def test_greedy_figures_from_answers_against_the_reference() -> None:
+    """Exact share over prompts, matched prefix per prompt, top-1 over every position."""
+    from harness.engines.greedy import metrics
+
+    reference = {"prompts": [[1], [2]], "k": 4, "tokens": [[5, 6, 7, 8], [9, 9, 9, 9]]}
+    by = {m.name: m for m in metrics({"tokens": [[5, 6, 7, 8], [9, 3, 9, 9]], "top1_agree": 7, "positions": 8}, reference, None)}
+    assert by["greedy_exact_share"].value == 50 and by["greedy_prefix_mean"].value == 2.5 and by["greedy_top1"].value == 87.5
+    missing = metrics(None, None, "no host reference: the host llama-server did not start")
+    assert all(m.value is None and "did not start" in (m.missing_reason or "") for m in missing)
+
+
+def test_the_greedy_checks_requests_are_in_no_window() -> None:
+    line = MARK_PREFIX + "id  0 | task 3 |       total time =    {ms:8.2f} ms /   {n:3d} tokens"
+    marks = [(10.0, line.format(ms=500.0, n=40)), (12.0, line.format(ms=100.0, n=17))]
+    assert request_windows(marks, 1) == (((pytest.approx(9.5), pytest.approx(0.5)),), 40)
+
+
+GREEDY_SUITE = """
+repetitions = 1
+mode = "none"
+[settings]
+threads = 2
+[[serve]]
+prompt = 8
+tokens = 4
+requests = 1
+[[serve]]
+prompt = 8
+tokens = 4
+requests = 1
+rope_freq_base = 10   # SmolLM2's is 100000: the server computes something else
+"""
+
+
+@pytest.mark.slow
+def test_greedy_check_passes_the_host_server_and_marks_a_wrong_rope_base(tmp_path, host_runtime, default_model) -> None:
+    """The same build on the same CPU matches llama.cpp's greedy tokens on the host exactly; a
+    server started with a wrong rope base does not, and its figures carry the gate's mark."""
+    from harness.analysis.quality import output_differs
+    from harness.engines.greedy import GREEDY_PROMPTS, GREEDY_TOKENS
+
+    store, outcome = _run(tmp_path, GREEDY_SUITE)
+    summary = {(r["case"], r["metric"]): r for r in _summary(store, outcome.run_id)}
+    cases = _by_case(store, outcome.run_id)
+    right = next(k for k in cases if "rope" not in k)
+    wrong = next(k for k in cases if "rope_freq_base=10" in k)
+    assert summary[(right, "greedy_exact_share")]["mean"] == 100 and summary[(right, "greedy_top1")]["mean"] == 100
+    assert summary[(right, "greedy_prefix_mean")]["mean"] == GREEDY_TOKENS
+    assert summary[(wrong, "greedy_exact_share")]["mean"] < 75 and summary[(wrong, "greedy_top1")]["mean"] < 90
+    marks = output_differs(store, outcome.run_id)
+    assert cases[right][0].key not in marks
+    assert marks[cases[wrong][0].key].startswith("output differs from the host reference (greedy: ")
+    assert summary[(wrong, "decode_tps")]["output_differs"] == marks[cases[wrong][0].key]  # on its speed figures too
+    (greedy,) = [r["greedy"] for r in cases[wrong][1].raw.records if "greedy" in r]
+    assert len(greedy["tokens"]) == len(GREEDY_PROMPTS) and greedy["reference"]["runtime"]
+    streams = [r["stream"] for r in cases[right][1].raw.records if "stream" in r]
+    assert len(streams) == 1 and cases[right][1].raw.windows  # the timed request alone, the greedy ones in no window

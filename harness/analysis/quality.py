@@ -7,6 +7,9 @@ governs (same numerics settings where both name one) carries "output differs fro
 reference", and nothing calls it faster. Against another reference (a base model, `--quantize`)
 the figures are the cost of the quantization, not a verdict on the backend.
 
+A server case has no logits; its greedy check (harness.engines.greedy) is its gate: a greedy
+exact-match share below the suite's `greedy_min_exact` marks that case's figures the same way.
+
 The frontier: one row per run, with size, decode speed, J/token, KLD and perplexity; the runs
 of one `--quantize` sweep share its id (a run of no sweep is a sweep of one, with no base), and
 the Pareto-best rows of a sweep have no other row at least as fast with at most the same KLD.
@@ -21,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.suites import QUALITY_MAX_KLD, QUALITY_MIN_TOP1
+from harness.engines.greedy import GREEDY_METRICS
+from harness.plan.suites import GREEDY_MIN_EXACT, QUALITY_MAX_KLD, QUALITY_MIN_TOP1
 from harness.records import Case
 from harness.store.db import Store
 
@@ -79,12 +83,16 @@ class QualityResult:
                 "error": self.error}
 
 
+def _suite_keys(suite_text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(suite_text or "")
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
 def thresholds(suite_text: str) -> tuple[float, float]:
     """The run's gate (its suite's keys, else the defaults); the suite was validated when it ran."""
-    try:
-        data = tomllib.loads(suite_text or "")
-    except tomllib.TOMLDecodeError:
-        data = {}
+    data = _suite_keys(suite_text)
     return float(data.get("quality_max_kld", QUALITY_MAX_KLD)), float(data.get("quality_min_top1", QUALITY_MIN_TOP1))
 
 
@@ -126,15 +134,34 @@ def _governs(quality: Case, speed: Case) -> bool:
     return all(mine[k] == v for k, v in speed.settings if k in mine)
 
 
-def output_differs(store: Store, run_id: str) -> dict[str, str]:
-    """Speed case key -> the mark, for the cases a failing quality case of the run governs."""
-    failing = [q for q in quality_results(store, run_id) if q.differs]
-    if not failing:
-        return {}
+def greedy_differs(store: Store, run_id: str) -> dict[str, str]:
+    """Server case key -> the mark, where the mean greedy exact-match share of its processes is
+    below the suite's `greedy_min_exact`."""
+    min_exact = float(_suite_keys(store.run(run_id).suite_text).get("greedy_min_exact", GREEDY_MIN_EXACT))
+    values: dict[str, dict[str, list[float]]] = {}
+    for m in store.measurements([run_id]):
+        if m["status"] == "ok" and m["metric"] in GREEDY_METRICS and m["value"] is not None:
+            values.setdefault(m["case_key"], {}).setdefault(m["metric"], []).append(float(m["value"]))
     marks = {}
+    for key, got in values.items():
+        mean = {name: sum(v) / len(v) for name, v in got.items()}
+        if mean.get("greedy_exact_share", 100.0) < min_exact:
+            top1 = f", top-1 {mean['greedy_top1']:.1f}%" if "greedy_top1" in mean else ""
+            marks[key] = (f"output differs from the host reference (greedy: {mean['greedy_exact_share']:.0f}% of prompts exact, "
+                          f"mean prefix {mean.get('greedy_prefix_mean', math.nan):.1f} tokens{top1})")
+    return marks
+
+
+def output_differs(store: Store, run_id: str) -> dict[str, str]:
+    """Speed case key -> the mark, for the cases a failing quality case of the run governs, and
+    the server cases whose greedy check differs (`greedy_differs`)."""
+    failing = [q for q in quality_results(store, run_id) if q.differs]
+    marks = greedy_differs(store, run_id)
+    if not failing:
+        return marks
     for case in store.cases(run_id):
         if case.kind != "quality" and (governing := [q for q in failing if _governs(q.case, case)]):
-            marks[case.key] = "; ".join(q.mark() for q in governing)
+            marks[case.key] = "; ".join([*(q.mark() for q in governing), *([marks[case.key]] if case.key in marks else [])])
     return marks
 
 

@@ -105,7 +105,8 @@ class Serving(Protocol):
     done, and parses the case. The smallest change that keeps one process per case and the
     probe's windows; `argv` says where the server listens, so the client reads it from there."""
 
-    def client(self, case: Case, driver: Driver, argv: Sequence[str], timeout_s: float) -> Client: ...
+    def client(self, case: Case, driver: Driver, argv: Sequence[str], timeout_s: float,
+               inputs: Mapping[str, str] | None = None) -> Client: ...
 
 
 _REGISTRY = {

@@ -71,8 +71,9 @@ class LlamaBench:
     settings = (*LLAMABENCH_SETTINGS, *ENV_SETTINGS)
 
     def unsupported(self, case: Case) -> str | None:
-        """llama-bench takes every suite setting."""
-        return None
+        """llama-bench takes every suite setting but the server's own (rope_freq_base)."""
+        other = [key for key, _ in case.settings if key not in self.settings]
+        return f"llama-bench takes no {', '.join(other)}" if other else None
 
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]:
         binary = str(PurePosixPath(runtime_dir) / "bin" / "llama-bench")

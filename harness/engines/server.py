@@ -16,22 +16,27 @@ load, warmup and health polling are outside every window.
 A case: `prompt` tokens sent as token ids (exact; the server's `usage` is kept to show it),
 `tokens` generated with EOS ignored, `concurrency` streams at a time (the server gets as many
 slots), `requests` in all.
+
+After its requests, outside every window, the case runs the greedy check of
+harness.engines.greedy against the host reference its runner passes as the `greedy` input (a
+JSON file on the host); its figures are the case's too, and the gate marks a server that differs.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
 
 from harness.drivers.base import Completed, Driver, DriverError
-from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix, greedy
 from harness.engines.llamabench import flag_value
 from harness.engines.streams import Endpoint, Request, Stream, run_streams, stream_metrics, wait_until
 from harness.records import Case, Mark, Window
@@ -40,6 +45,7 @@ from harness.records import Case, Mark, Window
 SERVER_SETTINGS: dict[str, str] = {
     "threads": "-t", "cpu_mask": "-C", "cpu_strict": "--cpu-strict", "poll": "--poll", "n_gpu_layers": "-ngl",
     "flash_attn": "-fa", "cache_type_k": "-ctk", "cache_type_v": "-ctv", "batch": "-b", "ubatch": "-ub",
+    "rope_freq_base": "--rope-freq-base",  # changes what it computes: how the greedy check's test makes a wrong server
 }
 # the case's own keys, kept among its settings so they are part of its identity and its label
 CASE_KEYS = ("concurrency", "requests")
@@ -97,18 +103,21 @@ class Server:
         """A server's output alone holds no figure: its case is parsed by its `ServerRun`."""
         raise EngineOutputError(f"{case.label}: a server case is measured by its client (Server.client), not from output")
 
-    def client(self, case: Case, driver: Driver, argv: Sequence[str], timeout_s: float) -> ServerRun:
-        return ServerRun(case, driver, int(argv[argv.index("--port") + 1]), timeout_s)
+    def client(self, case: Case, driver: Driver, argv: Sequence[str], timeout_s: float,
+               inputs: Mapping[str, str] | None = None) -> ServerRun:
+        return ServerRun(case, driver, int(argv[argv.index("--port") + 1]), timeout_s, inputs)
 
 
-def request_windows(marks: Sequence[Mark]) -> tuple[tuple[Window, ...], int]:
-    """The merged windows of the requests' `total time` marks, and the tokens they processed."""
+def request_windows(marks: Sequence[Mark], first: int | None = None) -> tuple[tuple[Window, ...], int]:
+    """The merged windows of the requests' `total time` marks (the `first` of them only: the
+    greedy check's requests, which come after the timed ones, are in no window), and the tokens
+    they processed."""
     spans, tokens = [], 0
-    for t, text in marks:
-        if match := _TOTAL.search(text):
-            seconds = float(match.group(1)) / 1000
-            spans.append((t - seconds, t))
-            tokens += int(match.group(2))
+    timed = sorted(((t, match) for t, text in marks if (match := _TOTAL.search(text))), key=lambda m: m[0])[:first]
+    for t, match in timed:
+        seconds = float(match.group(1)) / 1000
+        spans.append((t - seconds, t))
+        tokens += int(match.group(2))
     merged: list[list[float]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
@@ -122,8 +131,12 @@ class ServerRun:
     """The host side of one server case: started when the server's process is (`start`),
     finished after it exits (`finish`), then parsed into the case's result (`parse`)."""
 
-    def __init__(self, case: Case, driver: Driver, port: int, timeout_s: float) -> None:
+    def __init__(self, case: Case, driver: Driver, port: int, timeout_s: float, inputs: Mapping[str, str] | None = None) -> None:
         self.case, self.driver, self.port, self.timeout_s = case, driver, port, timeout_s
+        # the greedy check's host reference (a JSON file on the host), or why there is none
+        self.greedy_reference = (inputs or {}).get("greedy")
+        self.greedy_error = (inputs or {}).get("greedy_missing") or (None if self.greedy_reference else "no host reference was given")
+        self.greedy: dict[str, Any] | None = None
         self.gone = threading.Event()  # the server's process has ended
         self.streams: list[Stream] = []
         self.span = (0.0, 0.0)
@@ -142,7 +155,7 @@ class ServerRun:
         try:
             with self.driver.forward(self.port) as local:
                 endpoint = Endpoint(f"http://127.0.0.1:{local}", timeout_s=self.timeout_s)
-                if not wait_until(lambda: _healthy(endpoint), timeout_s=min(self.timeout_s, HEALTH_TIMEOUT_S), stop=self.gone):
+                if not wait_until(lambda: healthy(endpoint), timeout_s=min(self.timeout_s, HEALTH_TIMEOUT_S), stop=self.gone):
                     self.error = "the server never reported healthy" if not self.gone.is_set() else "the server exited before it was healthy"
                     return
                 self.props = _get_json(endpoint, "/props")
@@ -150,10 +163,24 @@ class ServerRun:
                 self.streams, *span = run_streams(endpoint, request, concurrency=case_value(self.case, "concurrency"),
                                                   requests=case_value(self.case, "requests"), stop=self.gone)
                 self.span = (span[0], span[1])
+                self._greedy(endpoint)
         except (DriverError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:  # KeyError, TypeError: a /tokenize answer not as documented
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self._stop()
+
+    def _greedy(self, endpoint: Endpoint) -> None:
+        """The greedy check, after the timed requests (outside every window); a failure of it
+        leaves its figures missing with the reason, not the case failed."""
+        if self.gone.is_set() or self.greedy_error:
+            return
+        try:
+            self.greedy = greedy.check(endpoint, self._reference())
+        except (*greedy.GREEDY_ERRORS, OSError) as exc:
+            self.greedy_error = f"the greedy check failed: {type(exc).__name__}: {exc}"
+
+    def _reference(self) -> dict[str, Any]:
+        return dict(json.loads(Path(str(self.greedy_reference)).read_text()))
 
     def _stop(self) -> None:
         """SIGTERM the server itself (it finishes its requests and exits 0; the probe above it
@@ -198,7 +225,7 @@ class ServerRun:
             said = failed[0].error if failed else "no request was sent"
             raise EngineOutputError(f"every request failed ({said}); server stderr tail:\n{tail}")
         metrics = stream_metrics(self.streams, *self.span, prompt_tokens=case.n_prompt, tokens=case.n_gen)
-        windows, tokens = request_windows(marks)
+        windows, tokens = request_windows(marks, len(self.streams))
         no_window = None if windows else "no request timing line of llama-server was stamped (the sampler stamps none without the probe)"
         short = [{"request": s.index, "tokens": s.tokens} for s in self.streams if s.error is None and s.tokens < case.n_gen]
         effective: dict[str, Any] = {"concurrency": case_value(case, "concurrency"), "requests": case_value(case, "requests"),
@@ -208,13 +235,17 @@ class ServerRun:
             effective["streams_ended_early"] = short
         if failed:
             effective["requests_failed"] = [{"request": s.index, "error": s.error} for s in failed]
+        reference = self._reference() if self.greedy else None
+        metrics += greedy.metrics(self.greedy, reference, self.greedy_error or "the server stopped before the greedy check")
         build = self.props.get("build_info")
         raw = [{"props": _props_summary(self.props)}, *({"stream": s.to_json()} for s in self.streams)]
+        if self.greedy:
+            raw.append({"greedy": {**self.greedy, "reference": reference}})
         return EngineResult(metrics=metrics, windows=windows, tokens=tokens, no_window=no_window, raw=raw,
                             build=f"llama.cpp {build}" if build else None, effective=effective)
 
 
-def _healthy(endpoint: Endpoint) -> bool:
+def healthy(endpoint: Endpoint) -> bool:
     """Whether `/health` answers 200 (llama-server: 503 while loading), asked with a short timeout:
     something else on the port that accepts and never answers must not hold the case."""
     try:

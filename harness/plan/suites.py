@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from harness.engines import ENV_SETTINGS
 from harness.engines.llamabench import LLAMABENCH_SETTINGS
+from harness.engines.server import SERVER_SETTINGS
 from harness.errors import ConfigError
 
 GGML_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -29,6 +30,10 @@ MODES = ("burst", "sustained", "none")
 # backend computes right stays far inside both; a lossy setting or a wrong kernel lands outside.
 QUALITY_MAX_KLD = 0.02
 QUALITY_MIN_TOP1 = 90.0
+# The server's greedy check (docs/quality.md): a backend that computes right matches the host's
+# greedy tokens on most prompts; a near-tie may flip one prompt's token on another backend, so
+# one prompt of the four may differ. A wrong setting (rope base) matches none.
+GREEDY_MIN_EXACT = 75.0
 
 
 def _int_in(lo: int, hi: int | None = None) -> Callable[[Any], bool]:
@@ -77,8 +82,9 @@ SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "delay": (_int_in(0), "whole seconds >= 0"),
     "vk_visible_devices": (lambda v: re.fullmatch(r"\d+(,\d+)*", str(v)) is not None and not isinstance(v, bool),
                            'Vulkan device indices like 0 or "0,1"'),
+    "rope_freq_base": (lambda v: _is_number(v) and v > 0, "a positive number (llama-server --rope-freq-base)"),
 }
-assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS), "every setting needs a check"
+assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS) | set(SERVER_SETTINGS), "every setting needs a check"
 
 # test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
 _COUNT = (_int_in(1), "a positive integer or a list of them")
@@ -123,6 +129,8 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     # marks the run's speed figures "output differs from the host reference"
     "quality_max_kld": (lambda v: _is_number(v) and v > 0, "a positive number (mean KL divergence, nats)"),
     "quality_min_top1": (lambda v: _is_number(v) and 0 < v <= 100, "a percentage above 0, at most 100"),
+    # the same gate for server cases: a greedy exact-match share (%) below this marks them
+    "greedy_min_exact": (lambda v: _is_number(v) and 0 < v <= 100, "a percentage above 0, at most 100"),
 }
 
 
@@ -158,6 +166,7 @@ class Suite:
     max_repetitions: int = 10
     quality_max_kld: float = QUALITY_MAX_KLD
     quality_min_top1: float = QUALITY_MIN_TOP1
+    greedy_min_exact: float = GREEDY_MIN_EXACT
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run

@@ -191,8 +191,9 @@ def _run_step(store: Store, run_id: str, driver: Driver, step: Step, targets: Ru
     case = step.case
     engine = get_engine(case.engine)
     state, clusters = _device_state(driver)
-    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path, inputs=targets.inputs.get(case.key))
-    client = engine.client(case, driver, argv, timeout_s) if isinstance(engine, Serving) else None
+    inputs = targets.inputs.get(case.key)
+    argv = engine.argv(case, runtime_dir=targets.runtime_dir or "", model_path=targets.model_path, inputs=inputs)
+    client = engine.client(case, driver, argv, timeout_s, inputs) if isinstance(engine, Serving) else None
     started = now_iso()
     with telemetry_for(driver, targets.runtime_dir) as telemetry, Watch(driver) as watch:
         wrapped = telemetry.wrap(argv, engine.marks, benchmark_cpus(case, clusters))

@@ -17,6 +17,7 @@ from harness.errors import EdgebenchError
 from harness.plan.inventory import DeviceSpec, resolve_device
 from harness.plan.planner import Plan, build_plan
 from harness.plan.suites import Suite, load_suite, parse_suite
+from harness.run.greedy import reference_inputs
 from harness.run.references import QualitySources, quality_sources, references_for
 from harness.run.runner import RunTargets, Step, StepResult, execute, pending_steps, resumable
 from harness.runtimes import BuildProgress, Runtime, build_runtime
@@ -248,9 +249,10 @@ def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks, re
     """Put the runtime, the model and the quality cases' reference logits on the device
     (content-addressed; skipped when present)."""
     driver = prepared.driver
+    greedy = _greedy_inputs(prepared, callbacks)
     if driver.is_host:
         return RunTargets(runtime_dir=str(runtime.root) if runtime else None, model_path=str(prepared.model_path),
-                          inputs={key: {"logits": str(ref.path)} for key, ref in references.items()})
+                          inputs={key: {"logits": str(ref.path)} for key, ref in references.items()} | greedy)
     work = PurePosixPath(driver.workdir)
     model_remote = str(work / "models" / prepared.model.sha256[:16] / prepared.model.filename)
     callbacks.status(f"staging {prepared.model.filename} on {driver.name}")
@@ -266,7 +268,20 @@ def _stage(prepared: Prepared, runtime: Runtime | None, callbacks: Callbacks, re
         for rel in runtime.manifest.files:
             sent += driver.push(runtime.root / rel, f"{runtime_remote}/{rel}")
     callbacks.status(f"staged on {driver.name}: {sent} bytes transferred")
-    return RunTargets(runtime_dir=runtime_remote, model_path=model_remote, inputs=inputs)
+    return RunTargets(runtime_dir=runtime_remote, model_path=model_remote, inputs=inputs | greedy)
+
+
+def _greedy_inputs(prepared: Prepared, callbacks: Callbacks) -> dict[str, dict[str, str]]:
+    """Each server case's greedy reference (a file on the host, where its client runs), computed
+    once for the run; none where the run has no server case."""
+    serve = [c.key for c in prepared.plan.cases if c.engine == "server"]
+    if not serve:
+        return {}
+    callbacks.status("greedy reference: the host llama-server on the CPU (cached)")
+    found = reference_inputs(prepared.model_path, prepared.model.sha256, lambda: build_host(callbacks.build))
+    if "greedy_missing" in found:
+        callbacks.status(found["greedy_missing"])
+    return {key: found for key in serve}
 
 
 def _write_run_artifacts(store: Store, run_id: str, prepared: Prepared, runtime: Runtime | None, facts: dict[str, Any]) -> None:
