@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from harness.cli import views
-from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, FormatOpt, InventoryOpt, QuantizeOpt, ResultsOpt, Stopped, StoreOpt, console,
+from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, FormatOpt, InventoryOpt, QuantizeOpt, ResultsOpt, RuntimeOpt, Stopped, StoreOpt, console,
                                 note, open_store, out, say)
 from harness.cli.results import show_runs, write_report
 from harness.errors import Interrupted
@@ -50,6 +50,7 @@ def run(
     reference: Optional[str] = typer.Option(None, help="Reference for the quality cases: a GGUF, or a llama-perplexity logits file (default: the model itself)."),
     quantize: Optional[str] = QuantizeOpt,
     allow_requantize: bool = AllowRequantizeOpt,
+    runtime: list[str] = RuntimeOpt,
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report.
 
@@ -67,7 +68,7 @@ def run(
     options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
                          str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold,
                          precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions,
-                         quality=not no_quality, corpus=corpus, reference=reference)
+                         quality=not no_quality, corpus=corpus, reference=reference, runtimes=tuple(runtime))
     request = orchestrate.RunRequest(options, resume=resume, quantize=tuple(parse_types(quantize)) if quantize else (),
                                      allow_requantize=allow_requantize)
     if dry_run:

@@ -71,11 +71,14 @@ class Engine(Protocol):
     windows in process); `parse` gets those stamped lines back and computes the windows."""
 
     name: str
+    runtime: str  # the runtime family a case of this engine runs on ("llama.cpp", "openvino"): the suite's `runtime` axis
     host_only: bool  # True: runs only on the machine running edgebench (in-process Python)
     marks: str | None
     settings: tuple[str, ...]  # the suite settings it can apply (the plan resolves threads to these)
 
     def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
+
+    def unsupported_model(self, architecture: str | None) -> str | None: ...  # why it cannot read this GGUF architecture, or None
 
     # inputs: other files the case reads, staged on the device (e.g. "logits": the reference's)
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]: ...
@@ -83,10 +86,21 @@ class Engine(Protocol):
     def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult: ...
 
 
+class LlamaCppEngine:
+    """What the engines of the llama.cpp runtime share: their runtime's name, and a reader for
+    every GGUF architecture (a model llama.cpp cannot load fails inspection before the plan)."""
+
+    runtime = "llama.cpp"
+
+    def unsupported_model(self, architecture: str | None) -> str | None:
+        return None
+
+
 _REGISTRY = {
     "llamabench": "harness.engines.llamabench:LlamaBench",
     "pyllama": "harness.engines.pyllama:PyLlama",
     "perplexity": "harness.engines.perplexity:Perplexity",
+    "openvino": "harness.engines.openvino:OpenVino",
 }
 
 

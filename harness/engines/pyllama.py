@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import EngineOutputError, EngineResult, LlamaCppEngine
 from harness.errors import exited
 from harness.records import Case, Mark, Metric, Window
 from harness.stats import percentile
@@ -77,7 +77,7 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-class PyLlama:
+class PyLlama(LlamaCppEngine):
     name = "pyllama"
     host_only = True
     marks = None  # the worker stamps its own windows (see the module doc)
