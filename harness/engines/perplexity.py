@@ -17,7 +17,8 @@ from typing import Any
 
 from harness.drivers.base import Completed
 from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, LlamaCppEngine, env_prefix
-from harness.records import Case, Mark, Metric
+from harness.engines.kldbase import quality_metrics
+from harness.records import Case, Mark
 
 # suite setting -> llama-perplexity flag: the settings that change what the backend computes.
 FLAGS: dict[str, str] = {
@@ -33,16 +34,16 @@ FLAGS: dict[str, str] = {
 }
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _PM = rf"{_NUMBER}\s*±\s*{_NUMBER}"
-# metric -> (its line in the statistics block, unit); group 1 is the value, group 2 its ± where it has one
-_STATISTICS: dict[str, tuple[re.Pattern[str], str]] = {
-    "ppl": (re.compile(rf"Mean PPL\(Q\)\s*:\s*{_PM}"), ""),
-    "ppl_base": (re.compile(rf"Mean PPL\(base\)\s*:\s*{_PM}"), ""),
-    "kld_mean": (re.compile(rf"Mean\s+KLD:\s*{_PM}"), "nats"),
-    "kld_p99": (re.compile(rf"99\.0%\s+KLD:\s*{_NUMBER}"), "nats"),
-    "rms_dp": (re.compile(rf"RMS Δp\s*:\s*{_PM}\s*%"), "%"),
-    "top1_agreement": (re.compile(rf"Same top p:\s*{_PM}\s*%"), "%"),
+# figure -> its line in the statistics block; group 1 is the value, group 2 its ± where it has one
+_STATISTICS: dict[str, re.Pattern[str]] = {
+    "ppl": re.compile(rf"Mean PPL\(Q\)\s*:\s*{_PM}"),
+    "ppl_base": re.compile(rf"Mean PPL\(base\)\s*:\s*{_PM}"),
+    "kld_mean": re.compile(rf"Mean\s+KLD:\s*{_PM}"),
+    "kld_p99": re.compile(rf"99\.0%\s+KLD:\s*{_NUMBER}"),
+    "rms_dp": re.compile(rf"RMS Δp\s*:\s*{_PM}\s*%"),
+    "top1_agreement": re.compile(rf"Same top p:\s*{_PM}\s*%"),
 }
-# the ± of these is stored as a metric of its own (the standard error llama-perplexity gives)
+# the ± of these is stored as a figure of its own (the standard error llama-perplexity gives)
 _ERRORS = {"ppl": "ppl_stderr", "kld_mean": "kld_stderr", "top1_agreement": "top1_stderr"}
 _SYSTEM = re.compile(r"system_info: (.*)")
 _THREADS = re.compile(r"n_threads = (\d+)")
@@ -80,17 +81,13 @@ class Perplexity(LlamaCppEngine):
             errors = [line for line in text.splitlines() if "error" in line.lower() or "failed" in line.lower() or "inconsistent" in line]
             why = "\n".join(errors[-5:]) or completed.stderr_tail(10)
             raise EngineOutputError(f"llama-perplexity printed no KL divergence statistics for {case.label}:\n{why}")
-        metrics, raw = [], {}
-        for name, (pattern, unit) in _STATISTICS.items():
-            found = pattern.search(text)
-            if found is None:
-                metrics.append(Metric.missing(name, unit, f"llama-perplexity printed no {name} line"))
-                continue
-            raw[name] = float(found.group(1))
-            metrics.append(Metric(name, raw[name], unit))
-            if name in _ERRORS:
-                raw[_ERRORS[name]] = float(found.group(2))
-                metrics.append(Metric(_ERRORS[name], raw[_ERRORS[name]], unit))
+        raw: dict[str, float] = {}
+        for name, pattern in _STATISTICS.items():
+            if found := pattern.search(text):
+                raw[name] = float(found.group(1))
+                if name in _ERRORS:
+                    raw[_ERRORS[name]] = float(found.group(2))
+        metrics = quality_metrics(raw, "llama-perplexity printed no line for it")
         return EngineResult(metrics=metrics, no_window=NOT_TIMED, raw=[raw], effective=_effective(case, text))
 
 

@@ -18,6 +18,7 @@ from harness.errors import EdgebenchError
 
 MAGIC = b"_logits_"
 _HEADER = struct.Struct("<8sIii")
+HEADER_SIZE = _HEADER.size  # the tokens follow it
 
 
 class LogitsError(EdgebenchError):
@@ -34,7 +35,7 @@ class LogitsHeader:
     def expected_size(self) -> int:
         rows = self.n_ctx - 1 - self.n_ctx // 2
         per_row = 2 * ((self.n_vocab + 1) // 2) + 4
-        return _HEADER.size + 4 * self.n_ctx * self.n_chunk + 2 * rows * per_row * self.n_chunk
+        return HEADER_SIZE + 4 * self.n_ctx * self.n_chunk + 2 * rows * per_row * self.n_chunk
 
     def to_json(self) -> dict[str, int]:
         return {"n_ctx": self.n_ctx, "n_vocab": self.n_vocab, "n_chunk": self.n_chunk}
