@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.engines import get_engine
 from harness.plan.suites import QUALITY_MAX_KLD, QUALITY_MIN_TOP1
 from harness.records import Case
 from harness.store.db import Store
@@ -121,9 +122,11 @@ def _reference_words(store: Store, ref: dict[str, Any], model_sha256: str) -> st
 
 
 def _governs(quality: Case, speed: Case) -> bool:
-    """A quality case speaks for a speed case whose settings agree wherever both name one."""
+    """A quality case speaks for a speed case of its runtime whose settings agree wherever both
+    name one (OpenVINO's verdict never marks llama.cpp's figures, nor the other way round)."""
     mine = dict(quality.settings)
-    return all(mine[k] == v for k, v in speed.settings if k in mine)
+    return (get_engine(quality.engine).runtime == get_engine(speed.engine).runtime
+            and all(mine[k] == v for k, v in speed.settings if k in mine))
 
 
 def output_differs(store: Store, run_id: str) -> dict[str, str]:

@@ -41,6 +41,8 @@ from typing import Any
 
 from harness.drivers.base import Completed
 from harness.engines import EngineOutputError, EngineResult
+from harness.engines.kldbase import quality_metrics
+from harness.engines.perplexity import NOT_TIMED
 from harness.errors import exited
 from harness.paths import cache_dir
 from harness.records import Case, Mark, Metric, Window
@@ -100,8 +102,6 @@ class OpenVino:
         bad = [f"{k}={v}" for k, v in case.settings if k not in self.settings]
         if bad:
             return f"OpenVINO cannot apply {', '.join(bad)}"
-        if case.kind == "quality":
-            return "the openvino quality case is not built yet (it needs the logits scorer)"
         return not_available(str(case.setting(DEVICE_SETTING, DEFAULT_DEVICE)))
 
     def unsupported_model(self, architecture: str | None) -> str | None:
@@ -117,16 +117,24 @@ class OpenVino:
             argv += [_flag(key), str(value)]
         if not case.warmup:
             argv.append("--no-warmup")
+        if case.kind == "quality":
+            if not inputs or "logits" not in inputs:
+                raise ValueError(f"{case.label}: the reference logits were not staged")
+            argv += ["--logits", inputs["logits"], "--chunks", str(case.quality_value("chunks"))]
         return argv
 
     def parse(self, case: Case, completed: Completed, marks: Sequence[Mark] = ()) -> EngineResult:
         record = parse_output(case, completed)
+        build = f"openvino-genai {record['openvino_genai']} (openvino {record['openvino']})"
+        effective = {**record["effective"], "device": record["device"], "load": record["load"]["kind"]}
+        if case.kind == "quality":
+            figures = record["quality"]
+            return EngineResult(metrics=[Metric("load_s", record["load"]["ns"] / 1e9, "s"), *quality_metrics(figures, "not scored")],
+                                no_window=NOT_TIMED, raw=[record], build=build, effective=effective)
         windows = rep_windows(case, record)
         tokens = {"prefill": case.n_prompt, "decode": case.n_gen}.get(case.kind, case.n_prompt + case.n_gen)
         return EngineResult(
-            metrics=metrics(case, record), windows=windows, tokens=tokens * len(windows), raw=[record],
-            build=f"openvino-genai {record['openvino_genai']} (openvino {record['openvino']})",
-            effective={**record["effective"], "device": record["device"], "load": record["load"]["kind"]},
+            metrics=metrics(case, record), windows=windows, tokens=tokens * len(windows), raw=[record], build=build, effective=effective,
         )
 
 
@@ -144,9 +152,12 @@ def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
         raise EngineOutputError(f"openvino worker printed non-JSON ({exc}): {lines[0][:200]}") from None
     if not isinstance(record, dict) or record.get("engine") != "openvino":
         raise EngineOutputError(f"not an openvino worker record: {lines[0][:200]}")
-    lacking = [k for k in ("openvino", "openvino_genai", "device", "load", "effective", "reps") if k not in record]
+    lacking = [k for k in ("openvino", "openvino_genai", "device", "load", "effective", "quality" if case.kind == "quality" else "reps")
+               if k not in record]
     if lacking:
         raise EngineOutputError(f"openvino record lacks {', '.join(lacking)}")
+    if case.kind == "quality":
+        return record
     prompt, gen = prompt_and_gen(case.kind, case.n_prompt, case.n_gen, case.depth)
     if len(record["reps"]) != case.inprocess_reps:
         raise EngineOutputError(f"openvino worker ran {len(record['reps'])} reps, the case asked for {case.inprocess_reps}")
@@ -216,13 +227,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.engines.openvino",
                                 description="One case through OpenVINO GenAI on a GGUF file; prints one JSON line.")
     p.add_argument("--model", required=True, type=Path, help="GGUF model file (read, never written beside)")
-    p.add_argument("--kind", required=True, choices=("prefill", "decode", "pg", "latency"))
+    p.add_argument("--kind", required=True, choices=("prefill", "decode", "pg", "latency", "quality"))
     p.add_argument("--prompt-tokens", type=int, default=0)
     p.add_argument("--gen", type=int, default=0)
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--reps", type=_positive, default=1)
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument(_flag(DEVICE_SETTING), default=DEFAULT_DEVICE, help="OpenVINO device: CPU, GPU, NPU")
+    p.add_argument("--logits", type=Path, help="quality: the reference's llama-perplexity --kl-divergence-base file")
+    p.add_argument("--chunks", type=_positive, default=1, help="quality: windows of the reference to score")
     for key, prop in OPENVINO_PROPERTIES.items():
         p.add_argument(_flag(key), help=f"OpenVINO property {prop}")
     return p
@@ -287,6 +300,38 @@ def read_back(folder: Path, device: str, props: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def score(folder: Path, device: str, props: Mapping[str, Any], model: Path, logits: Path, chunks: int) -> dict[str, float]:
+    """KLD, top-1 and PPL of the IR's teacher-forced logits on the reference's own tokens, one
+    window per chunk, scored as llama-perplexity does (harness.engines.kldbase)."""
+    import numpy as np
+    from openvino import Core
+
+    from harness.engines.kldbase import KldScorer, read_base
+
+    base = read_base(logits)
+    if chunks > base.header.n_chunk:
+        raise ValueError(f"{logits} holds {base.header.n_chunk} chunks; the case scores {chunks}")
+    request = Core().compile_model(str(folder / "openvino_model.xml"), device, dict(props)).create_infer_request()
+    scorer, n_ctx, bos = KldScorer(base), base.header.n_ctx, _bos(model)
+    for chunk in range(chunks):
+        ids = base.eval_tokens(chunk, bos).astype(np.int64)[None]
+        request.reset_state()  # the IR is stateful: its KV cache would carry the last window over
+        request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(n_ctx, dtype=np.int64)[None],
+                       "beam_idx": np.zeros(1, dtype=np.int32)})
+        scorer.add(chunk, np.array(request.get_tensor("logits").data[0]))
+    return scorer.figures()
+
+
+def _bos(model: Path) -> int | None:
+    """The BOS id llama-perplexity puts first in each window, where the GGUF says to add one."""
+    import gguf
+
+    fields = gguf.GGUFReader(model).fields
+    add = fields.get("tokenizer.ggml.add_bos_token")
+    bos = fields.get("tokenizer.ggml.bos_token_id")
+    return int(bos.contents()) if add is not None and add.contents() and bos is not None else None
+
+
 def build_prompt(tokenizer: Any, text: str, n: int) -> list[int]:
     """Exactly n token ids: the tokenizer's special tokens, then `text` repeated and cut."""
     head = list(tokenizer.encode(text, add_special_tokens=True).input_ids.data[0])
@@ -332,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     import openvino_genai
 
     from harness.engines.pyllama import PROMPT_TEXT
+    from harness.runtimes.logits import LogitsError
     from harness.runtimes.models import inspect_model
 
     versions = {"openvino": openvino.get_version(), "openvino_genai": openvino_genai.__version__}
@@ -344,6 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openvino: {_one_line(exc)}", file=sys.stderr)
         return 2
     load_ns = time.perf_counter_ns() - started
+    if args.kind == "quality":
+        del pipe  # the IR is compiled on its own for the logits
+        try:
+            figures = score(folder, args.ov_device, props, args.model, args.logits, args.chunks)
+        except (ValueError, LogitsError) as exc:
+            print(f"openvino: {exc}", file=sys.stderr)
+            return 2
+        _print(result_out, versions, args, how, load_ns, folder, props, quality=figures)
+        return 0
 
     prompt_n, gen = prompt_and_gen(args.kind, args.prompt_tokens, args.gen, args.depth)
     prompt = build_prompt(pipe.get_tokenizer(), PROMPT_TEXT, prompt_n)
@@ -351,16 +406,24 @@ def main(argv: list[str] | None = None) -> int:
         run_rep(pipe, prompt[:WARMUP_TOKENS], 2)
     reps = [run_rep(pipe, prompt, gen) for _ in range(args.reps)]
     del pipe  # before the read-back compile, so the two models are never in memory together
+    _print(result_out, versions, args, how, load_ns, folder, props, reps=reps)
+    return 0
+
+
+def _print(out: Any, versions: Mapping[str, str], args: argparse.Namespace, how: str, load_ns: int, folder: Path,
+           props: Mapping[str, Any], **result: Any) -> None:
+    """The worker's one JSON line: versions, device, load, effective properties, and the result."""
+    from openvino import Core
+
     record = {
         "engine": "openvino", **versions,
-        "device": openvino.Core().get_property(args.ov_device, "FULL_DEVICE_NAME"),
+        "device": Core().get_property(args.ov_device, "FULL_DEVICE_NAME"),
         "load": {"kind": how, "ns": load_ns, "ir": str(folder)},
         "effective": {"ov_device": args.ov_device, **read_back(folder, args.ov_device, props), "prefix_caching": False,
                       "sampler": "greedy"},
-        "reps": reps,
+        **result,
     }
-    print(json.dumps(record, separators=(",", ":")), file=result_out, flush=True)
-    return 0
+    print(json.dumps(record, separators=(",", ":")), file=out, flush=True)
 
 
 if __name__ == "__main__":
