@@ -131,3 +131,34 @@ def test_a_runtime_sweep_stores_both_runtimes_side_by_side(default_model: Path, 
     for runtime in ("llama.cpp", "openvino"):
         assert {(runtime, "prefill_tps"), (runtime, "ttft_ms"), (runtime, "peak_rss_mb")} <= seen
     assert any(r["case"] == "prefill p32 [threads=2] on openvino" for r in rows)
+
+
+def test_compare_names_the_runtime_of_each_side() -> None:
+    import pandas as pd
+
+    from harness.analysis.compare import compare_frames
+
+    def frame(runtime: str, case: str, values: list[float]) -> pd.DataFrame:
+        base = {"device": "local", "model": "m.gguf", "quantization": "Q4_1", "runtime_key": "k1", "runtime": runtime, "case": case,
+                "kind": "prefill", "n_prompt": 32, "n_gen": 0, "depth": 0, "metric": "prefill_tps", "status": "ok"}
+        return pd.DataFrame([{**base, "value": v, "rep": i} for i, v in enumerate(values)])
+
+    (row,) = compare_frames(frame("llama.cpp", "prefill p32", [100.0, 101, 99, 100.5]),
+                            frame("openvino", "prefill p32 on openvino", [50.0, 51, 49, 50.5]))
+    assert "runtime: llama.cpp -> openvino" in row.differs and row.verdict == "slower"
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_openvino_quality_is_scored_and_the_gate_marks_only_its_figures(default_model: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "s.toml"
+    suite.write_text(SUITE + "[[quality]]\ncontext = 256\n")
+    run = subprocess.run([sys.executable, "-m", "harness", "run", "--suite", str(suite), "--results", str(tmp_path / "r"), "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(run.stdout)["summary"]
+    quality = {r["runtime"]: r for r in rows if r["metric"] == "kld_mean"}
+    assert set(quality) == {"llama.cpp", "openvino"} and quality["llama.cpp"]["mean"] < 0.02
+    assert quality["openvino"]["mean"] > 0.02  # OpenVINO 2026.4.1 on the default model: far past the gate (docs/runtimes.md)
+    marked = {r["runtime"] for r in rows if r["metric"] == "prefill_tps" and r["output_differs"]}
+    assert marked == {"openvino"}
