@@ -162,3 +162,25 @@ def test_openvino_quality_is_scored_and_the_gate_marks_only_its_figures(default_
     assert quality["openvino"]["mean"] > 0.02  # OpenVINO 2026.4.1 on the default model: far past the gate (docs/runtimes.md)
     marked = {r["runtime"] for r in rows if r["metric"] == "prefill_tps" and r["output_differs"]}
     assert marked == {"openvino"}
+    (report,) = (tmp_path / "r" / "runs").glob("*/report.html")
+    _check_report_in_chromium(report, tmp_path)
+
+
+def _check_report_in_chromium(report: Path, tmp_path: Path) -> None:
+    """The report's "Runtimes side by side" section, as a real browser renders it: both runtimes,
+    each with its own quality verdict."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh --test installs it)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    section = dom.stdout[dom.stdout.index("<h2>Runtimes side by side</h2>"):]
+    section = section[:section.index("</table>")]
+    rows = [row for row in section.split("<tr>")[2:]]
+    by_runtime = {runtime: [row for row in rows if f'<td class="text">{runtime}</td>' in row] for runtime in ("llama.cpp", "openvino")}
+    assert all(by_runtime.values())
+    assert all("output differs from the host reference" in row for row in by_runtime["openvino"])
+    assert not any("output differs" in row for row in by_runtime["llama.cpp"])

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from harness.engines import get_engine
+from harness.plan.planner import case_label
 from harness.plan.suites import QUALITY_MAX_KLD, QUALITY_MIN_TOP1
 from harness.records import Case
 from harness.store.db import Store
@@ -74,7 +75,7 @@ class QualityResult:
                 f"top-1 {f.get('top1_agreement', math.nan):.2f}% · RMS Δp {f.get('rms_dp', math.nan):.3f}% · {self.verdict()}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "case": self.case.label, "case_key": self.case.key, "status": self.status,
+        return {"run_id": self.run_id, "case": case_label(self.case), "case_key": self.case.key, "status": self.status,
                 **self.figures, "reference": self.reference, "against_model": self.against_model, "corpus": self.corpus,
                 "gate": {"max_kld": self.max_kld, "min_top1": self.min_top1}, "differs": self.differs, "verdict": self.verdict(),
                 "error": self.error}
