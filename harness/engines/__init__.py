@@ -6,13 +6,14 @@ in-process clock of llama-cpp-python); the orchestrator never times anything its
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, Protocol
 
 from harness.drivers.base import Completed
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 from harness.records import Case, Mark, Metric, Window
 
 
@@ -62,6 +63,24 @@ class EngineResult:
 
 class EngineOutputError(EdgebenchError):
     """The process exited 0 but its output could not be parsed into a result."""
+
+
+def worker_record(completed: Completed, engine: str) -> dict[str, Any]:
+    """The one JSON line an in-process engine's worker (`python -m harness.engines.<engine>`)
+    prints on stdout, as a dict naming that engine; EngineOutputError with the stderr tail otherwise."""
+    tail = completed.stderr_tail(10)
+    if completed.exit_code != 0:
+        raise EngineOutputError(f"{engine} worker {exited(completed.exit_code)}; stderr tail:\n{tail}")
+    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise EngineOutputError(f"{engine} worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")
+    try:
+        record = json.loads(lines[0])
+    except json.JSONDecodeError as exc:
+        raise EngineOutputError(f"{engine} worker printed non-JSON ({exc}): {lines[0][:200]}; stderr tail:\n{tail}") from None
+    if not isinstance(record, dict) or record.get("engine") != engine:
+        raise EngineOutputError(f"not a {engine} worker record: {lines[0][:200]}")
+    return record
 
 
 class Engine(Protocol):

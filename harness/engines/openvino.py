@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
+from harness.engines import EngineOutputError, EngineResult, worker_record
 from harness.engines.kldbase import quality_metrics
 from harness.engines.perplexity import NOT_TIMED
-from harness.errors import exited
+from harness.engines.pyllama import PROMPT_TEXT, gap_metrics, positive
 from harness.paths import cache_dir
 from harness.records import Case, Mark, Metric, Window
-from harness.stats import percentile
 
 # suite setting -> the OpenVINO property it sets (threads as llama.cpp's engines take them)
 OPENVINO_PROPERTIES: dict[str, str] = {
@@ -140,18 +139,7 @@ class OpenVino:
 
 def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
     """The worker's one JSON line, checked against the case it was asked to run."""
-    tail = completed.stderr_tail(10)
-    if completed.exit_code != 0:
-        raise EngineOutputError(f"openvino worker {exited(completed.exit_code)}; stderr tail:\n{tail}")
-    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise EngineOutputError(f"openvino worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")
-    try:
-        record = json.loads(lines[0])
-    except json.JSONDecodeError as exc:
-        raise EngineOutputError(f"openvino worker printed non-JSON ({exc}): {lines[0][:200]}") from None
-    if not isinstance(record, dict) or record.get("engine") != "openvino":
-        raise EngineOutputError(f"not an openvino worker record: {lines[0][:200]}")
+    record = worker_record(completed, "openvino")
     lacking = [k for k in ("openvino", "openvino_genai", "device", "load", "effective", "quality" if case.kind == "quality" else "reps")
                if k not in record]
     if lacking:
@@ -198,15 +186,7 @@ def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:
         out += [Metric("ttft_ms", statistics.fmean(ttft_ms), "ms", samples=ttft_ms),
                 Metric("prefill_tps", statistics.fmean(prefill), "tok/s", samples=prefill)]
     if case.kind in ("decode", "latency"):
-        gaps_ms = tuple(gap / 1e6 for rep in reps for gap in rep["itl_ns"])
-        if gaps_ms:
-            out += [Metric(f"itl_ms_p{q}", percentile(gaps_ms, q), "ms", samples=gaps_ms) for q in (50, 90, 99)]
-            tps = tuple(len(rep["itl_ns"]) / (sum(rep["itl_ns"]) / 1e9) for rep in reps)
-            out.append(Metric("decode_tps", statistics.fmean(tps), "tok/s", samples=tps))
-        else:
-            reason = f"n_gen={case.n_gen}: one generated token has no inter-token gap"
-            out += [Metric.missing(f"itl_ms_p{q}", "ms", reason) for q in (50, 90, 99)]
-            out.append(Metric.missing("decode_tps", "tok/s", reason))
+        out += gap_metrics(case, reps)
     if case.kind == "pg":
         tps = tuple((rep["n_input"] + rep["n_generated"]) / ((rep["ttft_ns"] + sum(rep["itl_ns"])) / 1e9) for rep in reps)
         out.append(Metric("pg_tps", statistics.fmean(tps), "tok/s", samples=tps))
@@ -214,13 +194,6 @@ def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:
 
 
 # ---- the worker -------------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -231,11 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=0)
     p.add_argument("--gen", type=int, default=0)
     p.add_argument("--depth", type=int, default=0)
-    p.add_argument("--reps", type=_positive, default=1)
+    p.add_argument("--reps", type=positive, default=1)
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument(_flag(DEVICE_SETTING), default=DEFAULT_DEVICE, help="OpenVINO device: CPU, GPU, NPU")
     p.add_argument("--logits", type=Path, help="quality: the reference's llama-perplexity --kl-divergence-base file")
-    p.add_argument("--chunks", type=_positive, default=1, help="quality: windows of the reference to score")
+    p.add_argument("--chunks", type=positive, default=1, help="quality: windows of the reference to score")
     for key, prop in OPENVINO_PROPERTIES.items():
         p.add_argument(_flag(key), help=f"OpenVINO property {prop}")
     return p
@@ -376,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     import openvino
     import openvino_genai
 
-    from harness.engines.pyllama import PROMPT_TEXT
     from harness.runtimes.logits import LogitsError
     from harness.runtimes.models import inspect_model
 
