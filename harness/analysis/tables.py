@@ -48,6 +48,7 @@ KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3}
 def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     """One row per (run, case, repetition, metric), with device, model and build beside it."""
     cases: dict[tuple[str, str], Case] = {}
+    named: dict[tuple[str, str], dict[str, str]] = {}
     runs: dict[str, dict[str, Any]] = {}
     differs: dict[tuple[str, str], str] = {}
     for run_id in run_ids:
@@ -62,6 +63,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
         }
         for case in store.cases(run.id):
             cases[(run.id, case.key)] = case
+            named[(run.id, case.key)] = {"case": case_label(case), "runtime": get_engine(case.engine).runtime}  # once per case
     records = []
     ids = list(runs)
     for m in store.measurements(ids):
@@ -71,8 +73,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
                 "run_id": m["run_id"],
                 **runs[m["run_id"]],
                 "case_key": m["case_key"],
-                "case": case_label(case),  # names its runtime where it is not llama.cpp
-                "runtime": get_engine(case.engine).runtime,
+                **named[(m["run_id"], m["case_key"])],  # the label names its runtime where it is not llama.cpp
                 "engine": case.engine,
                 "kind": case.kind,
                 "context": case.context,
