@@ -184,3 +184,17 @@ def _check_report_in_chromium(report: Path, tmp_path: Path) -> None:
     assert all(by_runtime.values())
     assert all("output differs from the host reference" in row for row in by_runtime["openvino"])
     assert not any("output differs" in row for row in by_runtime["llama.cpp"])
+
+
+def test_a_lab_job_carries_its_runtimes_and_refuses_unknown_ones() -> None:
+    from harness.lab.jobs import JobInputs, JobRefused, LabRequest, job_options_json, parse_job_options
+    from harness.run.session import RunOptions
+
+    options = RunOptions(device="d", runtimes=("llama.cpp", "openvino"))
+    data = json.loads(json.dumps(job_options_json(options, JobInputs())))
+    assert parse_job_options(data)[0].runtimes == ("llama.cpp", "openvino")
+    with pytest.raises(JobRefused, match="runtimes"):
+        parse_job_options({**data, "runtimes": ["mlc"]})
+    request = LabRequest(("d",), "quick", runtimes=("openvino",))
+    assert LabRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    assert RunOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
