@@ -69,8 +69,8 @@ class QualityResult:
         """The one line `edgebench run` prints beside its speed table."""
         f = self.figures
         if self.status != "ok" or "ppl" not in f:
-            return f"{self.case.label}: {self.verdict()}"
-        return (f"{self.case.label} on {self.corpus}: PPL {f['ppl']:.3f} ± {f.get('ppl_stderr', math.nan):.3f} · "
+            return f"{case_label(self.case)}: {self.verdict()}"
+        return (f"{case_label(self.case)} on {self.corpus}: PPL {f['ppl']:.3f} ± {f.get('ppl_stderr', math.nan):.3f} · "
                 f"KLD {f.get('kld_mean', math.nan):.3g} (p99 {f.get('kld_p99', math.nan):.3g}) · "
                 f"top-1 {f.get('top1_agreement', math.nan):.2f}% · RMS Δp {f.get('rms_dp', math.nan):.3f}% · {self.verdict()}")
 

@@ -103,6 +103,7 @@ def _progress() -> Progress:
 def _callbacks(progress: Progress, begun: Callable[[str], None]) -> Callbacks:
     """The run's lines: status and notes above the bar; the bar counts processes, rounds a
     precision target or sustained mode adds included; a llama.cpp build has a bar of its own."""
+    from harness.plan.planner import case_label
     from harness.run.session import Callbacks
 
     tasks: dict[str, Any] = {}
@@ -113,7 +114,7 @@ def _callbacks(progress: Progress, begun: Callable[[str], None]) -> Callbacks:
             tasks["run"] = progress.add_task("", total=step.total, last="")
         if counts["done"] >= counts["total"]:  # the first steps, or a round a precision target or sustained mode added
             counts["total"] += step.total
-        label = f"[{step.index + 1}/{step.total}] {step.case.label} (round {step.rep + 1})"
+        label = f"[{step.index + 1}/{step.total}] {case_label(step.case)} (round {step.rep + 1})"
         progress.update(tasks["run"], description=escape(label), total=counts["total"])
 
     def on_result(result: StepResult) -> None:
