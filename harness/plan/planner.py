@@ -123,7 +123,7 @@ def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters
             settings = {k: v for k, v in settings.items() if k in engine.settings}
         for values in _product(spec.values):
             if spec.kind == "quality" and (why := _quality_problem(values, context_length, quality, suite.source)):
-                skipped.append((f"quality c{values['context']}", why))
+                skipped.append((f"quality c{values['context']}" + ("" if runtime == "llama.cpp" else f" on {runtime}"), why))
                 continue
             for chosen in _product(settings):
                 case, how = resolve_threads(_make_case(engine.name, spec.kind, values, chosen, suite, quality), clusters,
