@@ -63,6 +63,10 @@ def test_a_runtime_that_cannot_run_a_case_skips_it_with_its_reason() -> None:
     foreign = build_plan(suite, context_length=8192, host=True, architecture="mamba")
     assert any("cannot read architecture 'mamba'" in why for label, why in foreign.skipped if label.endswith("on openvino"))
     assert all(c.engine != "openvino" for c in foreign.cases) and foreign.cases
+    served = build_plan(parse_suite(SUITE + "[[serve]]\nprompt = 8\ntokens = 4\n", "s.toml"), context_length=8192, host=True,
+                        architecture="llama")
+    assert ("serve on openvino", "the openvino runtime has no engine for serve tests") in served.skipped
+    assert any(c.engine == "server" for c in served.cases)  # llama.cpp's llama-server still serves it
     flash = Case("openvino", "prefill", 32, 0, 0, settings=(("flash_attn", "on"),))
     assert OpenVino().unsupported(flash) == "OpenVINO cannot apply flash_attn=on"
 

@@ -117,8 +117,12 @@ def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters
     cores: dict[str, CoreChoice] = {}
     skipped: list[tuple[str, str]] = []
     for spec, runtime in [(spec, runtime) for spec in suite.tests for runtime in suite.runtimes]:
+        if (runtime, spec.kind) not in ENGINES:  # e.g. [[serve]]: llama-server is llama.cpp's
+            skipped.append((f"{spec.kind} on {runtime}", f"the {runtime} runtime has no engine for {spec.kind} tests"))
+            continue
         engine = get_engine(ENGINES[runtime, spec.kind])
-        others = {key for other in suite.runtimes if other != runtime for key in get_engine(ENGINES[other, spec.kind]).settings}
+        others = {key for other in suite.runtimes if other != runtime and (other, spec.kind) in ENGINES
+                  for key in get_engine(ENGINES[other, spec.kind]).settings}
         settings = {k: v for k, v in {**suite.settings, **spec.settings}.items() if k in engine.settings or k not in others}
         if spec.kind == "quality":
             settings = {k: v for k, v in settings.items() if k in engine.settings}
