@@ -135,6 +135,13 @@ def test_a_runtime_sweep_stores_both_runtimes_side_by_side(default_model: Path, 
     for runtime in ("llama.cpp", "openvino"):
         assert {(runtime, "prefill_tps"), (runtime, "ttft_ms"), (runtime, "peak_rss_mb")} <= seen
     assert any(r["case"] == "prefill p32 [threads=2] on openvino" for r in rows)
+    run_id = json.loads(run.stdout)["run"]["id"]
+    shown = subprocess.run([sys.executable, "-m", "harness", "results", "show", run_id, "--results", str(tmp_path / "r"),
+                            "--format", "json"], capture_output=True, text=True, check=True).stdout.splitlines()
+    table = json.loads(shown[0])["rows"]  # the summary grid; a runtime column of its own where a run has two runtimes
+    assert list(table[0])[:2] == ["case", "runtime"] and {row["runtime"] for row in table} == {"llama.cpp", "openvino"}
+    report = (tmp_path / "r" / "runs" / run_id / "report.html").read_text(encoding="utf-8")
+    assert '<th class="text">runtime</th>' in report
 
 
 def test_compare_names_the_runtime_of_each_side() -> None:

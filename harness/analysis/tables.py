@@ -199,7 +199,8 @@ class WideTable:
     reason, so a sensor the device lacks is said once rather than per row. A row whose
     figures were measured while others used the device is in `contended`; one whose run's
     backend failed the correctness gate is in `differs`; one that offloaded layers to a GPU is
-    in `offloads`, saying how many and to which device. Quality cases have their own table.
+    in `offloads`, saying how many and to which device. Where a run measured more than one
+    runtime, `runtimes` names each row's (a column of its own). Quality cases have their own table.
     """
 
     columns: list[str]  # metric names, HEADLINE order
@@ -208,6 +209,7 @@ class WideTable:
     contended: dict[tuple[str, str], Contention] = field(default_factory=dict)
     differs: dict[tuple[str, str], str] = field(default_factory=dict)
     offloads: dict[tuple[str, str], str] = field(default_factory=dict)
+    runtimes: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def wide_table(summary: pd.DataFrame, offloads: dict[tuple[str, str], str] | None = None) -> WideTable:
@@ -238,8 +240,10 @@ def wide_table(summary: pd.DataFrame, offloads: dict[tuple[str, str], str] | Non
     marked = present[present["output_differs"].notna()] if "output_differs" in present else present.iloc[0:0]
     differs = {(r.run_id, r.case): r.output_differs for r in marked.itertuples()}
     shown = {(run_id, label) for run_id, label, _ in rows}
+    several = present.groupby("run_id")["runtime"].nunique()
+    runtimes = {(r.run_id, r.case): r.runtime for r in present[present["run_id"].isin(several[several > 1].index)].itertuples()}
     return WideTable(columns, rows, missing, contention_by_case(summary), differs,
-                     {key: note for key, note in (offloads or {}).items() if key in shown})
+                     {key: note for key, note in (offloads or {}).items() if key in shown}, runtimes)
 
 
 def offloads_by_case(store: Store, run_ids: list[str]) -> dict[tuple[str, str], str]:
