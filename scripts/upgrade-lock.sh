@@ -20,7 +20,7 @@ python3 -m venv "$tools/venv"
 
 new="$tools/requirements.lock"
 [ "${#upgrade[@]}" = 0 ] && cp requirements.lock "$new"
-"$tools/venv/bin/uv" pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+"$tools/venv/bin/uv" pip compile pyproject.toml --extra test --extra openvino --universal --python-version 3.11 \
   --generate-hashes --no-emit-package llama-cpp-python --custom-compile-command scripts/upgrade-lock.sh \
   "${upgrade[@]}" -o "$new" --quiet
 echo "upgrade-lock: changes:"

@@ -49,16 +49,16 @@ def test_single_process_cannot_be_compared():
 
 
 def _frame(case: str, values: list[float], **extra) -> pd.DataFrame:
-    base = {"device": "local", "model": "m.gguf", "quantization": "Q4_1", "runtime": "k1", "case": case,
+    base = {"device": "local", "model": "m.gguf", "quantization": "Q4_1", "runtime_key": "k1", "case": case,
             "kind": "decode", "n_prompt": 0, "n_gen": 64, "depth": 0, "metric": "decode_tps", "status": "ok"}
     return pd.DataFrame([{**base, **extra, "value": v, "rep": i} for i, v in enumerate(values)])
 
 
 def test_cases_differing_in_settings_are_named():
     a = _frame("decode n64 [threads=2]", _noisy(100.0))
-    b = _frame("decode n64 [threads=4]", _noisy(100.0), runtime="k2")
+    b = _frame("decode n64 [threads=4]", _noisy(100.0), runtime_key="k2")
     (row,) = compare_frames(a, b)
-    assert "runtime: k1 -> k2" in row.differs
+    assert "runtime build: k1 -> k2" in row.differs
     assert any(d.startswith("case: decode n64 [threads=2] -> decode n64 [threads=4]") for d in row.differs)
 
 

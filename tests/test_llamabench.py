@@ -21,8 +21,9 @@ def _completed(stdout: str, stderr: str = "", code: int = 0) -> Completed:
 def test_recorded_prefill_output_gives_tokens_per_second_and_samples():
     case = Case("llamabench", "prefill", 16, 0, 0, inprocess_reps=2)
     result = LlamaBench().parse(case, _completed((REC / "prefill_p16_r2.jsonl").read_text()))
-    (metric,) = result.metrics
+    metric, load = result.metrics
     assert metric.name == "prefill_tps" and metric.unit == "tok/s"
+    assert load.name == "load_s" and load.value is None and "no model load time" in load.missing_reason
     assert len(metric.samples) == 2 and metric.value == pytest.approx(sum(metric.samples) / 2, rel=1e-3)
     assert result.build == "llama.cpp 0c1e570 (0)"
     settings = result.effective
@@ -60,10 +61,10 @@ def test_argv_asks_for_the_marks_the_windows_need():
 
 def test_recorded_decode_at_depth_and_pg():
     decode = Case("llamabench", "decode", 0, 4, 16, inprocess_reps=2)
-    (metric,) = LlamaBench().parse(decode, _completed((REC / "decode_n4_d16_r2.jsonl").read_text())).metrics
+    metric, _load = LlamaBench().parse(decode, _completed((REC / "decode_n4_d16_r2.jsonl").read_text())).metrics
     assert metric.name == "decode_tps" and len(metric.samples) == 2
     pg = Case("llamabench", "pg", 16, 4, 0)
-    (metric,) = LlamaBench().parse(pg, _completed((REC / "pg_16_4.jsonl").read_text())).metrics
+    metric, _load = LlamaBench().parse(pg, _completed((REC / "pg_16_4.jsonl").read_text())).metrics
     assert metric.name == "pg_tps"
 
 
@@ -95,7 +96,7 @@ def test_live_llama_bench_output_parses(host_runtime, default_model):
     completed = LocalDriver().run(argv, timeout=300)
     assert completed.ok, completed.stderr
     result = LlamaBench().parse(case, completed)
-    (metric,) = result.metrics
+    metric, _load = result.metrics
     assert metric.value > 0 and len(metric.samples) == 2
     assert result.build.startswith("llama.cpp 0c1e570")
     progress = [line for line in completed.stderr.splitlines() if line.startswith(MARK_PREFIX)]

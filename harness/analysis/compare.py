@@ -150,9 +150,10 @@ def _contended(frame: pd.DataFrame) -> dict[str, str]:
 def _differences(a: pd.Series, b: pd.Series) -> tuple[str, ...]:
     """What is not the same between the two sides: the comparison is of these."""
     named = []
-    for column in ("device", "model", "quantization", "runtime", "case"):
-        if a[column] != b[column]:
-            named.append(f"{column}: {a[column]} -> {b[column]}")
+    for column, name in (("device", "device"), ("model", "model"), ("quantization", "quantization"), ("runtime", "runtime"),
+                         ("runtime_key", "runtime build"), ("case", "case")):
+        if a.get(column) != b.get(column):
+            named.append(f"{name}: {a.get(column)} -> {b.get(column)}")
     return tuple(named)
 
 

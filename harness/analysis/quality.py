@@ -24,7 +24,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.engines import get_engine
 from harness.engines.greedy import GREEDY_METRICS
+from harness.plan.planner import case_label
 from harness.plan.suites import GREEDY_MIN_EXACT, QUALITY_MAX_KLD, QUALITY_MIN_TOP1
 from harness.records import Case
 from harness.store.db import Store
@@ -71,13 +73,13 @@ class QualityResult:
         """The one line `edgebench run` prints beside its speed table."""
         f = self.figures
         if self.status != "ok" or "ppl" not in f:
-            return f"{self.case.label}: {self.verdict()}"
-        return (f"{self.case.label} on {self.corpus}: PPL {f['ppl']:.3f} ± {f.get('ppl_stderr', math.nan):.3f} · "
+            return f"{case_label(self.case)}: {self.verdict()}"
+        return (f"{case_label(self.case)} on {self.corpus}: PPL {f['ppl']:.3f} ± {f.get('ppl_stderr', math.nan):.3f} · "
                 f"KLD {f.get('kld_mean', math.nan):.3g} (p99 {f.get('kld_p99', math.nan):.3g}) · "
                 f"top-1 {f.get('top1_agreement', math.nan):.2f}% · RMS Δp {f.get('rms_dp', math.nan):.3f}% · {self.verdict()}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "case": self.case.label, "case_key": self.case.key, "status": self.status,
+        return {"run_id": self.run_id, "case": case_label(self.case), "case_key": self.case.key, "status": self.status,
                 **self.figures, "reference": self.reference, "against_model": self.against_model, "corpus": self.corpus,
                 "gate": {"max_kld": self.max_kld, "min_top1": self.min_top1}, "differs": self.differs, "verdict": self.verdict(),
                 "error": self.error}
@@ -129,9 +131,11 @@ def _reference_words(store: Store, ref: dict[str, Any], model_sha256: str) -> st
 
 
 def _governs(quality: Case, speed: Case) -> bool:
-    """A quality case speaks for a speed case whose settings agree wherever both name one."""
+    """A quality case speaks for a speed case of its runtime whose settings agree wherever both
+    name one (OpenVINO's verdict never marks llama.cpp's figures, nor the other way round)."""
     mine = dict(quality.settings)
-    return all(mine[k] == v for k, v in speed.settings if k in mine)
+    return (get_engine(quality.engine).runtime == get_engine(speed.engine).runtime
+            and all(mine[k] == v for k, v in speed.settings if k in mine))
 
 
 def greedy_differs(store: Store, run_id: str) -> dict[str, str]:

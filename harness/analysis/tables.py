@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.quality import output_differs
+from harness.engines import get_engine
 from harness.engines.llamabench import offload_note
+from harness.plan.planner import case_label
 from harness.records import Case
 from harness.stats import drift, percentile, pooled_cv, summarize
 from harness.store.db import Store
@@ -49,6 +51,7 @@ KIND_ORDER = {"prefill": 0, "decode": 1, "pg": 2, "latency": 3, "serve": 4}
 def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
     """One row per (run, case, repetition, metric), with device, model and build beside it."""
     cases: dict[tuple[str, str], Case] = {}
+    named: dict[tuple[str, str], dict[str, str]] = {}
     runs: dict[str, dict[str, Any]] = {}
     differs: dict[tuple[str, str], str] = {}
     for run_id in run_ids:
@@ -59,10 +62,11 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
             "device": run.device,
             "model": model.get("filename", run.model_sha256[:12]),
             "quantization": model.get("quantization"),
-            "runtime": run.runtime_key,
+            "runtime_key": run.runtime_key,
         }
         for case in store.cases(run.id):
             cases[(run.id, case.key)] = case
+            named[(run.id, case.key)] = {"case": case_label(case), "runtime": get_engine(case.engine).runtime}  # once per case
     records = []
     ids = list(runs)
     for m in store.measurements(ids):
@@ -72,7 +76,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
                 "run_id": m["run_id"],
                 **runs[m["run_id"]],
                 "case_key": m["case_key"],
-                "case": case.label,
+                **named[(m["run_id"], m["case_key"])],  # the label names its runtime where it is not llama.cpp
                 "engine": case.engine,
                 "kind": case.kind,
                 "context": case.context,
@@ -94,7 +98,7 @@ def tidy_frame(store: Store, run_ids: list[str]) -> pd.DataFrame:
 
 
 _TIDY_COLUMNS = [
-    "run_id", "device", "model", "quantization", "runtime", "case_key", "case", "engine", "kind", "context",
+    "run_id", "device", "model", "quantization", "runtime_key", "case_key", "case", "runtime", "engine", "kind", "context",
     "n_prompt", "n_gen", "depth", "rep", "status", "build", "metric", "value", "unit", "missing_reason", "samples",
     "output_differs",  # the correctness gate's mark for the case's figures (harness.analysis.quality), or None
 ]
@@ -103,7 +107,7 @@ _TIDY_COLUMNS = [
 def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
     """Per (run, case, metric): n processes, mean, median, stdev, 95% CI, in-process CV, or why missing."""
     rows = []
-    keys = ["run_id", "device", "model", "case_key", "case", "engine", "kind", "context", "metric", "unit", "output_differs"]
+    keys = ["run_id", "device", "model", "case_key", "case", "runtime", "engine", "kind", "context", "metric", "unit", "output_differs"]
     for key, group in tidy[tidy["status"] == "ok"].groupby(keys, sort=False, dropna=False):
         values = [float(v) for v in group["value"].dropna()]
         row = dict(zip(keys, key))
@@ -125,7 +129,7 @@ def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
 
 def failures_frame(store: Store, run_id: str) -> pd.DataFrame:
     """Every process of the run that did not succeed, with its error."""
-    labels = {c.key: c.label for c in store.cases(run_id)}
+    labels = {c.key: case_label(c) for c in store.cases(run_id)}
     return pd.DataFrame(
         [
             {"case": labels.get(e.case_key, e.case_key), "rep": e.rep, "status": e.status, "error": e.error}
@@ -176,7 +180,7 @@ def contention_by_case(summary: pd.DataFrame) -> dict[tuple[str, str], Contentio
 def contended_processes(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Every process of the run marked contended: its case and round, what others used, the
     load before it, and the busiest other processes (from its raw record)."""
-    labels = {c.key: c.label for c in store.cases(run_id)}
+    labels = {c.key: case_label(c) for c in store.cases(run_id)}
     wanted = ("contended", "foreign_cpu_pct", "load_avg_1m")
     values = {(m["case_key"], m["rep"], m["metric"]): m["value"] for m in store.measurements([run_id]) if m["metric"] in wanted}
     return [
@@ -195,7 +199,8 @@ class WideTable:
     reason, so a sensor the device lacks is said once rather than per row. A row whose
     figures were measured while others used the device is in `contended`; one whose run's
     backend failed the correctness gate is in `differs`; one that offloaded layers to a GPU is
-    in `offloads`, saying how many and to which device. Quality cases have their own table.
+    in `offloads`, saying how many and to which device. Where a run measured more than one
+    runtime, `runtimes` names each row's (a column of its own). Quality cases have their own table.
     """
 
     columns: list[str]  # metric names, HEADLINE order
@@ -204,6 +209,7 @@ class WideTable:
     contended: dict[tuple[str, str], Contention] = field(default_factory=dict)
     differs: dict[tuple[str, str], str] = field(default_factory=dict)
     offloads: dict[tuple[str, str], str] = field(default_factory=dict)
+    runtimes: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def wide_table(summary: pd.DataFrame, offloads: dict[tuple[str, str], str] | None = None) -> WideTable:
@@ -234,8 +240,10 @@ def wide_table(summary: pd.DataFrame, offloads: dict[tuple[str, str], str] | Non
     marked = present[present["output_differs"].notna()] if "output_differs" in present else present.iloc[0:0]
     differs = {(r.run_id, r.case): r.output_differs for r in marked.itertuples()}
     shown = {(run_id, label) for run_id, label, _ in rows}
+    several = present.groupby("run_id")["runtime"].nunique()
+    runtimes = {(r.run_id, r.case): r.runtime for r in present[present["run_id"].isin(several[several > 1].index)].itertuples()}
     return WideTable(columns, rows, missing, contention_by_case(summary), differs,
-                     {key: note for key, note in (offloads or {}).items() if key in shown})
+                     {key: note for key, note in (offloads or {}).items() if key in shown}, runtimes)
 
 
 def offloads_by_case(store: Store, run_ids: list[str]) -> dict[tuple[str, str], str]:

@@ -104,6 +104,7 @@ FormatOpt = typer.Option("table", "--format", callback=check_format,
                          help="table (folds to the terminal's width, never cutting a figure), plain (no box lines), "
                          "csv or markdown (for pasting), json (one object per table).")
 JsonOpt = typer.Option(False, "--json", help="The whole result as one JSON document on stdout.")
+RuntimeOpt = typer.Option([], "--runtime", help="Run the suite's tests on this runtime: llama.cpp, openvino (repeatable: side by side; default: the suite's `runtime`).")
 QuantizeOpt = typer.Option(None, "--quantize", help="Sweep: make these variants of --model with llama-quantize (e.g. Q8_0,Q4_K_M,Q2_K) and measure each.")
 AllowRequantizeOpt = typer.Option(False, "--allow-requantize", help="With --quantize: allow a base that is itself quantized.")
 BrokerOpt = typer.Option(None, "--broker", help="Celery broker URL, e.g. redis://:PASSWORD@lab-host:6379/0 (rediss:// for TLS) "

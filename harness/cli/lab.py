@@ -3,13 +3,14 @@ jobs, queued on the devices' workers, followed from the store."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from harness.cli import views
-from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, BrokerOpt, DevicesOpt, FormatOpt, QuantizeOpt, ResultsOpt, Stopped, StoreOpt,
+from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, BrokerOpt, DevicesOpt, FormatOpt, QuantizeOpt, ResultsOpt, RuntimeOpt, Stopped, StoreOpt,
                                 console, names, note, open_store, out, say)
 from harness.cli.results import write_report
 from harness.errors import StoreError
@@ -39,7 +40,7 @@ LabOpt = typer.Argument(None, help="Lab id (default: the latest).")
 
 def request(inventory: Path, suite: str, model: list[str], set_: list[str], repeat: Optional[int], tags: list[str], devices: Optional[str],
             retries: int = 2, backoff: float = 5.0, quantize: Optional[str] = None, allow_requantize: bool = False,
-            corpus: Optional[str] = None, reference: Optional[str] = None) -> LabRequest:
+            corpus: Optional[str] = None, reference: Optional[str] = None, runtime: Sequence[str] = ()) -> LabRequest:
     """The lab's request from its options (a sweep's variants are made here, on this host)."""
     from harness.lab.submit import make_request
     from harness.plan.suites import parse_setting_overrides
@@ -48,7 +49,7 @@ def request(inventory: Path, suite: str, model: list[str], set_: list[str], repe
 
     return make_request(inventory, suite, model, parse_setting_overrides(set_), repeat, names=names(devices), tags=tuple(tags), retries=retries,
                         backoff_s=backoff, quantize=parse_types(quantize) if quantize else (), allow_requantize=allow_requantize,
-                        corpus=corpus, reference=reference, callbacks=Callbacks(status=say, note=note))
+                        corpus=corpus, reference=reference, runtimes=runtime, callbacks=Callbacks(status=say, note=note))
 
 
 def _submit(store: Store, broker: str, inventory: Path, lab_request: LabRequest, lab_id: Optional[str] = None) -> str:
@@ -95,12 +96,12 @@ def lab_submit(inventory: Path = InventoryReq, suite: str = SuiteOpt, model: lis
                repeat: Optional[int] = RepeatOpt, tags: list[str] = TagsOpt, devices: Optional[str] = DevicesOpt, retries: int = RetriesOpt,
                backoff: float = BackoffOpt, broker: Optional[str] = BrokerOpt, results: Optional[Path] = ResultsOpt,
                store_url: Optional[str] = StoreOpt, quantize: Optional[str] = QuantizeOpt, allow_requantize: bool = AllowRequantizeOpt,
-               corpus: Optional[str] = CorpusOpt, reference: Optional[str] = ReferenceOpt) -> None:
+               corpus: Optional[str] = CorpusOpt, reference: Optional[str] = ReferenceOpt, runtime: list[str] = RuntimeOpt) -> None:
     """Queue devices x models x settings as jobs on the devices' queues; print the lab id."""
     from harness.lab.app import broker_url
 
     store = open_store(results, store_url)
-    lab_request = request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize, corpus, reference)
+    lab_request = request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize, corpus, reference, runtime)
     out.print(_submit(store, broker_url(store.root, broker), inventory, lab_request), highlight=False)
 
 
@@ -109,7 +110,7 @@ def lab_run(inventory: Path = InventoryReq, suite: str = SuiteOpt, model: list[s
             repeat: Optional[int] = RepeatOpt, tags: list[str] = TagsOpt, devices: Optional[str] = DevicesOpt, retries: int = RetriesOpt,
             backoff: float = BackoffOpt, broker: Optional[str] = BrokerOpt, results: Optional[Path] = ResultsOpt,
             store_url: Optional[str] = StoreOpt, quantize: Optional[str] = QuantizeOpt, allow_requantize: bool = AllowRequantizeOpt,
-            corpus: Optional[str] = CorpusOpt, reference: Optional[str] = ReferenceOpt,
+            corpus: Optional[str] = CorpusOpt, reference: Optional[str] = ReferenceOpt, runtime: list[str] = RuntimeOpt,
             timeout: Optional[float] = typer.Option(None, min=1, help="Stop waiting after this many seconds, naming the jobs still open (exit 3)."),
             fmt: str = FormatOpt) -> None:
     """Submit a lab and wait for it; with the embedded broker, serve its devices from here too.
@@ -131,7 +132,7 @@ def lab_run(inventory: Path = InventoryReq, suite: str = SuiteOpt, model: list[s
     try:
         store = open_store(results, store_url)
         url = broker_url(store.root, broker)
-        lab_request = request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize, corpus, reference)
+        lab_request = request(inventory, suite, model, set_, repeat, tags, devices, retries, backoff, quantize, allow_requantize, corpus, reference, runtime)
         if is_embedded(url):
             worker = start_embedded(inventory, lab_request.devices, store.root, store_url, url)
         # A signal while submitting waits until every job is on its queue: none is left behind half-submitted.

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from harness.cli import views
-from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, FormatOpt, InventoryOpt, QuantizeOpt, ResultsOpt, Stopped, StoreOpt, console,
+from harness.cli.common import (EXIT_FAILED, AllowRequantizeOpt, FormatOpt, InventoryOpt, QuantizeOpt, ResultsOpt, RuntimeOpt, Stopped, StoreOpt, console,
                                 note, open_store, out, say)
 from harness.cli.results import show_runs, write_report
 from harness.errors import Interrupted
@@ -54,6 +54,7 @@ def run(
     served_model: Optional[str] = typer.Option(None, "--served-model", help="With --endpoint: the model name the server serves."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="With --endpoint: the environment variable holding its API key (never printed or stored)."),
     ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="With --endpoint: a CA certificate to verify its TLS certificate with (a private CA)."),
+    runtime: list[str] = RuntimeOpt,
 ) -> None:
     """Benchmark a device with a suite and a model; print the table and write an HTML report.
 
@@ -74,7 +75,7 @@ def run(
     options = RunOptions(device, suite, model, target, tuple(build_flag), repeat, parse_setting_overrides(set_),
                          str(inventory) if inventory else None, mode, minutes, remeasure_bandwidth, contention_threshold,
                          precision=parse_precision(precision) if precision else None, max_repetitions=max_repetitions,
-                         quality=not no_quality, corpus=corpus, reference=reference)
+                         quality=not no_quality, corpus=corpus, reference=reference, runtimes=tuple(runtime))
     request = orchestrate.RunRequest(options, resume=resume, quantize=tuple(parse_types(quantize)) if quantize else (),
                                      allow_requantize=allow_requantize)
     if dry_run:
@@ -128,6 +129,7 @@ def _progress() -> Progress:
 def _callbacks(progress: Progress, begun: Callable[[str], None]) -> Callbacks:
     """The run's lines: status and notes above the bar; the bar counts processes, rounds a
     precision target or sustained mode adds included; a llama.cpp build has a bar of its own."""
+    from harness.plan.planner import case_label
     from harness.run.session import Callbacks
 
     tasks: dict[str, Any] = {}
@@ -138,7 +140,7 @@ def _callbacks(progress: Progress, begun: Callable[[str], None]) -> Callbacks:
             tasks["run"] = progress.add_task("", total=step.total, last="")
         if counts["done"] >= counts["total"]:  # the first steps, or a round a precision target or sustained mode added
             counts["total"] += step.total
-        label = f"[{step.index + 1}/{step.total}] {step.case.label} (round {step.rep + 1})"
+        label = f"[{step.index + 1}/{step.total}] {case_label(step.case)} (round {step.rep + 1})"
         progress.update(tasks["run"], description=escape(label), total=counts["total"])
 
     def on_result(result: StepResult) -> None:

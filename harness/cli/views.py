@@ -271,7 +271,8 @@ OFFLOAD = "GPU offload"  # the summary column of the cases that offloaded layers
 
 def summary_grid(run: RunRecord, summary: Any, stops: dict[str, Any] | None = None,
                  offloads: dict[tuple[str, str], str] | None = None) -> Grid:
-    """One row per case, one column per headline metric the run measured; where a case offloaded
+    """One row per case, one column per headline metric the run measured (and the runtime, where the
+    run measured more than one); where a case offloaded
     layers to a GPU (`offloads`, harness.analysis.tables.offloads_by_case), a column says how many
     and to which device (empty for the CPU-only cases); with a precision target (`stops`, by case
     label), a last column says where each case stopped and why."""
@@ -281,11 +282,13 @@ def summary_grid(run: RunRecord, summary: Any, stops: dict[str, Any] | None = No
     title = f"run {run.id} · {run.facts.get('name')} ({run.facts.get('cpu_model')}) · suite {run.suite_name} · {run.status}"
     stopped = (lambda label: (stops[label].describe() if label in stops else "—",)) if stops else (lambda label: ())
     offload = (lambda key: (wide.offloads.get(key, ""),)) if wide.offloads else (lambda key: ())
-    rows = tuple((label, *(_marked(cells.get(m), (run_id, label) in wide.contended, (run_id, label) in wide.differs)
+    runtime = (lambda key: (wide.runtimes.get(key, ""),)) if wide.runtimes else (lambda key: ())
+    rows = tuple((label, *runtime((run_id, label)), *(_marked(cells.get(m), (run_id, label) in wide.contended, (run_id, label) in wide.differs)
                            for m in wide.columns), *offload((run_id, label)), *stopped(label))
                  for run_id, label, cells in wide.rows)
-    header = ("case", *(HEADLINE[m] for m in wide.columns)) + ((OFFLOAD,) if wide.offloads else ()) + (("stopped",) if stops else ())
-    return Grid(title, header, rows, text=frozenset({"stopped", OFFLOAD}), caption=summary_caption(run, wide, stops))
+    header = (("case", *(("runtime",) if wide.runtimes else ()), *(HEADLINE[m] for m in wide.columns))
+              + ((OFFLOAD,) if wide.offloads else ()) + (("stopped",) if stops else ()))
+    return Grid(title, header, rows, text=frozenset({"runtime", "stopped", OFFLOAD}), caption=summary_caption(run, wide, stops))
 
 
 def stops_by_label(store: Store, run_id: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ a client sees, so a client on the host runs beside it and is what measures.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, Protocol, runtime_checkable
 
 from harness.drivers.base import Completed, Driver
-from harness.errors import EdgebenchError
+from harness.errors import EdgebenchError, exited
 from harness.records import Case, Mark, Metric, Window
 
 
@@ -66,6 +67,24 @@ class EngineOutputError(EdgebenchError):
     """The process exited 0 but its output could not be parsed into a result."""
 
 
+def worker_record(completed: Completed, engine: str) -> dict[str, Any]:
+    """The one JSON line an in-process engine's worker (`python -m harness.engines.<engine>`)
+    prints on stdout, as a dict naming that engine; EngineOutputError with the stderr tail otherwise."""
+    tail = completed.stderr_tail(10)
+    if completed.exit_code != 0:
+        raise EngineOutputError(f"{engine} worker {exited(completed.exit_code)}; stderr tail:\n{tail}")
+    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise EngineOutputError(f"{engine} worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")
+    try:
+        record = json.loads(lines[0])
+    except json.JSONDecodeError as exc:
+        raise EngineOutputError(f"{engine} worker printed non-JSON ({exc}): {lines[0][:200]}; stderr tail:\n{tail}") from None
+    if not isinstance(record, dict) or record.get("engine") != engine:
+        raise EngineOutputError(f"not a {engine} worker record: {lines[0][:200]}")
+    return record
+
+
 class Engine(Protocol):
     """One kind of benchmark process. `argv` already asks the program for whatever marks
     its measured repetitions; `marks` is the stderr line prefix of those marks, which the
@@ -73,11 +92,14 @@ class Engine(Protocol):
     windows in process); `parse` gets those stamped lines back and computes the windows."""
 
     name: str
+    runtime: str  # the runtime family a case of this engine runs on ("llama.cpp", "openvino"): the suite's `runtime` axis
     host_only: bool  # True: runs only on the machine running edgebench (in-process Python)
     marks: str | None
     settings: tuple[str, ...]  # the suite settings it can apply (the plan resolves threads to these)
 
     def unsupported(self, case: Case) -> str | None: ...  # why this case cannot run, or None
+
+    def unsupported_model(self, architecture: str | None) -> str | None: ...  # why it cannot read this GGUF architecture, or None
 
     # inputs: other files the case reads, staged on the device (e.g. "logits": the reference's)
     def argv(self, case: Case, *, runtime_dir: str, model_path: str, inputs: Mapping[str, str] | None = None) -> list[str]: ...
@@ -109,11 +131,22 @@ class Serving(Protocol):
                inputs: Mapping[str, str] | None = None) -> Client: ...
 
 
+class LlamaCppEngine:
+    """What the engines of the llama.cpp runtime share: their runtime's name, and a reader for
+    every GGUF architecture (a model llama.cpp cannot load fails inspection before the plan)."""
+
+    runtime = "llama.cpp"
+
+    def unsupported_model(self, architecture: str | None) -> str | None:
+        return None
+
+
 _REGISTRY = {
     "llamabench": "harness.engines.llamabench:LlamaBench",
     "pyllama": "harness.engines.pyllama:PyLlama",
     "perplexity": "harness.engines.perplexity:Perplexity",
     "server": "harness.engines.server:Server",
+    "openvino": "harness.engines.openvino:OpenVino",
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, LlamaCppEngine, env_prefix
 from harness.records import Case, Mark, Metric, Window
 
 # llama-bench settings that change the result: suite key -> (llama-bench flag, JSONL field).
@@ -64,7 +64,7 @@ def flag_value(value: Any) -> str:
     return str(value)
 
 
-class LlamaBench:
+class LlamaBench(LlamaCppEngine):
     name = "llamabench"
     host_only = False
     marks = MARK_PREFIX
@@ -105,7 +105,8 @@ class LlamaBench:
         build = f"llama.cpp {row.get('build_commit', 'unknown')} ({row.get('build_number', '?')})"
         windows, no_window = _windows(row, marks)
         tokens = (int(row.get("n_prompt", 0)) + int(row.get("n_gen", 0))) * len(windows)
-        return EngineResult(metrics=[metric], windows=windows, tokens=tokens, no_window=no_window, raw=rows,
+        load = Metric.missing("load_s", "s", "llama-bench reports no model load time")
+        return EngineResult(metrics=[metric, load], windows=windows, tokens=tokens, no_window=no_window, raw=rows,
                             build=build, effective=effective_settings(row, vulkan_devices(completed.stderr)))
 
 

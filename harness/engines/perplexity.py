@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from harness.drivers.base import Completed
-from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, LlamaCppEngine, env_prefix
 from harness.engines.kldbase import quality_metrics
 from harness.records import Case, Mark
 
@@ -51,7 +51,7 @@ _CHUNKS = re.compile(r"computing over (\d+) chunks, n_ctx=(\d+)")
 NOT_TIMED = "a quality case: its figures are of the output, not of speed (no measured window)"
 
 
-class Perplexity:
+class Perplexity(LlamaCppEngine):
     name = "perplexity"
     host_only = False
     marks = None

@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.drivers.base import Completed
-from harness.engines import EngineOutputError, EngineResult
-from harness.errors import exited
+from harness.engines import EngineOutputError, EngineResult, LlamaCppEngine, worker_record
 from harness.records import Case, Mark, Metric, Window
 from harness.stats import percentile
 
@@ -77,7 +76,7 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-class PyLlama:
+class PyLlama(LlamaCppEngine):
     name = "pyllama"
     host_only = True
     marks = None  # the worker stamps its own windows (see the module doc)
@@ -123,21 +122,10 @@ class PyLlama:
 
 def parse_output(case: Case, completed: Completed) -> dict[str, Any]:
     """The worker's one JSON line, checked against the case it was asked to run."""
-    tail = completed.stderr_tail(10)
-    if completed.exit_code != 0:
-        raise EngineOutputError(f"pyllama worker {exited(completed.exit_code)}; stderr tail:\n{tail}")
-    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise EngineOutputError(f"pyllama worker printed {len(lines)} lines, expected one JSON line; stderr tail:\n{tail}")
-    try:
-        record = json.loads(lines[0])
-    except json.JSONDecodeError as exc:
-        raise EngineOutputError(f"pyllama worker printed non-JSON ({exc}): {lines[0][:200]}; stderr tail:\n{tail}") from None
-    if not isinstance(record, dict) or record.get("engine") != "pyllama":
-        raise EngineOutputError(f"not a pyllama worker record: {lines[0][:200]}")
+    record = worker_record(completed, "pyllama")
     for key in ("llama_cpp_python", "runtime", "n_prompt", "n_gen", "reps", "load_ns"):
         if key not in record:
-            raise EngineOutputError(f"pyllama record lacks '{key}': {lines[0][:300]}")
+            raise EngineOutputError(f"pyllama record lacks '{key}': {json.dumps(record)[:300]}")
     want = {"n_prompt": case.n_prompt, "n_gen": case.n_gen, "reps": case.inprocess_reps}
     got = {"n_prompt": record["n_prompt"], "n_gen": record["n_gen"], "reps": len(record["reps"])}
     if got != want:
@@ -182,24 +170,28 @@ def metrics(case: Case, record: dict[str, Any]) -> list[Metric]:
         Metric("prefill_tps", statistics.fmean(case.n_prompt / (t / 1e3) for t in ttft_ms), "tok/s",
                samples=tuple(case.n_prompt / (t / 1e3) for t in ttft_ms)),
     ]
-    gaps_ms = tuple(gap / 1e6 for rep in reps for gap in rep["itl_ns"])
-    if gaps_ms:
-        for q in (50, 90, 99):
-            out.append(Metric(f"itl_ms_p{q}", percentile(gaps_ms, q), "ms", samples=gaps_ms))
-        tps = tuple(len(rep["itl_ns"]) / (sum(rep["itl_ns"]) / 1e9) for rep in reps)
-        out.append(Metric("decode_tps", statistics.fmean(tps), "tok/s", samples=tps))
-    else:
-        reason = f"n_gen={case.n_gen}: one generated token has no inter-token gap"
-        out += [Metric.missing(f"itl_ms_p{q}", "ms", reason) for q in (50, 90, 99)]
-        out.append(Metric.missing("decode_tps", "tok/s", reason))
+    out += gap_metrics(case, reps)
     out.append(Metric("load_s", record["load_ns"] / 1e9, "s"))
     return out
+
+
+def gap_metrics(case: Case, reps: Sequence[Mapping[str, Any]]) -> list[Metric]:
+    """ITL p50/p90/p99 over every inter-token gap (`itl_ns`) of the process, and decode tok/s
+    per rep (its gaps over their sum; the value is the mean over reps); missing, saying why,
+    where one generated token left no gap."""
+    gaps_ms = tuple(gap / 1e6 for rep in reps for gap in rep["itl_ns"])
+    if not gaps_ms:
+        reason = f"n_gen={case.n_gen}: one generated token has no inter-token gap"
+        return [*(Metric.missing(f"itl_ms_p{q}", "ms", reason) for q in (50, 90, 99)), Metric.missing("decode_tps", "tok/s", reason)]
+    tps = tuple(len(rep["itl_ns"]) / (sum(rep["itl_ns"]) / 1e9) for rep in reps)
+    return [*(Metric(f"itl_ms_p{q}", percentile(gaps_ms, q), "ms", samples=gaps_ms) for q in (50, 90, 99)),
+            Metric("decode_tps", statistics.fmean(tps), "tok/s", samples=tps)]
 
 
 # ---- the worker -------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
@@ -229,13 +221,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runtime", required=True, type=Path, help="the host runtime folder whose lib/libllama llama-cpp-python loads")
     p.add_argument("--model", required=True, type=_existing_file, help="GGUF model file")
-    p.add_argument("--prompt-tokens", required=True, type=_positive, help="exact prompt length in tokens")
-    p.add_argument("--gen", required=True, type=_positive, help="tokens to generate (EOS does not stop it)")
-    p.add_argument("--reps", type=_positive, default=1, help="timed repetitions in this process")
+    p.add_argument("--prompt-tokens", required=True, type=positive, help="exact prompt length in tokens")
+    p.add_argument("--gen", required=True, type=positive, help="tokens to generate (EOS does not stop it)")
+    p.add_argument("--reps", type=positive, default=1, help="timed repetitions in this process")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warmup rep")
-    p.add_argument(_flag("threads"), type=_positive, help="n_threads and n_threads_batch (as llama-bench -t)")
-    p.add_argument(_flag("batch"), type=_positive, help="n_batch")
-    p.add_argument(_flag("ubatch"), type=_positive, help="n_ubatch")
+    p.add_argument(_flag("threads"), type=positive, help="n_threads and n_threads_batch (as llama-bench -t)")
+    p.add_argument(_flag("batch"), type=positive, help="n_batch")
+    p.add_argument(_flag("ubatch"), type=positive, help="n_ubatch")
     p.add_argument(_flag("flash_attn"), type=_on_off, help="on or off")
     p.add_argument(_flag("n_gpu_layers"), type=int, help="layers to offload (-1: all)")
     p.add_argument(_flag("cache_type_k"), help="KV cache type of K, e.g. f16, q8_0")

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from harness.drivers.base import Completed, Driver, DriverError
-from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, env_prefix, greedy
+from harness.engines import ENV_SETTINGS, EngineOutputError, EngineResult, LlamaCppEngine, env_prefix, greedy
 from harness.engines.llamabench import flag_value
 from harness.engines.streams import Endpoint, Request, Stream, run_streams, stream_metrics, wait_until
 from harness.records import Case, Mark, Window
@@ -74,7 +74,7 @@ def case_value(case: Case, key: str) -> int:
     return int(case.setting(key, 1))
 
 
-class Server:
+class Server(LlamaCppEngine):
     name = "server"
     host_only = False
     marks = MARK_PREFIX

@@ -28,7 +28,7 @@ from sqlalchemy import RowMapping, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from harness.errors import EdgebenchError, StoreGone
-from harness.plan.suites import SETTING_CHECKS, Suite
+from harness.plan.suites import RUNTIMES, SETTING_CHECKS, Suite
 from harness.records import now_iso
 from harness.run.session import RunOptions
 from harness.store.db import Store, new_run_id
@@ -56,14 +56,16 @@ class LabRequest:
     sweeps: dict[str, dict[str, str | None]] = field(default_factory=dict)
     corpus: str | None = None  # a text file on the submitting host, uploaded to the store (None: the default)
     reference: str | None = None  # "self", a model, or a logits file on the submitting host (uploaded)
+    runtimes: tuple[str, ...] = ()  # --runtime: every job runs these (none: the suite's `runtime`)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "devices": list(self.devices), "models": list(self.models), "settings": {k: list(v) for k, v in self.settings.items()}}
+        return {**asdict(self), "devices": list(self.devices), "models": list(self.models), "settings": {k: list(v) for k, v in self.settings.items()},
+                "runtimes": list(self.runtimes)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "LabRequest":
         return cls(**{**data, "devices": tuple(data["devices"]), "models": tuple(data["models"]),
-                      "settings": {k: tuple(v) for k, v in data["settings"].items()}})
+                      "settings": {k: tuple(v) for k, v in data["settings"].items()}, "runtimes": tuple(data.get("runtimes", ()))})
 
     def points(self) -> list[dict[str, tuple[Any, ...]]]:
         """The settings sweep as one dict per job (a single value each)."""
@@ -122,13 +124,14 @@ JOB_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sweep": (_optional(_text), "a sweep id or null"),
     "variant": (_optional(_text), "a quantization type or null"),
     "reference": (_optional(_text), '"self", a catalog name or a model file, or null'),
+    "runtimes": (lambda v: isinstance(v, list) and all(r in RUNTIMES for r in v), "a list of runtimes among " + ", ".join(RUNTIMES)),
     "model_sha256": (_optional(_sha), "64 lowercase hex digits or null"),
     "reference_sha256": (_optional(_sha), "64 lowercase hex digits or null"),
     "reference_logits": (_optional(_sha), "64 lowercase hex digits or null"),
     "corpus": (_optional(_sha), "64 lowercase hex digits or null"),
     "corpus_name": (_optional(lambda v: isinstance(v, str) and FILE_NAME_FORM.fullmatch(v) is not None), "a plain file name or null"),
 }
-_RUN_KEYS = ("device", "suite", "model", "repetitions", "settings", "sweep", "variant", "reference")
+_RUN_KEYS = ("device", "suite", "model", "repetitions", "settings", "sweep", "variant", "reference", "runtimes")
 
 
 def job_options_json(options: RunOptions, inputs: JobInputs) -> dict[str, Any]:
@@ -154,8 +157,8 @@ def parse_job_options(data: Any) -> tuple[RunOptions, JobInputs]:
             raise JobRefused(f"its option {key!r} is {str(value)[:80]!r}: expected {expected}")
     if data.get("reference") is not None and data.get("reference_logits") is not None:
         raise JobRefused("its options give both a reference model and reference logits")
-    options = RunOptions(**{k: data[k] for k in _RUN_KEYS if k in data and k != "settings"},
-                         settings={k: tuple(v) for k, v in data["settings"].items()})
+    options = RunOptions(**{k: data[k] for k in _RUN_KEYS if k in data and k not in ("settings", "runtimes")},
+                         settings={k: tuple(v) for k, v in data["settings"].items()}, runtimes=tuple(data.get("runtimes", ())))
     return options, JobInputs(**{f.name: data.get(f.name) for f in fields(JobInputs)})
 
 
@@ -239,7 +242,8 @@ def create_jobs(store: Store, lab_id: str, request: LabRequest, suite_name: str,
         files = (inputs or {}).get(model, JobInputs())
         if request.reference is not None:  # given logits travel as a blob, named in `files`
             sweep["reference"] = None if files.reference_logits else request.reference
-        options = RunOptions(device=device, suite=suite_name, model=model, repetitions=request.repeat, settings=point, **sweep)
+        options = RunOptions(device=device, suite=suite_name, model=model, repetitions=request.repeat, settings=point,
+                             runtimes=request.runtimes, **sweep)
         rows.append({
             "id": f"{lab_id}.{len(rows) + 1}", "lab_id": lab_id, "device": device, "identity": identity, "queue": queue,
             "options_json": json.dumps(job_options_json(options, files)), "suite_text": suite_text, "run_id": new_run_id(),

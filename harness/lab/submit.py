@@ -23,7 +23,7 @@ from harness.lab.jobs import (FILE_NAME_FORM, Job, JobInputs, LabRequest, create
                               store_outage, suite_references, worker_alive)
 from harness.lab.worker import select_devices
 from harness.plan.inventory import load_inventory
-from harness.plan.suites import load_suite
+from harness.plan.suites import check_runtimes, load_suite
 from harness.store.artifacts import put_blob
 from harness.store.db import Store, now_iso
 from harness.run.session import Callbacks, RunOptions
@@ -59,7 +59,7 @@ def device_queues(store: Store, inventory: Path, names: tuple[str, ...]) -> dict
 def make_request(inventory: Path, suite: str, models: Sequence[str], settings: dict[str, tuple[Any, ...]], repeat: int | None, *,
                  names: tuple[str, ...] = (), tags: tuple[str, ...] = (), retries: int = 2, backoff_s: float = 5.0,
                  quantize: Sequence[str] = (), allow_requantize: bool = False, corpus: str | None = None,
-                 reference: str | None = None, callbacks: Callbacks = Callbacks()) -> LabRequest:
+                 reference: str | None = None, runtimes: Sequence[str] = (), callbacks: Callbacks = Callbacks()) -> LabRequest:
     """The lab's request for the inventory's devices (those named and tagged so, else all); with
     `quantize`, each model's variants are made here first and join the models, each job knowing
     its sweep, variant and reference (the base). A file is named absolutely: a job is run in
@@ -73,7 +73,8 @@ def make_request(inventory: Path, suite: str, models: Sequence[str], settings: d
         runs = [o for m in specs for o in sweep_options(RunOptions(model=m), list(quantize), allow_requantize=allow_requantize, callbacks=callbacks)]
         specs = [o.model for o in runs]
         sweeps = {o.model: {"sweep": o.sweep, "variant": o.variant, "reference": o.reference} for o in runs}
-    return LabRequest(chosen, suite, tuple(specs), settings, repeat, retries, backoff_s, sweeps, absolute(corpus), absolute(reference))
+    return LabRequest(chosen, suite, tuple(specs), settings, repeat, retries, backoff_s, sweeps, absolute(corpus), absolute(reference),
+                      check_runtimes(runtimes))
 
 
 def submit(store: Store, app: Celery, inventory: Path, request: LabRequest, lab_id: str | None = None) -> tuple[str, list[Job]]:

@@ -66,8 +66,19 @@ class RunPolicy:
     max_repetitions: int = 10
 
 
-_ENGINE_OF_KIND = {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama",
-                   "quality": "perplexity", "serve": "server"}
+# (runtime, test kind) -> the engine that runs it; each engine names its runtime (Engine.runtime)
+ENGINES: dict[tuple[str, str], str] = {
+    **{("llama.cpp", kind): engine for kind, engine in
+       {"prefill": "llamabench", "decode": "llamabench", "pg": "llamabench", "latency": "pyllama", "quality": "perplexity",
+         "serve": "server"}.items()},
+    **{("openvino", kind): "openvino" for kind in ("prefill", "decode", "pg", "latency", "quality")},
+}
+
+
+def case_label(case: Case) -> str:
+    """A case's label, naming its runtime where it is not llama.cpp (the label predates the axis)."""
+    runtime = get_engine(case.engine).runtime
+    return case.label if runtime == "llama.cpp" else f"{case.label} on {runtime}"
 
 
 # llama-perplexity --kl-divergence prints its statistics only over this many scored tokens or more
@@ -84,7 +95,7 @@ class QualityInputs:
 
 
 def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters: Sequence[Cluster] = (),
-               quality: QualityInputs | None = None) -> Plan:
+               quality: QualityInputs | None = None, architecture: str | None = None) -> Plan:
     """Expand every sweep of the suite into cases for this device, dropping those that cannot run here.
 
     `threads` is resolved here from the device's core `clusters` into what the case's engine
@@ -95,31 +106,43 @@ def build_plan(suite: Suite, *, context_length: int | None, host: bool, clusters
     keeps only the settings that change what the backend computes (so a batch-size sweep does
     not repeat it); without `quality` (--no-quality) it is skipped, and one longer than the
     model's context is an error, since its figure would be of another case.
+
+    Each test runs once per runtime of the suite (`runtime`), by that runtime's engine; a case
+    drops the settings only another of the suite's runtimes takes (a kv_cache_precision sweep
+    does not repeat the llama.cpp cases), and a runtime that cannot run a case here (not
+    installed, no device plugin, an architecture it cannot read: `architecture` is the GGUF's)
+    skips it with that runtime's reason.
     """
     cases: list[Case] = []
     cores: dict[str, CoreChoice] = {}
     skipped: list[tuple[str, str]] = []
-    for spec in suite.tests:
-        engine = get_engine(_ENGINE_OF_KIND[spec.kind])
-        settings = {**suite.settings, **spec.settings}
+    for spec, runtime in [(spec, runtime) for spec in suite.tests for runtime in suite.runtimes]:
+        if (runtime, spec.kind) not in ENGINES:  # e.g. [[serve]]: llama-server is llama.cpp's
+            skipped.append((f"{spec.kind} on {runtime}", f"the {runtime} runtime has no engine for {spec.kind} tests"))
+            continue
+        engine = get_engine(ENGINES[runtime, spec.kind])
+        others = {key for other in suite.runtimes if other != runtime and (other, spec.kind) in ENGINES
+                  for key in get_engine(ENGINES[other, spec.kind]).settings}
+        settings = {k: v for k, v in {**suite.settings, **spec.settings}.items() if k in engine.settings or k not in others}
         if spec.kind == "quality":
             settings = {k: v for k, v in settings.items() if k in engine.settings}
         for values in _product(spec.values):
             if spec.kind == "quality" and (why := _quality_problem(values, context_length, quality, suite.source)):
-                skipped.append((f"quality c{values['context']}", why))
+                skipped.append((f"quality c{values['context']}" + ("" if runtime == "llama.cpp" else f" on {runtime}"), why))
                 continue
             for chosen in _product(settings):
-                case, how = resolve_threads(_make_case(spec.kind, values, chosen, suite, quality), clusters,
+                case, how = resolve_threads(_make_case(engine.name, spec.kind, values, chosen, suite, quality), clusters,
                                             takes_mask="cpu_mask" in engine.settings)
                 tokens = case.n_prompt + case.n_gen + case.depth
+                label = case_label(case)
                 if context_length is not None and tokens > context_length:
-                    skipped.append((case.label, f"needs {tokens} tokens of context; the model has {context_length}"))
+                    skipped.append((label, f"needs {tokens} tokens of context; the model has {context_length}"))
                 elif engine.host_only and not host:
-                    skipped.append((case.label, f"the {case.engine} engine runs on the host only"))
+                    skipped.append((label, f"the {case.engine} engine runs on the host only"))
                 elif case.setting("threads") in ("big", "all"):
-                    skipped.append((case.label, f"threads = {case.setting('threads')!r}: the device's cores could not be read"))
-                elif reason := engine.unsupported(case):
-                    skipped.append((case.label, reason))
+                    skipped.append((label, f"threads = {case.setting('threads')!r}: the device's cores could not be read"))
+                elif reason := engine.unsupported(case) or engine.unsupported_model(architecture):
+                    skipped.append((label, reason))
                 elif case not in cases:
                     cases.append(case)
                     if how:
@@ -152,12 +175,12 @@ def _quality_problem(values: dict[str, Any], context_length: int | None, quality
     return None
 
 
-def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suite: Suite,
+def _make_case(engine: str, kind: str, values: dict[str, Any], settings: dict[str, Any], suite: Suite,
                quality: QualityInputs | None = None) -> Case:
     if kind == "quality" and quality is not None:
         chosen = {"chunks": values["chunks"], "corpus": quality.corpus_sha256,
                   "reference": quality.references[values["reference"]], "override_kv": values.get("override_kv")}
-        return Case(engine="perplexity", kind=kind, n_prompt=values["context"], n_gen=0, depth=0,
+        return Case(engine=engine, kind=kind, n_prompt=values["context"], n_gen=0, depth=0,
                     settings=tuple(sorted(settings.items())), inprocess_reps=1, warmup=False,
                     quality=tuple(sorted((k, v) for k, v in chosen.items() if v is not None)))
     if kind == "serve":  # its sweep keys are the server run's, kept with the settings so they name the case
@@ -166,7 +189,7 @@ def _make_case(kind: str, values: dict[str, Any], settings: dict[str, Any], suit
     n_prompt = values.get("prompt", 0) if kind != "decode" else 0
     n_gen = values.get("tokens", 0)
     return Case(
-        engine=_ENGINE_OF_KIND[kind],
+        engine=engine,
         kind=kind,
         n_prompt=n_prompt,
         n_gen=n_gen,

@@ -12,10 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from harness.engines import ENV_SETTINGS
 from harness.engines.llamabench import LLAMABENCH_SETTINGS
+from harness.engines.openvino import DEVICE_SETTING, OPENVINO_PROPERTIES
 from harness.engines.server import SERVER_SETTINGS
 from harness.errors import ConfigError
 
@@ -26,6 +28,9 @@ LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
 # sustained: repeat the suite's rounds for `sustained_minutes` and report the drift;
 # none: run back to back.
 MODES = ("burst", "sustained", "none")
+# the runtime axis: suite key `runtime` (a list sweeps) and `--runtime`; each runs its own engines (harness.plan.planner)
+RUNTIMES = ("llama.cpp", "openvino")
+DEFAULT_RUNTIMES = ("llama.cpp",)
 # Gate defaults, set from measurements (see the quality section of the README): a device whose
 # backend computes right stays far inside both; a lossy setting or a wrong kernel lands outside.
 QUALITY_MAX_KLD = 0.02
@@ -82,9 +87,16 @@ SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "delay": (_int_in(0), "whole seconds >= 0"),
     "vk_visible_devices": (lambda v: re.fullmatch(r"\d+(,\d+)*", str(v)) is not None and not isinstance(v, bool),
                            'Vulkan device indices like 0 or "0,1"'),
+    # OpenVINO's (harness.engines.openvino): names checked here, values by OpenVINO when the case loads
+    DEVICE_SETTING: (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Z]+(\.\d+)?", v) is not None, 'an OpenVINO device: "CPU", "GPU", "GPU.1", "NPU"'),
+    "kv_cache_precision": (lambda v: isinstance(v, str) and v != "", 'an element type OpenVINO takes, e.g. "u8", "f16", "f32"'),
+    "inference_precision": (lambda v: isinstance(v, str) and v != "", 'an element type OpenVINO takes, e.g. "bf16", "f16", "f32"'),
+    "dynamic_quantization_group_size": (_int_in(0), "an integer >= 0 (0: no dynamic quantization)"),
+    "num_streams": (_int_in(1), "a positive integer"),
     "rope_freq_base": (lambda v: _is_number(v) and v > 0, "a positive number (llama-server --rope-freq-base)"),
 }
-assert set(SETTING_CHECKS) == set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS) | set(SERVER_SETTINGS), "every setting needs a check"
+assert set(SETTING_CHECKS) == (set(LLAMABENCH_SETTINGS) | set(ENV_SETTINGS) | set(SERVER_SETTINGS) | set(OPENVINO_PROPERTIES)
+                             | {DEVICE_SETTING}), "every setting needs a check"
 
 # test section -> {key: (required, check, expected)}; each section is a table or an array of tables.
 _COUNT = (_int_in(1), "a positive integer or a list of them")
@@ -131,6 +143,8 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "quality_min_top1": (lambda v: _is_number(v) and 0 < v <= 100, "a percentage above 0, at most 100"),
     # the same gate for server cases: a greedy exact-match share (%) below this marks them
     "greedy_min_exact": (lambda v: _is_number(v) and 0 < v <= 100, "a percentage above 0, at most 100"),
+    "runtime": (lambda v: all(r in RUNTIMES for r in _as_list(v)) and _as_list(v) != (),
+                "one of " + ", ".join(RUNTIMES) + " or a list of them"),
 }
 
 
@@ -167,6 +181,7 @@ class Suite:
     quality_max_kld: float = QUALITY_MAX_KLD
     quality_min_top1: float = QUALITY_MIN_TOP1
     greedy_min_exact: float = GREEDY_MIN_EXACT
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
     settings: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tests: tuple[TestSpec, ...] = ()
     text: str = ""  # the file as read: stored with the run
@@ -182,7 +197,8 @@ class Suite:
     def with_overrides(self, repetitions: int | None = None, settings: dict[str, tuple[Any, ...]] | None = None,
                        mode: str | None = None, minutes: float | None = None,
                        contention_threshold_pct: float | None = None, *,
-                       precision: float | None = None, max_repetitions: int | None = None) -> "Suite":
+                       precision: float | None = None, max_repetitions: int | None = None,
+                       runtimes: tuple[str, ...] = ()) -> "Suite":
         from dataclasses import replace
 
         if mode is not None and mode not in MODES:
@@ -199,7 +215,16 @@ class Suite:
             precision=precision or self.precision,
             max_repetitions=max_repetitions or self.max_repetitions,
             settings={**self.settings, **(settings or {})},
+            runtimes=check_runtimes(runtimes) or self.runtimes,
         )
+
+
+def check_runtimes(runtimes: Sequence[str]) -> tuple[str, ...]:
+    """`--runtime` values, each once, in the order given; an unknown one names the valid ones."""
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise ConfigError("--runtime", "runtime", "one of " + ", ".join(RUNTIMES), runtime)
+    return tuple(dict.fromkeys(runtimes))
 
 
 def builtin_suites() -> list[str]:
@@ -236,6 +261,8 @@ def parse_suite(text: str, source: str) -> Suite:
             top[key] = data[key]
     if "precision" in top:
         top["precision"] = parse_precision(top["precision"], source)
+    if "runtime" in top:
+        top["runtimes"] = tuple(dict.fromkeys(_as_list(top.pop("runtime"))))
     settings = _settings(data.get("settings", {}), source, "settings")
     tests = tuple(spec for kind in TEST_SECTIONS for spec in _tests(data, kind, source))
     if not tests:

@@ -15,6 +15,7 @@ from harness.analysis.claims import ClaimsError, check_claims, load_claims, rati
 from harness.analysis.compare import CompareSettings, compare_frames, comparisons_frame, regressions_since_previous
 from harness.analysis.quality import frontier_frame, quality_results
 from harness.analysis.roofline import roofline_frame
+from harness.analysis.runtimes import FIGURES as RUNTIME_FIGURES, side_by_side
 from harness.analysis.tables import (
     TITLES,
     failures_frame,
@@ -105,6 +106,7 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
     power = pd.concat([power_series(store, i) for i in ids], ignore_index=True)
     roofline = roofline_frame(store, ids)
     frontier = frontier_frame(store, ids)
+    quality = [q for run_id in ids for q in quality_results(store, run_id)]
     html = _environment().get_template("report.html.j2").render(
         runs=runs,
         table=wide_table(summary, offloads_by_case(store, ids)),
@@ -116,7 +118,9 @@ def render_report(store: Store, run_ids: list[str], output: Path, settings: Comp
         regressions=regressions_since_previous(store, ids, settings) if lab else [],
         roofline=_records(roofline),
         claims=_claims(store, ids),
-        quality=[q.to_json() for run_id in ids for q in quality_results(store, run_id)],
+        quality=[q.to_json() for q in quality],
+        runtimes=side_by_side(summary, quality),
+        runtime_figures=RUNTIME_FIGURES,
         frontier=_records(frontier),
         figures={
             "Speed against quality": speed_quality(frontier),

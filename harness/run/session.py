@@ -54,6 +54,7 @@ class RunOptions:
     reference: str | None = None  # None: each [[quality]] entry's own ("self": the model under test)
     sweep: str | None = None  # the speed-quality sweep this run belongs to (--quantize), and its variant
     variant: str | None = None
+    runtimes: tuple[str, ...] = ()  # --runtime (repeatable); none: the suite's `runtime`
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "build_flags": list(self.build_flags), "settings": {k: list(v) for k, v in self.settings.items()}}
@@ -61,7 +62,8 @@ class RunOptions:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunOptions":
         return cls(
-            **{**data, "build_flags": tuple(data["build_flags"]), "settings": {k: tuple(v) for k, v in data["settings"].items()}}
+            **{**data, "build_flags": tuple(data["build_flags"]), "settings": {k: tuple(v) for k, v in data["settings"].items()},
+               "runtimes": tuple(data.get("runtimes", ()))}
         )
 
 
@@ -95,14 +97,14 @@ def prepare(options: RunOptions, suite: Suite | None = None, on_status: Callable
     """Validate everything the run needs (suite, device, model) without running anything."""
     suite = (suite or load_suite(options.suite)).with_overrides(options.repetitions, options.settings, options.mode, options.minutes,
                                                                 options.contention_threshold, precision=options.precision,
-                                                                max_repetitions=options.max_repetitions)
+                                                                max_repetitions=options.max_repetitions, runtimes=options.runtimes)
     device = resolve_device(options.device, Path(options.inventory) if options.inventory else None)
     driver = device.open()
     model_path = resolve_model(options.model, on_status=on_status)
     model = inspect_model(model_path)
     quality = quality_sources(suite, options.corpus, options.reference, model, on_status) if options.quality else None
     plan = build_plan(suite, context_length=model.context_length, host=driver.is_host, clusters=_clusters(driver, on_status),
-                      quality=quality.inputs if quality else None)
+                      quality=quality.inputs if quality else None, architecture=model.architecture)
     if not plan.cases:
         raise EdgebenchError(f"suite {suite.name} has no case that can run here: " + "; ".join(r for _, r in plan.skipped))
     if quality:
@@ -226,7 +228,8 @@ def _bandwidth(prepared: Prepared, runtime: Runtime | None, targets: RunTargets,
 
 
 def _runtime_if_needed(prepared: Prepared, callbacks: Callbacks) -> Runtime | None:
-    if not any(c.engine in ("llamabench", "perplexity", "pyllama", "server") for c in prepared.plan.cases):  # pyllama loads its lib/
+    # llama-bench, llama-perplexity and llama-server are its programs; pyllama loads its lib/; openvino runs under its probe
+    if not any(c.engine in ("llamabench", "perplexity", "pyllama", "server", "openvino") for c in prepared.plan.cases):
         return None
     target = prepared.options.target or prepared.device.target
     flags = prepared.device.build_flags + prepared.options.build_flags
