@@ -302,9 +302,10 @@ def test_greedy_figures_from_answers_against_the_reference() -> None:
     from harness.engines.greedy import metrics
 
     reference = {"prompts": [[1], [2]], "k": 4, "tokens": [[5, 6, 7, 8], [9, 9, 9, 9]]}
-    by = {m.name: m for m in metrics({"tokens": [[5, 6, 7, 8], [9, 3, 9, 9]], "top1_agree": 7, "positions": 8}, reference, None)}
+    result = {"tokens": [[5, 6, 7, 8], [9, 3, 9, 9]], "top1_agree": 7, "positions": 8, "reference": reference}
+    by = {m.name: m for m in metrics(result, "unused")}
     assert by["greedy_exact_share"].value == 50 and by["greedy_prefix_mean"].value == 2.5 and by["greedy_top1"].value == 87.5
-    missing = metrics(None, None, "no host reference: the host llama-server did not start")
+    missing = metrics(None, "no host reference: the host llama-server did not start")
     assert all(m.value is None and "did not start" in (m.missing_reason or "") for m in missing)
 
 

@@ -89,13 +89,12 @@ def check(endpoint: Endpoint, reference: Mapping[str, Any]) -> dict[str, Any]:
     return {"tokens": got, "top1_agree": agree, "positions": sum(len(t) for t in want)}
 
 
-def metrics(result: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, reason: str | None) -> list[Metric]:
-    """The three greedy figures, or each missing with `reason`."""
-    if result is None or reference is None:
-        why = reason or "no greedy check was run"
-        return [Metric.missing("greedy_exact_share", "%", why), Metric.missing("greedy_prefix_mean", "tokens", why),
-                Metric.missing("greedy_top1", "%", why)]
-    want = reference["tokens"]
+def metrics(result: Mapping[str, Any] | None, reason: str) -> list[Metric]:
+    """The three greedy figures of a `check` result (with its "reference"), or each missing with `reason`."""
+    if result is None:
+        return [Metric.missing("greedy_exact_share", "%", reason), Metric.missing("greedy_prefix_mean", "tokens", reason),
+                Metric.missing("greedy_top1", "%", reason)]
+    want = result["reference"]["tokens"]
     prefixes = [prefix(g, w) for g, w in zip(result["tokens"], want)]
     exact = sum(p == len(w) for p, w in zip(prefixes, want))
     return [Metric("greedy_exact_share", 100.0 * exact / len(want), "%"),

@@ -175,12 +175,10 @@ class ServerRun:
         if self.gone.is_set() or self.greedy_error:
             return
         try:
-            self.greedy = greedy.check(endpoint, self._reference())
+            reference = json.loads(Path(str(self.greedy_reference)).read_text())
+            self.greedy = {**greedy.check(endpoint, reference), "reference": reference}
         except (*greedy.GREEDY_ERRORS, OSError) as exc:
             self.greedy_error = f"the greedy check failed: {type(exc).__name__}: {exc}"
-
-    def _reference(self) -> dict[str, Any]:
-        return dict(json.loads(Path(str(self.greedy_reference)).read_text()))
 
     def _stop(self) -> None:
         """SIGTERM the server itself (it finishes its requests and exits 0; the probe above it
@@ -235,12 +233,11 @@ class ServerRun:
             effective["streams_ended_early"] = short
         if failed:
             effective["requests_failed"] = [{"request": s.index, "error": s.error} for s in failed]
-        reference = self._reference() if self.greedy else None
-        metrics += greedy.metrics(self.greedy, reference, self.greedy_error or "the server stopped before the greedy check")
+        metrics += greedy.metrics(self.greedy, self.greedy_error or "the server stopped before the greedy check")
         build = self.props.get("build_info")
         raw = [{"props": _props_summary(self.props)}, *({"stream": s.to_json()} for s in self.streams)]
         if self.greedy:
-            raw.append({"greedy": {**self.greedy, "reference": reference}})
+            raw.append({"greedy": self.greedy})
         return EngineResult(metrics=metrics, windows=windows, tokens=tokens, no_window=no_window, raw=raw,
                             build=f"llama.cpp {build}" if build else None, effective=effective)
 
