@@ -102,6 +102,7 @@ def test_ollama_replayed_as_an_endpoint(tmp_path) -> None:
     assert by[(label, "ttft_ms")]["mean"] > 0 and by[(label, "agg_tps")]["mean"] > 0
     assert by[(label, "peak_rss_mb")]["missing_reason"] == "external endpoint"
     assert by[(label, "energy_j")]["missing_reason"] == "external endpoint"
+    assert by[(label, "greedy_exact_share")]["missing_reason"].startswith("external endpoint: no GGUF")
     assert "skipped prefill p16: external endpoint" in run.stderr
 
 

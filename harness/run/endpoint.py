@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from harness import __version__
+from harness.engines import greedy
 from harness.engines.server import CASE_KEYS, case_value, prompt_ids
 from harness.engines.streams import Endpoint, Request, run_streams, stream_metrics
 from harness.errors import EdgebenchError
@@ -39,6 +40,8 @@ from harness.store.db import ExecutionRaw, Store
 from harness.telemetry.missing import MissingTelemetry
 
 REASON = "external endpoint"
+# the greedy check's reference is llama.cpp on the host for the same GGUF, which a served model name does not give
+NO_GREEDY = "external endpoint: no GGUF of the served model to compute the host greedy reference from"
 CHECK_TIMEOUT_S = 15.0
 _WORDS = "the quick brown fox jumps over the lazy dog while rain falls on the quiet valley".split()
 
@@ -236,6 +239,7 @@ def _one(store: Store, run_id: str, endpoint: Endpoint, model: str, step: Step) 
     error = f"every request failed: {failed[0].error}" if len(failed) == len(streams) else None
     metrics = [] if error else stream_metrics(streams, first, last, prompt_tokens=case.n_prompt, tokens=case.n_gen)
     metrics += [Metric.missing(name, unit, REASON) for name, unit in MissingTelemetry.METRICS]
+    metrics += greedy.metrics(None, NO_GREEDY)
     effective = {"concurrency": case_value(case, "concurrency"), "requests": case_value(case, "requests"), "prompt": how,
                  "prompt_tokens_server": sorted({s.prompt_tokens for s in streams if s.prompt_tokens is not None})}
     short = [{"request": s.index, "tokens": s.tokens} for s in streams if s.error is None and s.tokens < case.n_gen]
