@@ -179,6 +179,31 @@ def test_identity_is_stable_and_names_its_source(driver_factories):
 
 
 def test_forward_reaches_a_port_on_the_device_and_is_removed(driver_factories):
+    _check_forward(driver_factories.driver)
+
+
+def test_forward_works_in_a_process_holding_over_a_thousand_descriptors(driver_factories):
+    """A lab worker or a long test session holds many descriptors; a tunnel that waits with
+    select() dies on one numbered above 1023 (found in the full test run: the board's server
+    never became healthy). Every forward must still carry its connections there."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit here is {hard}: cannot hold over 1023 open")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY else min(max(soft, 1200), hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        assert held[-1] > 1023
+        _check_forward(driver_factories.driver)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _check_forward(driver) -> None:
     """`forward` gives a port here that reaches the device's loopback (every device of these
     fixtures shares this machine's network: the emulated phone through the real adb server's
     `forward` and the emulated adbd's `tcp:` service, the board through SSH direct-tcpip); two
@@ -202,7 +227,7 @@ def test_forward_reaches_a_port_on_the_device_and_is_removed(driver_factories):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with driver_factories.driver.forward(server.server_address[1]) as local:
+        with driver.forward(server.server_address[1]) as local:
             with httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as client:
                 assert [client.get(f"/{i}").text for i in range(3)] == ["hello /0", "hello /1", "hello /2"]
             with httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as a, httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as b:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import re
-import select
+import selectors
 import shlex
 import socket
 import threading
@@ -489,19 +489,23 @@ class _Trust(paramiko.MissingHostKeyPolicy):
 
 
 def _pump(conn: socket.socket, channel: paramiko.Channel, done: threading.Event) -> None:
-    """Copy bytes both ways between a local connection and its channel until either closes."""
+    """Copy bytes both ways between a local connection and its channel until either closes.
+    Waits with a selector (epoll), not select(): select() refuses descriptors above 1023, which a
+    long-lived process (a lab worker, a test session) reaches, and the tunnel would die silently."""
+    selector = selectors.DefaultSelector()
     try:
+        selector.register(conn, selectors.EVENT_READ, channel)
+        selector.register(channel, selectors.EVENT_READ, conn)
         while not done.is_set():
-            ready, _, _ = select.select([conn, channel], [], [], 0.2)
-            for source, sink in ((conn, channel), (channel, conn)):
-                if source in ready:
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    sink.sendall(data)
-    except (OSError, paramiko.SSHException):
+            for key, _ in selector.select(0.2):
+                data = key.fileobj.recv(65536)
+                if not data:
+                    return
+                key.data.sendall(data)
+    except (OSError, ValueError, paramiko.SSHException):
         pass
     finally:
+        selector.close()
         channel.close()
         conn.close()
 
