@@ -256,22 +256,22 @@ def _pcts(names: tuple[str, str, str], unit: str, values: Sequence[float], reaso
 def server_prefill_tps(stream: Stream) -> float | None:
     """Prompt tokens per second as the server timed them: llama-server's `prompt_per_second`,
     or Ollama's prompt_eval_count over prompt_eval_duration (ns); None where it gives neither."""
-    t = stream.timings
-    if isinstance(t.get("prompt_per_second"), (int, float)) and t["prompt_per_second"] > 0:
-        return float(t["prompt_per_second"])
-    if t.get("prompt_eval_duration") and t.get("prompt_eval_count"):
-        return float(t["prompt_eval_count"]) / (float(t["prompt_eval_duration"]) / 1e9)
-    return None
+    return _server_rate(stream.timings, "prompt_per_second", "prompt_eval_count", "prompt_eval_duration")
 
 
 def server_decode_tps(stream: Stream) -> float | None:
     """Generated tokens per second as the server timed them (llama-server `predicted_per_second`,
     Ollama eval_count / eval_duration)."""
-    t = stream.timings
-    if isinstance(t.get("predicted_per_second"), (int, float)) and t["predicted_per_second"] > 0:
-        return float(t["predicted_per_second"])
-    if t.get("eval_duration") and t.get("eval_count"):
-        return float(t["eval_count"]) / (float(t["eval_duration"]) / 1e9)
+    return _server_rate(stream.timings, "predicted_per_second", "eval_count", "eval_duration")
+
+
+def _server_rate(t: Mapping[str, Any], per_second: str, count: str, duration_ns: str) -> float | None:
+    """A rate the server reported: its own per-second figure (llama-server), else a count over a
+    duration in nanoseconds (Ollama); None where it gives neither."""
+    if isinstance(t.get(per_second), (int, float)) and t[per_second] > 0:
+        return float(t[per_second])
+    if t.get(duration_ns) and t.get(count):
+        return float(t[count]) / (float(t[duration_ns]) / 1e9)
     return None
 
 
