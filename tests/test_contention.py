@@ -13,6 +13,7 @@ bracket minus the benchmark's own CPU, and is at least what the hogs used (read 
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -194,9 +195,11 @@ def test_a_real_cpu_hog_beside_the_benchmark_marks_it(probe_and_child, tmp_path)
 def test_a_quiet_wait_with_a_hog_running_gives_up_at_its_bound() -> None:
     from harness.run.watch import quiet_sample
 
+    looks = itertools.count()  # a clock that ticks once a look: the bound counts looks, not a busy box's seconds
     with _Hogs():
-        done = contention.wait_for_quiet(lambda: quiet_sample(LocalDriver(), 0.5), contention.DEFAULT_THRESHOLD_PCT, 1.0)
-    assert not done.reached and done.samples >= 2 and done.waited_s >= 1.0
+        done = contention.wait_for_quiet(lambda: quiet_sample(LocalDriver(), 0.5), contention.DEFAULT_THRESHOLD_PCT, 3,
+                                         clock=lambda: float(next(looks)))
+    assert not done.reached and done.samples == 3 and done.waited_s >= 3
     assert done.foreign_cpu_pct is not None and done.foreign_cpu_pct > contention.DEFAULT_THRESHOLD_PCT
     roomy = contention.wait_for_quiet(lambda: quiet_sample(LocalDriver(), 0.2), 100 * (os.cpu_count() or 1) + 1, 0)
     assert roomy.reached and roomy.samples == 1  # a threshold no box can cross: one sample, no wait

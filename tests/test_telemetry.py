@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from statistics import median
 from types import SimpleNamespace
 from typing import Any
 
@@ -186,26 +187,34 @@ def test_fake_host_metrics_equal_tree_values(fake_host: Path) -> None:
 
 
 def test_host_energy_counts_the_engines_windows_only(fake_host: Path) -> None:
-    """A RAPL counter rising at exactly 10 W (computed from the clock by a writer thread)."""
+    """A RAPL counter rising at exactly 10 W (computed from the clock by a writer thread that
+    replaces the file whole, so no read sees it half written)."""
     counter = fake_host / "sys/class/powercap/intel-rapl:0/energy_uj"
+    staging = counter.with_name("energy_uj.next")
     stop = threading.Event()
     t0 = time.monotonic()
 
     def write() -> None:
         while not stop.wait(0.005):
-            counter.write_text(f"{int((time.monotonic() - t0) * 10e6)}\n")
+            staging.write_text(f"{int((time.monotonic() - t0) * 10e6)}\n")
+            staging.replace(counter)
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
         with HostTelemetry(interval_s=0.02, root=fake_host, nvml=False) as tel:
-            time.sleep(1.5)
+            time.sleep(3.0)
     finally:
         stop.set()
         writer.join()
-    first = min(s.t for s in tel.samples)
-    metrics = _by_name(tel.metrics(_completed(), [(first + 0.3, 0.4), (first + 0.9, 0.4)], 64))
-    assert metrics["energy_j"].value == pytest.approx(8.0, rel=0.05)  # 2 x 0.4 s at 10 W, not the 1.5 s sampled
+    ticks = sorted(s.t for s in tel.samples if s.source == "telemetry/tick_cost")
+    # Two windows of 12 sampling periods as this (possibly busy) box kept them, with a gap.
+    length = max(0.4, 12 * median(b - a for a, b in zip(ticks, ticks[1:])))
+    windows = [(ticks[0] + 0.3, length), (ticks[0] + 0.5 + length, length)]
+    assert windows[-1][0] + length < ticks[-1], f"the box sampled too slowly for this test: {length / 12:.3f} s a tick"
+    metrics = _by_name(tel.metrics(_completed(), windows, 64))
+    energy_j = metrics["energy_j"]
+    assert energy_j.value == pytest.approx(20.0 * length, rel=0.05), energy_j.missing_reason  # 10 W over both windows only
     assert metrics["avg_power_w"].value == pytest.approx(10.0, rel=0.05)
     missing = _by_name(tel.metrics(_completed(), (), 0, "the worker stamped no rep"))
     assert missing["energy_j"].missing_reason == "the worker stamped no rep"
