@@ -245,7 +245,9 @@ def test_a_taken_port_and_a_server_killed_mid_case_fail_their_cases(tmp_path, ho
     assert servers_running(str(host_runtime.root)) == []
 
 
-BOARD_SUITE = 'repetitions = 1\nmode = "none"\n[settings]\nthreads = 2\n[[serve]]\nprompt = 16\ntokens = 8\nconcurrency = [1, 2]\n'
+# Two requests a case (one round at concurrency 2), and no greedy check (--no-quality): under
+# qemu every request of the emulated phone takes seconds.
+BOARD_SUITE = 'repetitions = 1\nmode = "none"\n[settings]\nthreads = 2\n[[serve]]\nprompt = 16\ntokens = 8\nconcurrency = [1, 2]\nrequests = 2\n'
 
 
 def _served_on_device(store, run_id: str) -> None:
@@ -260,6 +262,7 @@ def _served_on_device(store, run_id: str) -> None:
         for name in ("ttft_ms", "itl_ms_p50", "decode_tps", "agg_tps", "prefill_tps"):
             assert summary[(label, name)]["mean"] > 0, (label, name)
         assert summary[(label, "peak_rss_mb")]["mean"] > 50, label
+        assert summary[(label, "greedy_exact_share")]["missing_reason"] == "quality checks were switched off (--no-quality)"
 
 
 @pytest.mark.slow
@@ -272,7 +275,7 @@ def test_serve_on_the_ssh_board_through_a_direct_tcpip_tunnel(tmp_path, host_run
         sshd.board(None)
         workdir = tmp_path / "device"
         (tmp_path / "lab.toml").write_text(sshd.inventory("board", workdir=str(workdir)) + 'target = "host"\n')
-        store, outcome = _run(tmp_path, BOARD_SUITE, device="board", inventory=str(tmp_path / "lab.toml"))
+        store, outcome = _run(tmp_path, BOARD_SUITE, device="board", inventory=str(tmp_path / "lab.toml"), quality=False)
         _served_on_device(store, outcome.run_id)
         argv = next(iter(_by_case(store, outcome.run_id).values()))[1].raw.argv
         assert argv[0].startswith(str(workdir))  # the board's staged runtime, not the host's
@@ -291,7 +294,7 @@ def test_serve_on_the_emulated_phone_through_adb_forward(tmp_path, adb_server, p
         pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh --test installs it)")
     (tmp_path / "lab.toml").write_text(f'[[device]]\nname = "pixel7"\ndriver = "adb"\nserial = "{phone.serial}"\n'
                                        f'adb_server = "{adb_server.address}"\ntarget = "linux-aarch64"\n')
-    store, outcome = _run(tmp_path, BOARD_SUITE, device="pixel7", inventory=str(tmp_path / "lab.toml"))
+    store, outcome = _run(tmp_path, BOARD_SUITE, device="pixel7", inventory=str(tmp_path / "lab.toml"), quality=False)
     _served_on_device(store, outcome.run_id)
     assert servers_running("/data/local/tmp/edgebench") == []
     assert adb_server.adb_cmd("forward", "--list").stdout.strip() == ""

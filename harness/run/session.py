@@ -280,6 +280,8 @@ def _greedy_inputs(prepared: Prepared, callbacks: Callbacks) -> dict[str, dict[s
     serve = [c.key for c in prepared.plan.cases if c.engine == "server"]
     if not serve:
         return {}
+    if not prepared.options.quality:  # the greedy check is the servers' quality case: --no-quality skips it too
+        return {key: {"greedy_missing": "quality checks were switched off (--no-quality)"} for key in serve}
     callbacks.status("greedy reference: the host llama-server on the CPU (cached)")
     found = reference_inputs(prepared.model_path, prepared.model.sha256, lambda: build_host(callbacks.build))
     if "greedy_missing" in found:
