@@ -98,6 +98,10 @@ class EmulatedPhone:
 
     def close(self) -> None:
         self._closed.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below: close() alone does not on Linux
+        except OSError:
+            pass  # never connected to: nothing to wake
         self._listener.close()
         self.drop_connections()
         self._thread.join(timeout=5)
