@@ -169,11 +169,19 @@ def _sampled_window(tel: HostTelemetry) -> list[tuple[float, float]]:
     return [(first, max(s.t for s in tel.samples) - first)]
 
 
+def _sample_a_while(tel: HostTelemetry, seconds: float = 1.0, ticks: int = 12) -> None:
+    """Let the sampler run `seconds` and at least `ticks` ticks: a window over them spans more
+    than the 10 sensor periods energy needs even where a busy box stretched the ticks."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline or sum(s.source == "telemetry/tick_cost" for s in list(tel.samples)) < ticks:
+        time.sleep(0.05)
+
+
 def test_fake_host_metrics_equal_tree_values(fake_host: Path) -> None:
     with HostTelemetry(interval_s=0.05, root=fake_host, nvml=False) as tel:
         _set(fake_host, "sys/class/hwmon/hwmon1/temp2_input", 88500)  # read at the latest by the closing tick
         _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", 6_000_000)
-        time.sleep(1.0)  # a window of at least 10 sampling periods
+        _sample_a_while(tel)
     window = _sampled_window(tel)
     metrics = _by_name(tel.metrics(_completed(), window, 100))
     assert metrics["temp_max_c"].value == 88.5
@@ -227,7 +235,7 @@ def test_rapl_wraparound_in_window(fake_host: Path) -> None:
     _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", RAPL_RANGE_UJ - 4_000_000)
     with HostTelemetry(interval_s=0.05, root=fake_host, nvml=False) as tel:
         _set(fake_host, "sys/class/powercap/intel-rapl:0/energy_uj", 3_000_000)
-        time.sleep(1.0)
+        _sample_a_while(tel)
     assert _by_name(tel.metrics(_completed(), _sampled_window(tel), 1))["energy_j"].value == pytest.approx(7.0)
 
 
