@@ -45,7 +45,7 @@ def run(
         None, "--contention-threshold", help="Others' CPU (% of one core) above which a figure is marked contended (default: the suite's, 10)."),
     precision: Optional[str] = typer.Option(None, help="Add rounds until each case's 95% CI is within this share of its mean, e.g. 2%."),
     max_repetitions: Optional[int] = typer.Option(None, "--max-repetitions", min=1, help="With --precision: the most processes per case (default: the suite's, else 10)."),
-    no_quality: bool = typer.Option(False, "--no-quality", help="Skip the suite's quality cases (KLD/top-1 against the reference)."),
+    no_quality: bool = typer.Option(False, "--no-quality", help="Skip the suite's quality cases (KLD/top-1 against the reference) and the server cases' greedy check."),
     corpus: Optional[str] = typer.Option(None, help="Text the quality cases score (default: CPython's pydoc_data.topics)."),
     reference: Optional[str] = typer.Option(None, help="Reference for the quality cases: a GGUF, or a llama-perplexity logits file (default: the model itself)."),
     quantize: Optional[str] = QuantizeOpt,
