@@ -169,11 +169,16 @@ def _sampled_window(tel: HostTelemetry) -> list[tuple[float, float]]:
     return [(first, max(s.t for s in tel.samples) - first)]
 
 
+def _ticks(tel: HostTelemetry) -> list[float]:
+    """When the sampler ticked (each tick records its own cost), in order."""
+    return sorted(s.t for s in list(tel.samples) if s.source == "telemetry/tick_cost")
+
+
 def _sample_a_while(tel: HostTelemetry, seconds: float = 1.0, ticks: int = 12) -> None:
     """Let the sampler run `seconds` and at least `ticks` ticks: a window over them spans more
     than the 10 sensor periods energy needs even where a busy box stretched the ticks."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline or sum(s.source == "telemetry/tick_cost" for s in list(tel.samples)) < ticks:
+    while time.monotonic() < deadline or len(_ticks(tel)) < ticks:
         time.sleep(0.05)
 
 
@@ -215,7 +220,7 @@ def test_host_energy_counts_the_engines_windows_only(fake_host: Path) -> None:
     finally:
         stop.set()
         writer.join()
-    ticks = sorted(s.t for s in tel.samples if s.source == "telemetry/tick_cost")
+    ticks = _ticks(tel)
     # Two windows of 12 sampling periods as this (possibly busy) box kept them, with a gap.
     length = max(0.4, 12 * median(b - a for a, b in zip(ticks, ticks[1:])))
     windows = [(ticks[0] + 0.3, length), (ticks[0] + 0.5 + length, length)]
