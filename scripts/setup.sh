@@ -8,7 +8,10 @@
 #                             glslc, spirv-headers, libvulkan-dev and mesa-vulkan-drivers (the host-vulkan runtime runs on
 #                             lavapipe, Mesa's CPU Vulkan device); where the system's Vulkan headers are older
 #                             than llama.cpp needs (Debian 12), Debian 13's libvulkan-dev is fetched with apt
-#                             and unpacked into the cache, where the host-vulkan target finds it
+#                             and unpacked into the cache, where the host-vulkan target finds it;
+#                             where nvcc is on PATH but its toolkit has no cuBLAS (NVIDIA's PyPI wheels), the
+#                             locked nvidia-cublas wheel (scripts/cuda-cublas.lock) is unpacked into the cache
+#                             for the host-cuda target
 # System packages are installed with apt-get only when missing and only when we are root;
 # otherwise the missing ones are listed (tests that need them skip and say why).
 set -euo pipefail
@@ -91,6 +94,27 @@ if [ "$want_tests" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null;
   vk_check='from harness.runtimes.vulkan import headers_status; import sys; sys.exit(headers_status() is not None)'
   if ! "$venv/bin/python" -c "$vk_check"; then
     fetch_vulkan_headers || echo "setup: could not get Vulkan headers new enough for llama.cpp; the host-vulkan tests will skip, saying why" >&2
+  fi
+fi
+# cuBLAS for the host-cuda compile test where nvcc's toolkit has none: NVIDIA's wheel from PyPI, at the
+# version and hashes scripts/cuda-cublas.lock pins, unpacked (not installed) into the cache. Where that
+# fails, setup goes on: the host-cuda test skips, saying why.
+fetch_cuda_cublas() {
+  local dir scratch wheel version
+  dir=$("$venv/bin/python" -c 'from harness.runtimes.cuda import fallback_dir; print(fallback_dir())') || return 1
+  scratch=$(mktemp -d) || return 1
+  echo "setup: the CUDA toolkit has no cuBLAS; fetching NVIDIA's nvidia-cublas wheel (scripts/cuda-cublas.lock) into $dir"
+  "${pip[@]}" download -q --no-deps --only-binary=:all: --require-hashes -r scripts/cuda-cublas.lock -d "$scratch" || { rm -rf "$scratch"; return 1; }
+  wheel=$(ls "$scratch"/nvidia_cublas-*.whl) || { rm -rf "$scratch"; return 1; }
+  version=$(basename "$wheel" | cut -d- -f2)
+  rm -rf "${dir:?}/$version" && mkdir -p "$dir" && "$venv/bin/python" -m zipfile -e "$wheel" "$dir/$version" || { rm -rf "$scratch"; return 1; }
+  rm -rf "$scratch"
+  "$venv/bin/python" -c "$cublas_check"
+}
+if [ "$want_tests" = 1 ]; then
+  cublas_check='from harness.runtimes.cuda import missing_cublas; import sys; sys.exit(missing_cublas() is not None)'
+  if ! "$venv/bin/python" -c "$cublas_check"; then
+    fetch_cuda_cublas || echo "setup: could not get cuBLAS for the CUDA toolkit; the host-cuda test will skip, saying why" >&2
   fi
 fi
 echo "setup: ready ($venv)"

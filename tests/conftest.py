@@ -99,3 +99,23 @@ def runtime_folder(root: Path, llama_bench: str) -> Path:
     script.chmod(0o755)
     return root
 
+
+
+@pytest.fixture
+def fake_cuda_toolkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CUDA toolkit as the host-cuda target sees one: an `nvcc` on PATH that answers the two
+    questions it asks (its dry run's `TOP=` and its release), cuBLAS's header and the driver's
+    stub library. Returns the toolkit's root; tests take pieces away from it."""
+    root = tmp_path / "cuda"
+    for sub in ("bin", "include", "lib64/stubs"):
+        (root / sub).mkdir(parents=True)
+    (root / "include" / "cublas_v2.h").write_text("")
+    (root / "lib64" / "stubs" / "libcuda.so").write_text("")
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(f'#!/bin/sh\ncase "$*" in\n  *--dryrun*) echo "#$ TOP={root}/bin/.." >&2 ;;\n'
+                    '  *--version*) echo "Cuda compilation tools, release 13.0, V13.0.88" ;;\nesac\n')
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{root / 'bin'}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDACXX", raising=False)
+    monkeypatch.setenv("EDGEBENCH_CACHE", str(tmp_path / "cache"))
+    return root

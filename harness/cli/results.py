@@ -110,7 +110,7 @@ def show_runs(store: Store, run_ids: list[str], as_json: bool, fmt: str = "table
 
 
 def _run_payload(store: Store, run_id: str) -> dict[str, Any]:
-    from harness.analysis.tables import contended_processes, summary_frame, tidy_frame
+    from harness.analysis.tables import contended_processes, failures_frame, summary_frame, tidy_frame
     from harness.analysis.quality import quality_results
     from harness.analysis.roofline import roofline_frame
 
@@ -118,6 +118,7 @@ def _run_payload(store: Store, run_id: str) -> dict[str, Any]:
     summary = summary_frame(tidy_frame(store, [run.id]))
     return {"run": {k: v for k, v in asdict(run).items() if not k.endswith("_text")}, "summary": json.loads(summary.to_json(orient="records")),
             "quality": [q.to_json() for q in quality_results(store, run.id)],
+            "failures": json.loads(failures_frame(store, run.id).to_json(orient="records")),
             "contended": contended_processes(store, run.id),
             "roofline": json.loads(roofline_frame(store, [run.id]).to_json(orient="records")),
             "stops": [{"case": label, **stop.to_json(), "text": stop.describe()} for label, stop in views.stops_by_label(store, run.id).items()]}

@@ -9,6 +9,7 @@ a client sees, so a client on the host runs beside it and is what measures.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -33,6 +34,22 @@ def env_prefix(case: Case) -> list[str]:
     the probe wraps and what is stored with each process: the device selection is recorded."""
     pairs = [f"{ENV_SETTINGS[key]}={value}" for key, value in case.settings if key in ENV_SETTINGS]
     return ["env", *pairs] if pairs else []
+
+
+# What ggml's CUDA backend (and its ROCm and MUSA builds, which share its code) prints when it
+# cannot start: no driver, no device. The program then goes on on the CPU with exit 0, and
+# llama-bench still reports the backend by name, so its figures would pass for GPU figures.
+_GPU_INIT_FAILED = re.compile(r"^ggml_cuda_init: failed to initialize (\w+): (.*)$", re.MULTILINE)
+
+
+def backend_failure(stderr: str) -> str | None:
+    """Why a llama.cpp process must not count: its GPU backend could not start, so what it
+    measured was the CPU under the GPU backend's name; None where no backend said so."""
+    if match := _GPU_INIT_FAILED.search(stderr):
+        backend, reason = match.group(1), match.group(2).strip()
+        return (f"no {backend} device: the runtime's {backend} backend could not start ({reason}); the process ran on the CPU "
+                f"instead, so its figures are not stored as {backend} figures (run a CPU target such as `host` for CPU figures)")
+    return None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.drivers.base import Completed, Driver, DriverError
-from harness.engines import EngineResult, Serving, get_engine
+from harness.engines import EngineResult, Serving, backend_failure, get_engine
 from harness.errors import EdgebenchError, Interrupted, StoreGone, exited
 from harness.plan.cores import benchmark_cpus
 from harness.plan.planner import RunPolicy
@@ -246,6 +246,8 @@ def _outcome(
         return "oom", f"killed by SIGKILL (exit {completed.exit_code}): out of memory?; stderr tail:\n{tail}", None
     if completed.exit_code != 0:
         return "failed", f"{exited(completed.exit_code)}; stderr tail:\n{tail}", None
+    if failure := backend_failure(completed.stderr):
+        return "failed", failure, None
     try:
         return "ok", None, parse(case, completed)
     except EdgebenchError as exc:

@@ -35,10 +35,11 @@ from typing import IO, Any
 from harness.errors import BuildError
 from harness.hashing import sha256_file
 from harness.paths import cache_dir
+from harness.runtimes import cuda, vulkan
 from harness.runtimes.native import NATIVE_PROGRAMS, compile_probe, probe_compiler, probe_sha256
 from harness.runtimes.source import Source, cached_pinned_source, directory_source, fetch_pinned_source, file_lock, stream
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
-from harness.runtimes.vulkan import toolchain
+
 
 MANIFEST_VERSION = 1
 
@@ -62,7 +63,8 @@ class Manifest:
     built_at: str
     build_seconds: float
     # Backend tools that change the binaries beside the compiler: for Vulkan the header version and
-    # glslc's version (see `vulkan.toolchain`); empty for a CPU build and in manifests from before.
+    # glslc's version (see `vulkan.toolchain`), or nvcc, cuBLAS and the CUDA architectures (`cuda.toolchain`);
+    # empty for a CPU build and in manifests from before.
     toolchain: dict[str, str] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -359,7 +361,8 @@ def _llama_programs(
             raise BuildError(f"the build finished without producing the shared libraries {', '.join(target.libraries)}; full log: {log_path}")
     shutil.copy2(log_path, staged / "build.log")
     (staged / "compiler.txt").write_text(compiler_description(tree) + "\n")
-    (staged / "toolchain.json").write_text(json.dumps(toolchain((tree / "CMakeCache.txt").read_text(errors="replace"))) + "\n")
+    cmake_cache = (tree / "CMakeCache.txt").read_text(errors="replace")
+    (staged / "toolchain.json").write_text(json.dumps({**vulkan.toolchain(cmake_cache), **cuda.toolchain(cmake_cache)}) + "\n")
     shutil.rmtree(done, ignore_errors=True)
     os.rename(staged, done)
     shutil.rmtree(work, ignore_errors=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.errors import BuildError, EdgebenchError
-from harness.runtimes import vulkan
+from harness.runtimes import cuda, vulkan
 
 # Every target gets these. Only the runtime's programs are wanted, statically linked against
 # llama/ggml so each is one relocatable binary (the host targets link shared: see SHARED_FLAGS),
@@ -171,11 +171,15 @@ def _detect_cuda_architectures() -> list[str]:
 
 
 def _host_cuda_flags(user: Mapping[str, str]) -> tuple[str, ...]:
-    """The host CPU build plus CUDA for the GPUs on this machine (or the user's architectures)."""
-    flags = _host_flags(user) + ("-DGGML_CUDA=ON",)
-    if "CMAKE_CUDA_ARCHITECTURES" in user:
-        return flags
-    return flags + (f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(_detect_cuda_architectures())}",)
+    """The host CPU build plus CUDA for the GPUs on this machine (or the user's architectures).
+
+    The CUDA libraries stay where they are, so the runtime's RPATH also names the folders of those
+    it links from outside the toolkit and the system (cuBLAS unpacked in the cache:
+    CMAKE_INSTALL_RPATH_USE_LINK_PATH), and its programs start without LD_LIBRARY_PATH. cuBLAS
+    and the driver library are checked before CMake runs (see `cuda.flags`)."""
+    archs = () if "CMAKE_CUDA_ARCHITECTURES" in user else (f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(_detect_cuda_architectures())}",)
+    return (*_host_flags(user), "-DGGML_CUDA=ON", "-DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON",
+            *cuda.flags(user, vmm=not _on(user.get("GGML_CUDA_NO_VMM", ""))), *archs)
 
 
 def _host_vulkan_flags(user: Mapping[str, str]) -> tuple[str, ...]:
