@@ -107,7 +107,9 @@ fetch_cuda_cublas() {
   "${pip[@]}" download -q --no-deps --only-binary=:all: --require-hashes -r scripts/cuda-cublas.lock -d "$scratch" || { rm -rf "$scratch"; return 1; }
   wheel=$(ls "$scratch"/nvidia_cublas-*.whl) || { rm -rf "$scratch"; return 1; }
   version=$(basename "$wheel" | cut -d- -f2)
-  rm -rf "${dir:?}/$version" && mkdir -p "$dir" && "$venv/bin/python" -m zipfile -e "$wheel" "$dir/$version" || { rm -rf "$scratch"; return 1; }
+  # unpacked beside its final place under a hidden name, then renamed: an interrupted setup leaves no half a cuBLAS
+  mkdir -p "$dir" && rm -rf "${dir:?}/.$version.partial" && "$venv/bin/python" -m zipfile -e "$wheel" "$dir/.$version.partial" \
+    && rm -rf "${dir:?}/$version" && mv "$dir/.$version.partial" "$dir/$version" || { rm -rf "$scratch"; return 1; }
   rm -rf "$scratch"
   "$venv/bin/python" -c "$cublas_check"
 }

@@ -32,6 +32,7 @@ _RELEASE = re.compile(r"release (\d+)\.(\d+)")
 _CUBLAS_VERSION = re.compile(r"^#define\s+CUBLAS_VER_(MAJOR|MINOR|PATCH|BUILD)\s+(\d+)", re.MULTILINE)
 _CMAKE_ENTRY = re.compile(r"^(CMAKE_CUDA_COMPILER|CMAKE_CUDA_ARCHITECTURES|CUDA_cublas_LIBRARY|GGML_CUDA_NO_VMM):[A-Z]+=(.*)$", re.MULTILINE)
 _HEADER = "cublas_v2.h"
+_VERSION = re.compile(r"\d+(\.\d+)*")  # an unpacked wheel's folder; setup.sh's half-unpacked ones are hidden
 # The Python package NVIDIA publishes cuBLAS in (its files sit under nvidia/cu<major>/).
 WHEEL = "nvidia-cublas"
 
@@ -60,8 +61,10 @@ def toolkit(nvcc_path: str) -> tuple[Path, tuple[int, int]]:
     return Path(top.group(1)).resolve(), (int(release.group(1)), int(release.group(2)))
 
 
-def _include_dirs(root: Path) -> list[Path]:
-    return [root / "include", *sorted(root.glob("targets/*/include")), *sorted(root.glob("math_libs/*/include"))]
+def _has_cublas(root: Path) -> bool:
+    """Whether the toolkit at `root` has cuBLAS's header where FindCUDAToolkit looks (NVHPC's math_libs too)."""
+    includes = [root / "include", *root.glob("targets/*/include"), *root.glob("math_libs/*/include")]
+    return any((d / _HEADER).is_file() for d in includes)
 
 
 def _library_dirs(root: Path) -> list[Path]:
@@ -80,8 +83,8 @@ def fallback_dir() -> Path:
 
 def fallback(major: int) -> Path | None:
     """The newest unpacked cuBLAS for this CUDA major release (`<version>/nvidia/cu<major>`), None where there is none."""
-    found = [(tuple(int(p) for p in part.parent.parent.name.split(".") if p.isdigit()), part)
-             for part in fallback_dir().glob(f"*/nvidia/cu{major}") if (part / "include" / _HEADER).is_file()]
+    found = [(tuple(int(p) for p in part.parent.parent.name.split(".")), part) for part in fallback_dir().glob(f"*/nvidia/cu{major}")
+             if _VERSION.fullmatch(part.parent.parent.name) and (part / "include" / _HEADER).is_file()]
     return max(found)[1] if found else None
 
 
@@ -91,7 +94,7 @@ def flags(user: Mapping[str, str], *, vmm: bool) -> tuple[str, ...]:
     runs, where cuBLAS or (for a build with ggml's VMM pool, `vmm`) the driver library cannot be found."""
     root, (major, minor) = toolkit(nvcc(user))
     out: tuple[str, ...] = ()
-    if "CUDA_cublas_LIBRARY" not in user and not any((d / _HEADER).is_file() for d in _include_dirs(root)):
+    if "CUDA_cublas_LIBRARY" not in user and not _has_cublas(root):
         wheel = fallback(major)
         if wheel is None:
             raise BuildError(
@@ -152,6 +155,4 @@ def missing_cublas() -> int | None:
         root, (major, _) = toolkit(nvcc({}))
     except BuildError:
         return None
-    if any((d / _HEADER).is_file() for d in _include_dirs(root)) or fallback(major) is not None:
-        return None
-    return major
+    return None if _has_cublas(root) or fallback(major) is not None else major
