@@ -78,6 +78,11 @@ def test_cache_types_and_gpu_cases():
     assert gpu_note({"backends": "CPU", "n_gpu_layers": 99}) is None  # a CPU-only build ignores -ngl
     assert "does not bound it" in gpu_note({"backends": "CUDA", "n_gpu_layers": 99})
     assert gpu_note({"backends": "CUDA", "n_gpu_layers": 0}) is None
+    # a GPU build whose backend found no device ran on the CPU: the CPU roofline bounds it (seen with Vulkan and no device named)
+    assert gpu_note({"backends": "Vulkan", "n_gpu_layers": 99, "gpu_info": ""}) is None
+    named = gpu_note({"backends": "Vulkan", "n_gpu_layers": 99, "gpu_info": "NVIDIA GeForce RTX 3060"})
+    assert named == ("a GPU runs the model (NVIDIA GeForce RTX 3060 via Vulkan, 99 layers offloaded): "
+                     "the CPU memory-bandwidth probe does not bound it")
 
 
 DECODE = """
@@ -144,6 +149,6 @@ def test_roofline_and_report_read_stored_metrics_and_effective_settings(tmp_path
     (row,) = roofline_frame(store, [run_id]).to_dict("records")
     assert row["decode_tps"] == 42.0 and row["type_k"] == "q8_0" and row["n_threads"] == 6
     assert row["bytes_per_token"] == bytes_per_token(traffic, 512, "q8_0", "f16")
-    assert "a GPU runs the model (CUDA, 99 layers offloaded)" in row["note"]
+    assert "a GPU runs the model (Orin via CUDA, 99 layers offloaded)" in row["note"]
     html = render_report(store, [run_id], tmp_path / "report.html").read_text()
     assert "CUDA (Orin), GPU layers 99" in html and "CPU, GPU layers" not in html

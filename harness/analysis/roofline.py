@@ -45,13 +45,15 @@ def bytes_per_token(traffic: ModelTraffic, depth: int, type_k: str = DEFAULT_KV_
 
 def gpu_note(effective: dict[str, Any]) -> str | None:
     """Why the CPU probe does not bound this case, when a GPU ran the model (from the
-    settings the engine reported it used)."""
+    settings the engine reported it used). A GPU build whose backend found no device to take
+    the layers (llama-bench's `gpu_info` empty) ran on the CPU, which the roofline does bound."""
     backends = {b.strip() for b in str(effective.get("backends", "")).split(",")}
     gpu = sorted(backends - _CPU_BACKENDS)
-    if gpu and int(effective.get("n_gpu_layers") or 0) > 0:
-        return (f"a GPU runs the model ({', '.join(gpu)}, {effective['n_gpu_layers']} layers offloaded): "
-                "the CPU memory-bandwidth probe does not bound it")
-    return None
+    if not gpu or int(effective.get("n_gpu_layers") or 0) <= 0 or effective.get("gpu_info") == "":
+        return None
+    device = f"{effective['gpu_info']} via " if effective.get("gpu_info") else ""
+    return (f"a GPU runs the model ({device}{', '.join(gpu)}, {effective['n_gpu_layers']} layers offloaded): "
+            "the CPU memory-bandwidth probe does not bound it")
 
 
 def bandwidth_for(stored: Mapping[str, Any] | None, n_threads: int | None) -> tuple[Bandwidth | None, str]:
