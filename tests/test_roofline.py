@@ -83,6 +83,9 @@ def test_cache_types_and_gpu_cases():
     named = gpu_note({"backends": "Vulkan", "n_gpu_layers": 99, "gpu_info": "NVIDIA GeForce RTX 3060"})
     assert named == ("a GPU runs the model (NVIDIA GeForce RTX 3060 via Vulkan, 99 layers offloaded): "
                      "the CPU memory-bandwidth probe does not bound it")
+    lavapipe = {"backends": "Vulkan", "n_gpu_layers": 99, "gpu_info": "llvmpipe (LLVM 15.0.6, 256 bits)",
+                "device_note": "lavapipe: a CPU implementation; figures are not GPU figures"}
+    assert gpu_note(lavapipe).endswith("does not bound it; lavapipe: a CPU implementation; figures are not GPU figures")
 
 
 DECODE = """

@@ -52,8 +52,9 @@ def gpu_note(effective: dict[str, Any]) -> str | None:
     if not gpu or int(effective.get("n_gpu_layers") or 0) <= 0 or effective.get("gpu_info") == "":
         return None
     device = f"{effective['gpu_info']} via " if effective.get("gpu_info") else ""
+    said = f"; {effective['device_note']}" if effective.get("device_note") else ""  # e.g. lavapipe, a GPU API on the CPU
     return (f"a GPU runs the model ({device}{', '.join(gpu)}, {effective['n_gpu_layers']} layers offloaded): "
-            "the CPU memory-bandwidth probe does not bound it")
+            f"the CPU memory-bandwidth probe does not bound it{said}")
 
 
 def bandwidth_for(stored: Mapping[str, Any] | None, n_threads: int | None) -> tuple[Bandwidth | None, str]:
