@@ -35,8 +35,27 @@ from .conftest import DATA
 # ("80-virtual", which any GPU from Ampere on JIT-compiles at load) is the cheapest that is complete.
 # No NVIDIA driver here: ggml links the driver only for its VMM pool, which this build leaves out.
 CUDA_FLAGS = ("CMAKE_CUDA_ARCHITECTURES=80-virtual", "GGML_CUDA_NO_VMM=ON")
-# Recorded: the host-cuda runtime's llama-bench on this machine (no driver), -p 16 -n 0 -ngl 99 (see the data README).
+# Recorded: the host-cuda runtime's llama-bench on this machine (no driver), -p 16 -n 0 -ngl 99 (see the data
+# README); and its llama-perplexity's stderr for a quality case (1 x 256 against the host CPU's logits, -ngl 99).
 NO_DEVICE = DATA / "llamabench" / "cuda_no_device.stderr"
+SUITE = """
+name = "cuda-tiny"
+repetitions = 1
+inprocess_repetitions = 1
+mode = "none"
+[[prefill]]
+prompt = 16
+[[latency]]
+prompt = 16
+tokens = 4
+[[serve]]
+prompt = 16
+tokens = 4
+requests = 1
+[[quality]]
+context = 256
+chunks = 1
+"""
 
 
 def _wheel(cache: Path, version: str, major: int) -> Path:
@@ -130,6 +149,10 @@ def test_a_process_whose_cuda_backend_could_not_start_fails_instead_of_passing_f
     assert error is not None and error.startswith("no CUDA device: the runtime's CUDA backend could not start "
                                                   "(CUDA driver version is insufficient for CUDA runtime version)")
     assert "not stored as CUDA figures" in error
+    # llama-perplexity says it through llama.cpp's common log, behind a time and a level (recorded in the same run)
+    perplexity = (DATA / "perplexity" / "kld-cuda-no-device.stderr").read_text()
+    assert perplexity.startswith("0.00.001.123 E ggml_cuda_init: failed to initialize CUDA:")
+    assert backend_failure(perplexity) == error
     lavapipe = (DATA / "llamabench" / "lavapipe_p16_ngl99.stderr").read_text()
     assert backend_failure(lavapipe) is None and backend_failure("") is None
 
@@ -171,14 +194,20 @@ def test_host_cuda_compiles_links_reports_cuda_and_a_case_without_a_gpu_fails_sa
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert "ggml_cuda_init: failed to initialize CUDA:" in listed.stdout + listed.stderr  # the CUDA backend is in, and says why it cannot start
 
+    # one case for each engine of the runtime: llama-bench, llama-cpp-python (in process), llama-server, llama-perplexity
     suite = tmp_path / "tiny.toml"
-    suite.write_text('name = "cuda-tiny"\nrepetitions = 1\ninprocess_repetitions = 1\nmode = "none"\n[[prefill]]\nprompt = 16\n')
+    suite.write_text(SUITE)
     done = edgebench("run", "--suite", str(suite), "--target", "host-cuda", *(f"--build-flag={flag}" for flag in CUDA_FLAGS),
-                     "--set", "n_gpu_layers=99", "--no-quality", "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
+                     "--set", "n_gpu_layers=99", "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
     assert done.returncode != 0, done.stdout[-2000:]
     payload = json.loads(done.stdout)
-    (failure,) = payload["failures"]
-    assert failure["status"] == "failed" and failure["case"].startswith("prefill p16")
-    assert failure["error"].startswith("no CUDA device: the runtime's CUDA backend could not start ("), failure
-    assert not [row for row in payload["summary"] if row["metric"] == "prefill_tps"]  # no figure stored as a CUDA one
+    failed = {failure["case"].split(" [")[0]: failure for failure in payload["failures"]}
+    assert set(failed) == {"prefill p16", "latency p16+n4", "serve p16+n4", "quality c256 x1"}, failed
+    for failure in failed.values():
+        assert failure["status"] == "failed", failure
+        assert failure["error"].startswith("no CUDA device: the runtime's CUDA backend could not start ("), failure
+    assert payload["summary"] == []  # no figure of any case is stored as a CUDA one
+    (quality,) = payload["quality"]
+    assert quality["status"] == "failed" and quality["verdict"] == "failed: no quality figure"
+    assert quality["error"] == failed["quality c256 x1"]["error"]
     print(f"host-cuda: {'cached' if cached else 'built'} in {built_s:.0f} s; toolchain {manifest.toolchain}")

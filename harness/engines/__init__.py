@@ -39,7 +39,8 @@ def env_prefix(case: Case) -> list[str]:
 # What ggml's CUDA backend (and its ROCm and MUSA builds, which share its code) prints when it
 # cannot start: no driver, no device. The program then goes on on the CPU with exit 0, and
 # llama-bench still reports the backend by name, so its figures would pass for GPU figures.
-_GPU_INIT_FAILED = re.compile(r"^ggml_cuda_init: failed to initialize (\w+): (.*)$", re.MULTILINE)
+# Not anchored: the programs built on llama.cpp's common log put a time and level before it.
+_GPU_INIT_FAILED = re.compile(r"ggml_cuda_init: failed to initialize (\w+): (.*)$", re.MULTILINE)
 
 
 def backend_failure(stderr: str) -> str | None:

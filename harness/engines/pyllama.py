@@ -298,6 +298,11 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "llama_c
     # llama.cpp pads n_ctx to a multiple of 256 and caps n_batch at it; pad here too, since the
     # Python wrapper caps n_batch at the unpadded value and would shrink a requested batch.
     n_ctx = -(-(args.prompt_tokens + args.gen) // CTX_PAD) * CTX_PAD
+    # ggml starts its backends on the first look at them. Looking here, before Llama(verbose=False)
+    # silences stderr while it loads, lets a GPU backend that cannot start (a CUDA build with no
+    # driver) say so where the runner reads it (engines.backend_failure), instead of the case
+    # running on the CPU unnoticed.
+    llama_cpp.llama_supports_gpu_offload()
     return llama_cpp.Llama(args.model, n_ctx=n_ctx, seed=SEED, verbose=False, **kwargs)
 
 
