@@ -12,6 +12,7 @@ two questions the target asks); the slow test against the real one and NVIDIA's 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -190,7 +191,10 @@ def test_host_cuda_compiles_links_reports_cuda_and_a_case_without_a_gpu_fails_sa
         if binary == cuda_lib:
             assert "libcublas.so" in linked and "libcudart.so" in linked
 
-    listed = subprocess.run([str(runtime.root / "bin" / "llama-bench"), "--list-devices"], capture_output=True, text=True, timeout=120)
+    # no GPU here; where there is one, CUDA_VISIBLE_DEVICES="" hides it, so the no-device path is what is tested everywhere
+    no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    listed = subprocess.run([str(runtime.root / "bin" / "llama-bench"), "--list-devices"], capture_output=True, text=True, timeout=120,
+                            env=no_gpu)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert "ggml_cuda_init: failed to initialize CUDA:" in listed.stdout + listed.stderr  # the CUDA backend is in, and says why it cannot start
 
@@ -198,7 +202,8 @@ def test_host_cuda_compiles_links_reports_cuda_and_a_case_without_a_gpu_fails_sa
     suite = tmp_path / "tiny.toml"
     suite.write_text(SUITE)
     done = edgebench("run", "--suite", str(suite), "--target", "host-cuda", *(f"--build-flag={flag}" for flag in CUDA_FLAGS),
-                     "--set", "n_gpu_layers=99", "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
+                     "--set", "n_gpu_layers=99", "--results", str(tmp_path / "results"), "--json", cwd=tmp_path,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode != 0, done.stdout[-2000:]
     payload = json.loads(done.stdout)
     failed = {failure["case"].split(" [")[0]: failure for failure in payload["failures"]}
