@@ -100,7 +100,6 @@ def runtime_folder(root: Path, llama_bench: str) -> Path:
     return root
 
 
-
 @pytest.fixture
 def fake_cuda_toolkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A CUDA toolkit as the host-cuda target sees one: an `nvcc` on PATH that answers the two

@@ -40,7 +40,6 @@ from harness.runtimes.native import NATIVE_PROGRAMS, compile_probe, probe_compil
 from harness.runtimes.source import Source, cached_pinned_source, directory_source, fetch_pinned_source, file_lock, stream
 from harness.runtimes.targets import COMMON_FLAGS, Target, get_target, merge_flags, parse_defines
 
-
 MANIFEST_VERSION = 1
 
 _TAIL_LINES = 30

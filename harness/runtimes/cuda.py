@@ -127,7 +127,8 @@ def toolchain(cmake_cache: str) -> dict[str, str]:
 
 
 def cublas_version(library: Path) -> str | None:
-    """cuBLAS's version from the `cublas_api.h` beside its library (../include), e.g. "13.0.2.14"."""
+    """cuBLAS's version from the `cublas_api.h` beside its library (../include, as in the wheel and
+    the toolkit, else ../../include), e.g. "13.0.2.14"."""
     for include in (library.parent.parent / "include", library.parent.parent.parent / "include"):
         try:
             text = (include / "cublas_api.h").read_text(errors="replace")
